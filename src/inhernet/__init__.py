@@ -1,0 +1,33 @@
+"""InherNet: neural network inheritance.
+
+Turn a pretrained PyTorch network (the teacher) into a smaller one by factorising the teacher's own
+weights: every eligible ``Linear``/``Conv2d`` becomes one shared rank-r down-projection plus H gated
+up-projection heads, initialised from the truncated SVD (Zhou et al., ICLR 2026).
+
+    >>> import inhernet
+    >>> teacher = inhernet.models.create_model("resnet56", num_classes=100)
+    >>> model = inhernet.inherit(teacher, inhernet.InheritConfig(rank=8, heads=3))
+    >>> print(inhernet.layer_report(model))
+"""
+
+from . import models
+from .config import InheritConfig
+from .inherit import inherit
+from .io import load, save
+from .layers import InherConv2d, InherLinear
+from .report import count_flops, count_parameters, layer_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InheritConfig",
+    "InherConv2d",
+    "InherLinear",
+    "count_flops",
+    "count_parameters",
+    "inherit",
+    "layer_report",
+    "load",
+    "models",
+    "save",
+]

@@ -1,0 +1,215 @@
+"""``InheritConfig``: everything that decides how a teacher becomes an InherNet.
+
+The config is a plain dataclass (PEFT-style): layer selection (``target_modules``,
+``exclude_modules``, ``layer_types``), one rank policy, the layer's structure (heads, gate, head
+scale, symmetric ablation) and how the SVD is computed. It validates itself on construction, so a
+bad value fails where it was written, with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, Union
+
+from torch import nn
+
+DEFAULT_RANK = 8
+
+HEAD_SCALES = ("exact", "paper")
+INITS = ("svd", "random")
+GATES = ("softmax", "none")
+STRUCTURES = ("asymmetric", "symmetric")
+SVD_METHODS = ("exact", "randomized")
+BUDGET_MODES = ("spectral", "uniform")
+LAYER_TYPES = ("Linear", "Conv2d")
+
+Budget = Union[int, float, nn.Module, None]
+
+
+class ConfigError(ValueError):
+    """An ``InheritConfig`` value (or key) is invalid; the message says which and how to fix it."""
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}.")
+
+
+def _as_name_list(value: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    """Normalise ``target_modules``-style input: a single regex string stays a string (PEFT)."""
+    if value is None or isinstance(value, str):
+        return value
+    return tuple(value)
+
+
+@dataclass
+class InheritConfig:
+    """How to inherit a teacher.
+
+    Rank policy (give at most one; with none, ``rank=8`` as in the paper's small presets):
+      rank:           one rank for every factorised layer (the paper).
+      rank_fraction:  a fraction of each layer's full rank ``min(d_out, d_in)``.
+      energy:         the smallest rank keeping this fraction of each layer's spectrum energy.
+      budget:         a parameter budget for the whole inherited network: an ``int`` count, a
+                      ``float`` in (0, 1] as a fraction of the teacher, or a ``nn.Module`` meaning
+                      "as many parameters as that model". ``budget_mode`` picks how it is spent:
+                      ``"uniform"`` (the largest single rank that fits, as the paper would pick) or
+                      ``"spectral"`` (a global allocation by spectrum energy gained per parameter).
+      rank_pattern:   ``{regex: rank}`` overrides, matched against layer names (first full match
+                      wins); it applies on top of the policy above, not under a budget.
+      rank_multiple:  round each rank down to a multiple of this (at least the multiple itself).
+      dense_at_full_rank: a layer whose rank reaches ``min(d_out, d_in)`` stays dense (the paper's
+                      rule; default). ``False`` factorises it at full rank instead (ranks above
+                      full are clamped): the exact-reconstruction check.
+
+    Selection:
+      target_modules: layer names to factorise: a list of names / name suffixes, or one regex
+                      string matched in full against the qualified name (as in PEFT). ``None``
+                      means every layer of ``layer_types``.
+      exclude_modules: same syntax; these stay dense.
+      layer_types:    which module types are eligible (``"Linear"``, ``"Conv2d"``).
+      exclude_classifier: keep the network's last ``Linear`` dense (default, as in the paper).
+
+    Structure:
+      heads:          number of gated up-projection heads H (paper: 3 on CIFAR, 2 on GLUE).
+      head_scale:     ``"exact"`` (at full rank the network equals the teacher) or ``"paper"``
+                      (every head divided by H, as in the paper and its demo).
+      init:           ``"svd"`` or ``"random"`` (the paper's "w.o. SVD" ablation: factors random,
+                      everything else still inherited).
+      gate:           ``"softmax"`` (learned gate on the pooled compressed features) or ``"none"``
+                      (fixed equal weights: the "w.o. gate" ablation).
+      structure:      ``"asymmetric"`` (one shared down-projection) or ``"symmetric"`` (H separate
+                      down+up pairs, the LoRA+MoE-like ablation).
+
+    SVD:
+      svd:            ``"exact"`` or ``"randomized"`` (``torch.svd_lowrank``; faster on big matrices).
+      svd_niter:      power iterations of the randomized SVD.
+      seed:           seeds the random parts (gate init, random factors, randomized SVD).
+    """
+
+    rank: int | None = None
+    heads: int = 3
+    rank_fraction: float | None = None
+    energy: float | None = None
+    budget: Budget = None
+    budget_mode: str = "spectral"
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    rank_multiple: int = 1
+    dense_at_full_rank: bool = True
+    target_modules: str | Sequence[str] | None = None
+    exclude_modules: str | Sequence[str] | None = None
+    layer_types: Sequence[str] = LAYER_TYPES
+    exclude_classifier: bool = True
+    head_scale: str = "exact"
+    init: str = "svd"
+    gate: str = "softmax"
+    structure: str = "asymmetric"
+    svd: str = "exact"
+    svd_niter: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.target_modules = _as_name_list(self.target_modules)
+        self.exclude_modules = _as_name_list(self.exclude_modules)
+        self.layer_types = tuple(self.layer_types)
+        self.rank_pattern = dict(self.rank_pattern)
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        policies = [n for n in ("rank", "rank_fraction", "energy", "budget") if getattr(self, n) is not None]
+        if len(policies) > 1:
+            raise ConfigError(
+                f"give one rank policy, got {', '.join(policies)}; keep one of them "
+                "(rank_pattern can still override single layers)."
+            )
+        if self.rank is not None:
+            _positive_int("rank", self.rank)
+        if self.rank_fraction is not None and not (0 < self.rank_fraction <= 1):
+            raise ConfigError(f"rank_fraction={self.rank_fraction} must lie in (0, 1].")
+        if self.energy is not None and not (0 < self.energy <= 1):
+            raise ConfigError(f"energy={self.energy} must lie in (0, 1] (fraction of squared singular values kept).")
+        self._validate_budget()
+        _positive_int("heads", self.heads)
+        _positive_int("rank_multiple", self.rank_multiple)
+        _positive_int("svd_niter", self.svd_niter, allow_zero=True)
+        for pattern, r in self.rank_pattern.items():
+            if not isinstance(pattern, str):
+                raise ConfigError(f"rank_pattern keys are regex strings, got {pattern!r}.")
+            _positive_int(f"rank_pattern[{pattern!r}]", r)
+        if self.budget is not None and self.rank_pattern:
+            raise ConfigError("rank_pattern cannot be combined with a budget; the budget allocates every rank.")
+        _choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        _choice("head_scale", self.head_scale, HEAD_SCALES)
+        _choice("init", self.init, INITS)
+        _choice("gate", self.gate, GATES)
+        _choice("structure", self.structure, STRUCTURES)
+        _choice("svd", self.svd, SVD_METHODS)
+        for t in self.layer_types:
+            _choice("layer_types entry", t, LAYER_TYPES)
+        if not self.layer_types:
+            raise ConfigError(f"layer_types is empty; name at least one of {LAYER_TYPES}.")
+
+    def _validate_budget(self) -> None:
+        b = self.budget
+        if b is None or isinstance(b, nn.Module):
+            return
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise ConfigError(
+                f"budget={b!r}: give an int parameter count, a float fraction of the teacher in (0, 1], "
+                "or a model whose parameter count to match."
+            )
+        if isinstance(b, float):
+            if not (math.isfinite(b) and 0 < b <= 1):
+                raise ConfigError(f"budget={b} as a float is a fraction of the teacher and must lie in (0, 1].")
+        elif b <= 0:
+            raise ConfigError(f"budget={b} must be a positive parameter count.")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def policy(self) -> str:
+        """The active rank policy's name: rank, rank_fraction, energy or budget."""
+        for name in ("rank_fraction", "energy", "budget"):
+            if getattr(self, name) is not None:
+                return name
+        return "rank"
+
+    @property
+    def uniform_rank(self) -> int:
+        """The single rank of the ``rank`` policy (the default when no policy is given)."""
+        return self.rank if self.rank is not None else DEFAULT_RANK
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict. A model budget is stored as its parameter count."""
+        from .report import count_parameters  # local: report imports layers, which is heavier
+
+        out = dataclasses.asdict(self)
+        if isinstance(self.budget, nn.Module):
+            out["budget"] = count_parameters(self.budget)
+        out["layer_types"] = list(self.layer_types)
+        for key in ("target_modules", "exclude_modules"):
+            if isinstance(out[key], tuple):
+                out[key] = list(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InheritConfig":
+        """Build from a dict (YAML, JSON, CLI); unknown keys are an error naming the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, valid, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown InheritConfig option(s): {', '.join(hints)}. Valid options: {', '.join(valid)}.")
+        return cls(**dict(data))
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {low}.")

@@ -1,0 +1,282 @@
+"""``inherit``: turn a teacher into an InherNet.
+
+Three separate steps (as Torch-Pruning separates analysis, policy and surgery):
+
+1. **select** (:func:`select_layers`): which ``Linear``/``Conv2d`` layers are eligible, and why the
+   others are skipped (excluded by name, final classifier, grouped conv, ...);
+2. **policy** (:mod:`inhernet.ranks`): a rank per selected layer, or dense;
+3. **surgery** (:func:`inherit`): a copy of the teacher whose selected layers are replaced by
+   :class:`~inhernet.layers.InherLinear` / :class:`~inhernet.layers.InherConv2d`, initialised from
+   the truncated SVD. The teacher is never modified unless ``inplace=True``.
+
+The result carries an :class:`InheritPlan` (``model.inhernet_plan``) that ``layer_report`` and
+``save`` read.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import ConfigError, InheritConfig
+from .layers import INHER_LAYERS, InherConv2d, InherLinear
+from .ranks import LayerSpec, RankDecision, choose_ranks, inherited_params, needs_spectrum
+from .svd import singular_values, truncated_svd
+
+PLAN_ATTR = "inhernet_plan"
+_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
+
+
+@dataclass
+class LayerRecord:
+    """One row of the plan: a Linear/Conv2d of the teacher and what became of it."""
+
+    name: str
+    kind: str
+    shape: list[int]  # teacher weight shape
+    rank: int | None = None  # None: dense
+    heads: int | None = None
+    params_before: int = 0
+    params_after: int = 0
+    energy_kept: float | None = None  # fraction of ‖W‖_F² in the kept singular values
+    skipped: str = ""  # why the layer stayed dense
+
+
+@dataclass
+class InheritPlan:
+    """What ``inherit`` did: the config, per-layer records, and the teacher's / budget's counts."""
+
+    config: dict[str, Any]
+    layers: list[LayerRecord] = field(default_factory=list)
+    teacher_params: int = 0
+    budget: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InheritPlan":
+        layers = [LayerRecord(**row) for row in data.get("layers", [])]
+        return cls(config=data["config"], layers=layers, teacher_params=data["teacher_params"], budget=data.get("budget"))
+
+    @property
+    def inherited(self) -> list[LayerRecord]:
+        return [r for r in self.layers if r.rank is not None]
+
+
+def _kind(module: nn.Module) -> str | None:
+    for kind, cls in _TYPES.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def _matches(name: str, selector: str | tuple[str, ...]) -> bool:
+    """PEFT semantics: a string is a regex matched in full; a list matches names or name suffixes
+    (``"q_proj"`` matches ``"layers.0.self_attn.q_proj"``); list entries may also be regexes."""
+    if isinstance(selector, str):
+        return re.fullmatch(selector, name) is not None
+    for entry in selector:
+        if name == entry or name.endswith("." + entry):
+            return True
+        try:
+            if re.fullmatch(entry, name):
+                return True
+        except re.error:
+            continue
+    return False
+
+
+def _iter_linear_conv(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Module | None]]:
+    """``(name, module, kind, parent)`` of every Linear/Conv2d, in registration order."""
+    parents = {}
+    for pname, parent in model.named_modules():
+        for cname, child in parent.named_children():
+            parents[f"{pname}.{cname}" if pname else cname] = parent
+    for name, module in model.named_modules():
+        kind = _kind(module)
+        if kind is not None:
+            yield name, module, kind, parents.get(name)
+
+
+def select_layers(model: nn.Module, cfg: InheritConfig) -> tuple[list[tuple[str, nn.Module]], list[LayerRecord]]:
+    """Split the model's Linear/Conv2d layers into eligible ``(name, module)`` and skipped records.
+
+    Raises ``ConfigError`` when nothing is eligible, listing the candidate names.
+    """
+    found = list(_iter_linear_conv(model))
+    last_linear = next((n for n, _, k, _ in reversed(found) if k == "Linear"), None)
+    eligible, skipped = [], []
+    for name, module, kind, parent in found:
+        reason = _skip_reason(name, module, kind, parent, cfg, last_linear)
+        if reason:
+            skipped.append(_record(name, module, kind, skipped=reason))
+        else:
+            eligible.append((name, module))
+    if cfg.target_modules is not None and not isinstance(cfg.target_modules, str):
+        for entry in cfg.target_modules:
+            if not any(_matches(n, (entry,)) for n, _, _, _ in found):
+                warnings.warn(f"target_modules entry {entry!r} matches no Linear/Conv2d layer", stacklevel=3)
+    if not eligible:
+        names = ", ".join(n for n, _, _, _ in found) or "(the model has no Linear or Conv2d layer)"
+        raise ConfigError(
+            "the config selects no layer to inherit "
+            f"(target_modules={cfg.target_modules!r}, exclude_modules={cfg.exclude_modules!r}, "
+            f"layer_types={list(cfg.layer_types)}). Candidate layers: {names}"
+        )
+    return eligible, skipped
+
+
+def _skip_reason(name, module, kind, parent, cfg: InheritConfig, last_linear) -> str:
+    targeted = cfg.target_modules is not None and _matches(name, cfg.target_modules)
+    if kind not in cfg.layer_types:
+        return f"layer type {kind} not in layer_types"
+    if cfg.target_modules is not None and not targeted:
+        return "not in target_modules"
+    if cfg.exclude_modules is not None and _matches(name, cfg.exclude_modules):
+        return "in exclude_modules"
+    if cfg.exclude_classifier and name == last_linear and not targeted:
+        return "final classifier (exclude_classifier=True)"
+    if isinstance(parent, nn.MultiheadAttention):
+        return "inside nn.MultiheadAttention, which reads the weight directly"
+    if kind == "Conv2d":
+        if module.groups != 1:
+            return f"grouped/depthwise conv (groups={module.groups}) is not factorised"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (only 'zeros' is supported)"
+    return ""
+
+
+def _record(name: str, module: nn.Module, kind: str, **kw) -> LayerRecord:
+    n = sum(p.numel() for p in module.parameters(recurse=False))
+    return LayerRecord(name, kind, list(module.weight.shape), params_before=n, params_after=n, **kw)
+
+
+def _spec(name: str, module: nn.Module, kind: str, with_spectrum: bool) -> LayerSpec:
+    weight = module.weight.detach()
+    d_out, d_in = weight.shape[0], weight[0].numel()
+    return LayerSpec(name, kind, d_in, d_out, module.bias is not None, singular_values(weight) if with_spectrum else None)
+
+
+def _check_finite(eligible: list[tuple[str, nn.Module]]) -> None:
+    for name, module in eligible:
+        for pname, p in module.named_parameters(recurse=False):
+            if not torch.isfinite(p).all():
+                raise ValueError(
+                    f"teacher layer {name!r} has non-finite values (NaN/Inf) in its {pname}; "
+                    "an SVD of it is meaningless. Fix or reload the teacher's weights, or exclude the "
+                    "layer with exclude_modules."
+                )
+
+
+def _resolve_budget(cfg: InheritConfig, teacher_params: int) -> int | None:
+    from .report import count_parameters
+
+    b = cfg.budget
+    if b is None:
+        return None
+    if isinstance(b, nn.Module):
+        return count_parameters(b)
+    if isinstance(b, float):
+        return int(b * teacher_params)
+    return int(b)
+
+
+def build_layer(module: nn.Module, kind: str, rank: int, cfg: InheritConfig) -> nn.Module:
+    """An empty (randomly initialised) inherited layer with the structure of ``module``."""
+    common = dict(bias=module.bias is not None, gate=cfg.gate, structure=cfg.structure,
+                  device=module.weight.device, dtype=module.weight.dtype)
+    if kind == "Linear":
+        return InherLinear(module.in_features, module.out_features, rank, cfg.heads, **common)
+    return InherConv2d(module.in_channels, module.out_channels, module.kernel_size, rank, cfg.heads,
+                       stride=module.stride, padding=module.padding, dilation=module.dilation, **common)
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace: bool = False,
+            progress: bool = True, **overrides: Any) -> nn.Module:
+    """Build an InherNet from ``teacher``.
+
+    Args:
+        teacher: any ``nn.Module``; it is deep-copied first (unless ``inplace=True``) and never changed.
+        config: an :class:`InheritConfig`; ``overrides`` (e.g. ``rank=16``) are applied on top, so
+            ``inherit(teacher, rank=8, heads=3)`` works too.
+        inplace: replace the layers of ``teacher`` itself (saves memory on very large models).
+        progress: show a progress bar over the factorised layers.
+
+    Returns:
+        the inherited model, with ``model.inhernet_plan`` describing every Linear/Conv2d.
+    """
+    cfg = _merge(config, overrides)
+    if any(isinstance(m, INHER_LAYERS) for m in teacher.modules()):
+        raise ConfigError("the model already contains inherited layers; inherit from the original teacher.")
+    from .report import count_parameters
+
+    teacher_params = count_parameters(teacher)
+    order = {name: i for i, (name, *_rest) in enumerate(_iter_linear_conv(teacher))}
+    eligible, skipped = select_layers(teacher, cfg)
+    _check_finite(eligible)
+    kinds = {name: _kind(m) for name, m in eligible}
+    specs = [_spec(name, m, kinds[name], needs_spectrum(cfg)) for name, m in eligible]
+    budget = _resolve_budget(cfg, teacher_params)
+    budget_left = None
+    if budget is not None:
+        budget_left = budget - (teacher_params - sum(s.dense_params for s in specs))
+    decisions = choose_ranks(specs, cfg, budget_left=budget_left)
+
+    model = teacher if inplace else copy.deepcopy(teacher)
+    records = list(skipped)
+    modules = dict(eligible)
+    todo = [(s, modules[s.name], decisions[s.name]) for s in specs]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        for spec, module, decision in tqdm(todo, desc="inheriting", unit="layer", disable=not progress, leave=False, delay=1.0):
+            records.append(_surgery(model, spec, module, decision, cfg))
+    records.sort(key=lambda r: order[r.name])
+    plan = InheritPlan(config=cfg.to_dict(), layers=records, teacher_params=teacher_params, budget=budget)
+    setattr(model, PLAN_ATTR, plan)
+    return model
+
+
+def _merge(config: InheritConfig | None, overrides: dict[str, Any]) -> InheritConfig:
+    if config is None:
+        return InheritConfig.from_dict(overrides)
+    if not isinstance(config, InheritConfig):
+        raise TypeError(f"config must be an InheritConfig, got {type(config).__name__}; use InheritConfig.from_dict for dicts.")
+    if not overrides:
+        return config
+    data = {f: getattr(config, f) for f in config.__dataclass_fields__}
+    return InheritConfig.from_dict({**data, **overrides})
+
+
+def _surgery(model: nn.Module, spec: LayerSpec, module: nn.Module, decision: RankDecision, cfg: InheritConfig) -> LayerRecord:
+    """Replace one layer of ``model`` (the copy) by its inherited version, or record why not."""
+    if decision.rank is None:
+        return _record(spec.name, module, spec.kind, skipped=decision.reason)
+    new = build_layer(module, spec.kind, decision.rank, cfg)  # random factors: the "w.o. SVD" init
+    weight = module.weight.detach()
+    energy_kept = None
+    if cfg.init == "svd":
+        fact = truncated_svd(weight, decision.rank, method=cfg.svd, niter=cfg.svd_niter, seed=cfg.seed)
+        down, up = fact.factors()
+        new.set_factors(down.to(weight.dtype), up.to(weight.dtype),
+                        None if module.bias is None else module.bias.detach(), cfg.head_scale)
+        energy_kept = fact.energy_kept
+    elif module.bias is not None:  # random factors, but the bias is inherited
+        with torch.no_grad():
+            new.bias.copy_(module.bias.detach().unsqueeze(0).expand_as(new.bias))
+    set_submodule(model, spec.name, new)
+    n_after = inherited_params(spec, decision.rank, cfg.heads, cfg.structure, cfg.gate)
+    return LayerRecord(spec.name, spec.kind, list(weight.shape), decision.rank, cfg.heads,
+                       spec.dense_params, n_after, energy_kept)

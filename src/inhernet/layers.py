@@ -1,0 +1,221 @@
+"""The inherited layers: one shared rank-r down-projection, H gated up-projection heads.
+
+For an input ``x`` (METHOD.md §2)::
+
+    z   = D x                       shared down-projection, r × d_in (a k×k conv for InherConv2d)
+    g   = softmax(G(pool(z)))       gate, Linear(r, H); pool = spatial mean (conv) or identity
+    y   = Σ_h g_h (B_h z + b_h)     H up-projections B_h: d_out × r (1×1 convs for InherConv2d)
+
+All heads live in one tensor ``up`` of shape ``(H, d_out, r)``; the forward pass never loops over
+heads in Python:
+
+* linear layers (one gate vector per token) feed the outer product ``g ⊗ z`` (length H·r) through
+  the heads concatenated along r: one matmul, no ``(…, H, d_out)`` intermediate;
+* convolutions (one gate vector per sample) mix the head weights per sample first,
+  ``W_n = Σ_h g_nh B_h`` (N × d_out × r, cheap), then apply one batched 1×1 product — the same result
+  as summing the head outputs, at the cost of a single head.
+
+``structure="symmetric"`` is the ablation with H separate down-projections (``down`` holds H·r rows,
+head h reads block h of ``z``). ``gate="none"`` is the ablation with fixed equal weights 1/H.
+With H = 1 the softmax is the constant 1, so no gate is built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import GATES, STRUCTURES, ConfigError
+
+
+class _InherBase(nn.Module):
+    """Parameters and head mixing shared by :class:`InherLinear` and :class:`InherConv2d`.
+
+    Subclasses define ``_down`` (x → z) and ``_pool`` (z → gate input).
+    """
+
+    def __init__(
+        self,
+        d_in_shape: tuple[int, ...],
+        d_out: int,
+        rank: int,
+        heads: int,
+        *,
+        bias: bool,
+        gate: str = "softmax",
+        structure: str = "asymmetric",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if rank < 1 or heads < 1:
+            raise ConfigError(f"rank ({rank}) and heads ({heads}) must be >= 1.")
+        if gate not in GATES or structure not in STRUCTURES:
+            raise ConfigError(f"gate must be one of {GATES} and structure one of {STRUCTURES}.")
+        factory = {"device": device, "dtype": dtype}
+        self.rank, self.heads = rank, heads
+        self.gate_mode, self.structure = gate, structure
+        down_rows = rank * heads if structure == "symmetric" else rank
+        self.down = nn.Parameter(torch.empty(down_rows, *d_in_shape, **factory))
+        self.up = nn.Parameter(torch.empty(heads, d_out, rank, **factory))
+        self.bias = nn.Parameter(torch.zeros(heads, d_out, **factory)) if bias else None
+        self.gate = nn.Linear(down_rows, heads, **factory) if (gate == "softmax" and heads > 1) else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors (the "w.o. SVD" ablation), initialised like ``nn.Linear``/``nn.Conv2d``."""
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        for head in self.up:  # each head gets its own random draw
+            nn.init.kaiming_uniform_(head, a=math.sqrt(5))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def compressed_dim(self) -> int:
+        """Width of z: r, or H·r for the symmetric ablation."""
+        return self.down.shape[0]
+
+    @torch.no_grad()
+    def set_factors(self, down: Tensor, up: Tensor, bias: Tensor | None, head_scale: str = "exact") -> None:
+        """Load factors ``down`` (r × d_in…) and ``up`` (d_out × r) into every head.
+
+        ``head_scale="paper"`` divides every head (and bias) by H, as in the paper; ``"exact"``
+        keeps the layer's initial map equal to ``up @ down`` (+ bias).
+        """
+        scale = 1.0 / self.heads if head_scale == "paper" else 1.0
+        copies = self.heads if self.structure == "symmetric" else 1
+        self.down.copy_(down.reshape(self.rank, *self.down.shape[1:]).repeat(copies, *([1] * (self.down.dim() - 1))))
+        self.up.copy_((up * scale).unsqueeze(0).expand_as(self.up))
+        if self.bias is not None:
+            if bias is None:
+                self.bias.zero_()
+            else:
+                self.bias.copy_((bias * scale).unsqueeze(0).expand_as(self.bias))
+
+    def gate_weights(self, z: Tensor) -> Tensor:
+        """Mixing weights g, shape ``(*batch, H)``: softmax gate, or 1/H without a gate."""
+        pooled = self._pool(z)
+        if self.gate is None:
+            return pooled.new_full((*pooled.shape[:-1], self.heads), 1.0 / self.heads)
+        return torch.softmax(self.gate(pooled), dim=-1)
+
+    def _heads_concat(self) -> Tensor:
+        """Heads side by side: ``(d_out, H·r)``, column ``h·r + j`` is ``up[h, :, j]``."""
+        return self.up.permute(1, 0, 2).reshape(self.up.shape[1], -1)
+
+    def _mix_input(self, z: Tensor, g: Tensor, feature_dim: int) -> Tensor:
+        """The H·r-wide input of the concatenated heads: ``g ⊗ z`` (shared down) or the blocks of z
+        scaled by g (symmetric). ``feature_dim=-1``: z is ``(…, R)`` with a gate per position;
+        ``feature_dim=1``: z is ``(N, R, L)`` with a gate per sample."""
+        if feature_dim == -1:
+            blocks = z.unflatten(-1, (self.heads, self.rank)) if self.structure == "symmetric" else z.unsqueeze(-2)
+            return (g.unsqueeze(-1) * blocks).flatten(-2)
+        blocks = z.unflatten(1, (self.heads, self.rank)) if self.structure == "symmetric" else z.unsqueeze(1)
+        return (g[:, :, None, None] * blocks).flatten(1, 2)
+
+    def _mixed_bias(self, g: Tensor) -> Tensor | None:
+        return None if self.bias is None else g @ self.bias
+
+    @torch.no_grad()
+    def effective_weight(self, gate_weights: Tensor | None = None) -> Tensor:
+        """The dense weight this layer computes for given head weights (default: uniform), in the
+        teacher's layout; with SVD init at any gate value it is the rank-r truncation of W."""
+        g = gate_weights if gate_weights is not None else self.up.new_full((self.heads,), 1.0 / self.heads)
+        down = self.down.flatten(1)
+        if self.structure == "symmetric":
+            mixed = torch.einsum("h,hor,hri->oi", g, self.up, down.unflatten(0, (self.heads, self.rank)))
+        else:
+            mixed = torch.einsum("h,hor->or", g, self.up) @ down
+        return mixed.reshape(self.up.shape[1], *self.down.shape[1:])
+
+    def extra_repr(self) -> str:
+        return (
+            f"rank={self.rank}, heads={self.heads}, bias={self.bias is not None}, "
+            f"gate={self.gate_mode}, structure={self.structure}"
+        )
+
+
+class InherLinear(_InherBase):
+    """Inherited ``nn.Linear``: ``(…, in_features) → (…, out_features)``, one gate per position."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, heads: int = 3, *, bias: bool = True, **kwargs) -> None:
+        self.in_features, self.out_features = in_features, out_features
+        super().__init__((in_features,), out_features, rank, heads, bias=bias, **kwargs)
+
+    def _pool(self, z: Tensor) -> Tensor:
+        return z
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.linear(x, self.down)
+        if self.heads == 1:
+            return F.linear(z, self.up[0], None if self.bias is None else self.bias[0])
+        g = self.gate_weights(z)
+        if self.gate is None and self.structure == "asymmetric":  # fixed 1/H: one mixed head
+            bias = None if self.bias is None else self.bias.mean(0)
+            return F.linear(z, self.up.mean(0), bias)
+        y = F.linear(self._mix_input(z, g, feature_dim=-1), self._heads_concat())
+        bias = self._mixed_bias(g)
+        return y if bias is None else y + bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
+
+
+class InherConv2d(_InherBase):
+    """Inherited ``nn.Conv2d`` (groups = 1): a k×k conv ``C_in → r`` with the teacher's stride,
+    padding and dilation, then H gated 1×1 convs ``r → C_out``; one gate vector per image."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        rank: int,
+        heads: int = 3,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        **kwargs,
+    ) -> None:
+        pair = nn.modules.utils._pair
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
+        self.padding = padding if isinstance(padding, str) else pair(padding)
+        super().__init__((in_channels, *self.kernel_size), out_channels, rank, heads, bias=bias, **kwargs)
+
+    def _pool(self, z: Tensor) -> Tensor:
+        return z.mean(dim=(-2, -1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.conv2d(x, self.down, None, self.stride, self.padding, self.dilation)
+        n, _, h, w = z.shape
+        flat = z.flatten(2)  # (N, R, L)
+        if self.heads == 1:
+            y = torch.matmul(self.up[0], flat)
+            bias = None if self.bias is None else self.bias[0][None, :, None]
+        else:
+            g = self.gate_weights(z)  # (N, H)
+            if self.structure == "asymmetric":
+                # mix the heads per sample (N × d_out × r), then one batched product
+                y = torch.bmm(torch.einsum("nh,hor->nor", g, self.up), flat)
+            else:
+                y = torch.matmul(self._heads_concat(), self._mix_input(flat, g, feature_dim=1))
+            bias = self._mixed_bias(g)
+            bias = None if bias is None else bias[:, :, None]
+        if bias is not None:
+            y = y + bias
+        return y.view(n, -1, h, w)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, " + super().extra_repr()
+        )
+
+
+INHER_LAYERS = (InherLinear, InherConv2d)

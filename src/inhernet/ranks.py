@@ -1,0 +1,213 @@
+"""Rank policies: which rank each selected layer gets (``None`` = the layer stays dense).
+
+Policy only — no module surgery. Each selected layer is described by a :class:`LayerSpec`
+(shape and, when a policy needs it, its singular values). Policies:
+
+* ``rank``: one rank everywhere (the paper);
+* ``rank_fraction``: a fraction of each layer's full rank ``min(d_out, d_in)``;
+* ``energy``: the smallest rank keeping a fraction of each layer's spectrum energy;
+* ``budget`` / ``"uniform"``: the largest single rank whose network fits the parameter budget
+  (what the paper would pick by hand);
+* ``budget`` / ``"spectral"``: a global greedy allocation that spends the budget where it buys the
+  most spectrum energy per parameter (each layer's energy normalised to 1, so layers count equally
+  whatever their scale). Beyond the paper.
+
+Afterwards ``rank_pattern`` overrides single layers, ranks are rounded down to ``rank_multiple``,
+and a layer whose rank reaches ``min(d_out, d_in)`` stays dense (the paper's rule; with
+``dense_at_full_rank=False`` it is factorised at full rank instead).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import ConfigError, InheritConfig
+
+
+@dataclass
+class LayerSpec:
+    """One selected layer, as the policies see it."""
+
+    name: str
+    kind: str  # "Linear" | "Conv2d"
+    d_in: int  # in_features, or C_in·k·k
+    d_out: int
+    has_bias: bool
+    spectrum: Tensor | None = None  # all singular values, descending (only when the policy needs it)
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.d_in, self.d_out)
+
+    @property
+    def dense_params(self) -> int:
+        return self.d_in * self.d_out + (self.d_out if self.has_bias else 0)
+
+    def cumulative_energy(self) -> Tensor:
+        """``c[r]`` = fraction of ``‖W‖_F²`` kept at rank r (``c[0] = 0``), float64."""
+        if self.spectrum is None:
+            raise RuntimeError(f"layer {self.name}: the policy needs its spectrum, which was not computed.")
+        e = self.spectrum.double() ** 2
+        total = e.sum()
+        c = torch.cat([e.new_zeros(1), e.cumsum(0)])
+        return c / total if total > 0 else torch.ones_like(c)
+
+
+def inherited_params(spec: LayerSpec, rank: int, heads: int, structure: str = "asymmetric", gate: str = "softmax") -> int:
+    """Parameters of one inherited layer (METHOD.md §3):
+    ``R·d_in + H·r·d_out + (R·H + H) [gate, if H > 1] + H·d_out [head biases, if the teacher had a bias]``,
+    with ``R = r`` (shared down) or ``H·r`` (symmetric ablation)."""
+    down_rows = rank * heads if structure == "symmetric" else rank
+    n = down_rows * spec.d_in + heads * rank * spec.d_out
+    if gate == "softmax" and heads > 1:
+        n += down_rows * heads + heads
+    if spec.has_bias:
+        n += heads * spec.d_out
+    return n
+
+
+@dataclass
+class RankDecision:
+    """A layer's rank (``None``: stays dense) and, for dense layers, why."""
+
+    rank: int | None
+    reason: str = ""
+
+
+class _Cost:
+    """Parameter cost of a layer at a rank, with the paper's "rank ≥ full → dense" rule."""
+
+    def __init__(self, cfg: InheritConfig) -> None:
+        self.heads, self.structure, self.gate = cfg.heads, cfg.structure, cfg.gate
+
+    def __call__(self, spec: LayerSpec, rank: int | None) -> int:
+        if rank is None or rank >= spec.full_rank:
+            return spec.dense_params
+        return inherited_params(spec, rank, self.heads, self.structure, self.gate)
+
+
+def needs_spectrum(cfg: InheritConfig) -> bool:
+    """Whether the policy reads singular values (energy threshold or spectral budget)."""
+    return cfg.energy is not None or (cfg.budget is not None and cfg.budget_mode == "spectral")
+
+
+def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int | None = None) -> dict[str, RankDecision]:
+    """Decide every selected layer's rank.
+
+    ``budget_left`` (budget policies only) is the parameter budget minus every parameter that is
+    not in a selected layer (norms, classifier, excluded layers).
+    """
+    if cfg.budget is not None:
+        if budget_left is None:
+            raise ValueError("a budget policy needs budget_left")
+        alloc = _budget_uniform if cfg.budget_mode == "uniform" else _budget_spectral
+        ranks = alloc(specs, cfg, budget_left)
+    else:
+        ranks = {s.name: _per_layer_rank(s, cfg) for s in specs}
+        for s in specs:
+            override = _pattern_rank(s.name, cfg.rank_pattern)
+            if override is not None:
+                ranks[s.name] = override
+        ranks = {n: (r if r is None else _round_down(r, cfg.rank_multiple)) for n, r in ranks.items()}
+    decisions = {}
+    for s in specs:
+        r = ranks[s.name]
+        if r is None:
+            decisions[s.name] = RankDecision(None, "the budget allocation keeps it dense (no dearer, exact)")
+        elif r >= s.full_rank and cfg.dense_at_full_rank:
+            decisions[s.name] = RankDecision(None, f"rank {r} >= min(d_out, d_in) = {s.full_rank}: stays dense")
+        else:
+            decisions[s.name] = RankDecision(min(r, s.full_rank))
+    return decisions
+
+
+def _round_down(rank: int, multiple: int) -> int:
+    return max(multiple, (rank // multiple) * multiple)
+
+
+def _pattern_rank(name: str, pattern: dict[str, int]) -> int | None:
+    for regex, rank in pattern.items():
+        if re.fullmatch(regex, name):
+            return rank
+    return None
+
+
+def _per_layer_rank(spec: LayerSpec, cfg: InheritConfig) -> int:
+    if cfg.rank_fraction is not None:
+        return max(1, int(cfg.rank_fraction * spec.full_rank))
+    if cfg.energy is not None:
+        c = spec.cumulative_energy()
+        # smallest r with c[r] >= threshold (tolerate float round-off at energy=1)
+        return max(1, int(torch.searchsorted(c, torch.tensor(cfg.energy - 1e-12, dtype=c.dtype)).item()))
+    return cfg.uniform_rank
+
+
+def _budget_uniform(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int) -> dict[str, int | None]:
+    """The largest single rank (a multiple of ``rank_multiple``) whose network fits the budget."""
+    cost = _Cost(cfg)
+    step = cfg.rank_multiple
+    best = None
+    for r in range(step, max(s.full_rank for s in specs) + step, step):
+        if sum(cost(s, r) for s in specs) <= budget_left:
+            best = r
+    if best is None:
+        smallest = sum(cost(s, step) for s in specs)
+        raise ConfigError(
+            f"the budget leaves {budget_left:,} parameters for the selected layers, but even rank {step} "
+            f"everywhere needs {smallest:,}; raise the budget, or factorise more layers "
+            "(fewer exclude_modules) so more of the network shrinks."
+        )
+    return {s.name: best for s in specs}
+
+
+def _budget_spectral(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int) -> dict[str, int | None]:
+    """Greedy allocation: repeatedly grow the layer whose next step (``rank_multiple`` more ranks,
+    or going dense when that is no dearer) buys the most normalised spectrum energy per parameter."""
+    cost, step = _Cost(cfg), cfg.rank_multiple
+    energy = {s.name: s.cumulative_energy() for s in specs}
+    rank: dict[str, int | None] = {}
+    for s in specs:  # start every layer at the smallest rank, or dense when that is no dearer
+        r = min(step, s.full_rank)
+        rank[s.name] = None if cost(s, r) >= s.dense_params else r
+    left = budget_left - sum(cost(s, rank[s.name]) for s in specs)
+    if left < 0:
+        raise ConfigError(
+            f"the budget leaves {budget_left:,} parameters for the selected layers, but the smallest "
+            f"allocation (rank {step} everywhere) needs {budget_left - left:,}; raise the budget."
+        )
+
+    def next_step(s: LayerSpec) -> tuple[float, int, int | None] | None:
+        r = rank[s.name]
+        if r is None:
+            return None
+        nxt: int | None = r + step
+        if nxt >= s.full_rank or cost(s, nxt) >= s.dense_params:
+            nxt = None  # going dense: exact, and no dearer than growing further
+        gain = float((1.0 if nxt is None else energy[s.name][nxt]) - energy[s.name][r])
+        return gain, cost(s, nxt) - cost(s, r), nxt
+
+    heap: list[tuple[float, int, int | None]] = []
+    by_index = dict(enumerate(specs))
+
+    def push(i: int) -> None:
+        st = next_step(by_index[i])
+        if st is not None:
+            gain, delta, _ = st
+            heapq.heappush(heap, (-gain / max(delta, 1), i, delta))
+
+    for i in by_index:
+        push(i)
+    while heap:
+        _, i, delta = heapq.heappop(heap)
+        s = by_index[i]
+        if delta > left:
+            continue  # this layer cannot grow further within the budget; others may
+        rank[s.name] = next_step(s)[2]
+        left -= delta
+        push(i)
+    return rank

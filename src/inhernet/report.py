@@ -1,0 +1,108 @@
+"""Counting and reporting: parameters, FLOPs, and the per-layer inheritance table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .inherit import PLAN_ATTR, InheritPlan, LayerRecord
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared (tied) tensor counted once."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
+    return sum(p.numel() for p in params.values())
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, *, example_input: Any = None) -> int:
+    """FLOPs of one forward pass (``torch.utils.flop_counter``: matmuls and convolutions, 2 per
+    multiply-add), for a zero tensor of ``input_shape`` (batch included) or a given ``example_input``
+    (a tensor, a tuple of positional args or a dict of keyword args)."""
+    if example_input is None:
+        if input_shape is None:
+            raise ValueError("give input_shape (e.g. (1, 3, 32, 32)) or example_input.")
+        ref = next(iter(model.parameters()), None)
+        example_input = torch.zeros(*input_shape, device=None if ref is None else ref.device)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, tuple):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def get_plan(model: nn.Module) -> InheritPlan:
+    plan = getattr(model, PLAN_ATTR, None)
+    if plan is None:
+        raise ValueError("this model carries no inheritance plan: pass a model returned by inhernet.inherit or inhernet.load.")
+    return plan
+
+
+@dataclass
+class LayerReport:
+    """Per-layer table of an inherited model; ``print()`` it, or use ``rows`` / ``to_markdown()``."""
+
+    rows: list[LayerRecord]
+    teacher_params: int
+    model_params: int
+    budget: int | None
+
+    HEADER = ("layer", "kind", "shape", "rank", "heads", "params before", "params after", "energy kept", "note")
+
+    def _cells(self) -> list[tuple[str, ...]]:
+        out = []
+        for r in self.rows:
+            out.append((
+                r.name, r.kind, "×".join(map(str, r.shape)),
+                "dense" if r.rank is None else str(r.rank),
+                "" if r.heads is None else str(r.heads),
+                f"{r.params_before:,}", f"{r.params_after:,}",
+                "" if r.energy_kept is None else f"{100 * r.energy_kept:.1f}%",
+                r.skipped,
+            ))
+        return out
+
+    def summary(self) -> str:
+        n_inh = sum(r.rank is not None for r in self.rows)
+        line = (f"{n_inh} of {len(self.rows)} layers inherited; parameters {self.model_params:,} "
+                f"(teacher {self.teacher_params:,}, {self.model_params / max(self.teacher_params, 1):.1%})")
+        if self.budget is not None:
+            verdict = "within" if self.model_params <= self.budget else "OVER"
+            line += f"; budget {self.budget:,}: {verdict} budget"
+        return line
+
+    def __str__(self) -> str:
+        cells = [self.HEADER, *self._cells()]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.HEADER))]
+        numeric = {3, 4, 5, 6, 7}
+        lines = []
+        for k, row in enumerate(cells):
+            parts = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            lines.append("  ".join(parts).rstrip())
+            if k == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join([*lines, "", self.summary()])
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self._cells()]
+        return "\n".join([*lines, "", self.summary()])
+
+
+def layer_report(model: nn.Module) -> LayerReport:
+    """One row per Linear/Conv2d of the teacher: shape, rank, heads, parameters before/after,
+    fraction of spectrum energy kept, and why a layer stayed dense."""
+    plan = get_plan(model)
+    return LayerReport(plan.layers, plan.teacher_params, count_parameters(model), plan.budget)

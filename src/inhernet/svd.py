@@ -1,0 +1,81 @@
+"""Truncated SVD of layer weights and the InherNet factors built from it.
+
+A weight ``W`` (``d_out × d_in``; a conv kernel reshaped to ``C_out × C_in·k·k``) is factorised as
+``W ≈ U_r Σ_r V_rᵀ`` (Eckart–Young: the best rank-r approximation in Frobenius norm, with error
+``sqrt(Σ_{i>r} σ_i²)``). InherNet splits the singular values evenly between the two sides:
+``down = Σ_r^{1/2} V_rᵀ`` (r × d_in) and ``up = U_r Σ_r^{1/2}`` (d_out × r).
+
+The SVD runs in float32 (or float64 for float64 weights) whatever the weight's dtype, so half
+precision teachers factorise accurately; the factors are cast back to the weight's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: extra columns sampled by the randomized SVD beyond the target rank (Halko et al.)
+OVERSAMPLE = 10
+
+
+def as_matrix(weight: Tensor) -> Tensor:
+    """``d_out × d_in`` view of a Linear weight or a Conv2d kernel (``C_out × C_in·k·k``)."""
+    return weight.reshape(weight.shape[0], -1)
+
+
+def _compute_dtype(weight: Tensor) -> torch.dtype:
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class Factorisation:
+    """Top-r singular triplets of one weight matrix, and its total spectrum energy ``‖W‖_F²``."""
+
+    U: Tensor  # d_out × r
+    S: Tensor  # r
+    Vh: Tensor  # r × d_in
+    total_energy: float
+
+    @property
+    def energy_kept(self) -> float:
+        """Fraction of ``‖W‖_F²`` captured by the kept singular values."""
+        return float((self.S.double() ** 2).sum() / self.total_energy) if self.total_energy > 0 else 1.0
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(down, up)`` with the singular values split evenly: ``up @ down = U_r Σ_r V_rᵀ``."""
+        root = self.S.sqrt()
+        return root[:, None] * self.Vh, self.U * root[None, :]
+
+
+def singular_values(weight: Tensor) -> Tensor:
+    """All singular values of a layer weight, descending (float32/64, on the weight's device)."""
+    return torch.linalg.svdvals(as_matrix(weight).to(_compute_dtype(weight)))
+
+
+def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: int = 4, seed: int = 0) -> Factorisation:
+    """Top-``rank`` SVD of a layer weight.
+
+    ``method="exact"`` uses ``torch.linalg.svd``; ``"randomized"`` uses ``torch.svd_lowrank`` with
+    ``rank + OVERSAMPLE`` columns and ``niter`` power iterations, seeded so results repeat.
+    """
+    matrix = as_matrix(weight).to(_compute_dtype(weight))
+    full = min(matrix.shape)
+    if not 1 <= rank <= full:
+        raise ValueError(f"rank {rank} is outside 1..{full} for a {tuple(matrix.shape)} matrix.")
+    total = float(matrix.double().pow(2).sum())
+    if method == "exact":
+        U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+        return Factorisation(U[:, :rank], S[:rank], Vh[:rank], total)
+    if method != "randomized":
+        raise ValueError(f"unknown SVD method {method!r}; use 'exact' or 'randomized'.")
+    with torch.random.fork_rng(devices=[matrix.device] if matrix.is_cuda else []):
+        torch.manual_seed(seed)
+        U, S, V = torch.svd_lowrank(matrix, q=min(rank + OVERSAMPLE, full), niter=niter)
+    return Factorisation(U[:, :rank], S[:rank], V[:, :rank].T, total)
+
+
+def tail_error(S_all: Tensor, rank: int) -> float:
+    """Eckart–Young error ``‖W − W_r‖_F = sqrt(Σ_{i>r} σ_i²)`` from the full spectrum."""
+    return float(S_all[rank:].double().pow(2).sum().sqrt())
