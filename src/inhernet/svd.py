@@ -11,13 +11,31 @@ precision teachers factorise accurately; the factors are cast back to the weight
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
 #: extra columns sampled by the randomized SVD beyond the target rank (Halko et al.)
 OVERSAMPLE = 10
+#: below this many elements a CPU SVD runs on one thread: LAPACK's threading only costs there, and
+#: on a busy machine it costs a lot (a 64×576 SVD: 2 ms on one thread, up to 2 s on two busy cores)
+SINGLE_THREAD_NUMEL = 1 << 20
+
+
+@contextmanager
+def _lapack_threads(matrix: Tensor) -> Iterator[None]:
+    if matrix.is_cuda or matrix.numel() >= SINGLE_THREAD_NUMEL:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def as_matrix(weight: Tensor) -> Tensor:
@@ -51,7 +69,9 @@ class Factorisation:
 
 def singular_values(weight: Tensor) -> Tensor:
     """All singular values of a layer weight, descending (float32/64, on the weight's device)."""
-    return torch.linalg.svdvals(as_matrix(weight).to(_compute_dtype(weight)))
+    matrix = as_matrix(weight).to(_compute_dtype(weight))
+    with _lapack_threads(matrix):
+        return torch.linalg.svdvals(matrix)
 
 
 def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: int = 4, seed: int = 0) -> Factorisation:
@@ -66,11 +86,12 @@ def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: in
         raise ValueError(f"rank {rank} is outside 1..{full} for a {tuple(matrix.shape)} matrix.")
     total = float(matrix.double().pow(2).sum())
     if method == "exact":
-        U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+        with _lapack_threads(matrix):
+            U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
         return Factorisation(U[:, :rank], S[:rank], Vh[:rank], total)
     if method != "randomized":
         raise ValueError(f"unknown SVD method {method!r}; use 'exact' or 'randomized'.")
-    with torch.random.fork_rng(devices=[matrix.device] if matrix.is_cuda else []):
+    with torch.random.fork_rng(devices=[matrix.device] if matrix.is_cuda else []), _lapack_threads(matrix):
         torch.manual_seed(seed)
         U, S, V = torch.svd_lowrank(matrix, q=min(rank + OVERSAMPLE, full), niter=niter)
     return Factorisation(U[:, :rank], S[:rank], V[:, :rank].T, total)

@@ -1,0 +1,164 @@
+"""inherit(): selection, the teacher left untouched, bad input, ablation switches."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import inhernet
+from inhernet import InheritConfig, InherConv2d, InherLinear, inherit
+from inhernet.config import ConfigError
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 10),
+    )
+
+
+def _reason(model, name):
+    return next(r.skipped for r in inhernet.layer_report(model).rows if r.name == name)
+
+
+def test_teacher_is_bit_identical_after_inherit():
+    teacher = inhernet.models.create_model("resnet20", num_classes=10)
+    teacher.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    modules_before = [type(m) for m in teacher.modules()]
+    model = inherit(teacher, rank=4, heads=3, progress=False)
+    model(torch.randn(2, 3, 32, 32))  # training-mode forward updates the copy's BN stats only
+    after = teacher.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [type(m) for m in teacher.modules()] == modules_before
+    assert not hasattr(teacher, "inhernet_plan")
+
+
+def test_inplace_changes_the_teacher_when_asked():
+    teacher = small_cnn()
+    model = inherit(teacher, rank=2, heads=2, inplace=True, progress=False)
+    assert model is teacher and isinstance(teacher[0], InherConv2d)
+
+
+def test_default_selection_and_skip_reasons():
+    model = inherit(small_cnn(), rank=4, heads=3, progress=False)
+    assert isinstance(model[0], InherConv2d) and isinstance(model[5], InherConv2d)
+    assert isinstance(model[9], InherLinear) and type(model[11]) is nn.Linear
+    assert "final classifier" in _reason(model, "11")
+    assert "groups=4" in _reason(model, "3")
+    assert isinstance(model[1], nn.BatchNorm2d)  # norms are kept with the teacher's statistics
+
+
+def test_full_rank_layer_stays_dense_by_paper_rule():
+    model = inherit(small_cnn(), rank=16, heads=3, progress=False)
+    assert type(model[0]) is nn.Conv2d  # min(16, 27) = 16
+    assert ">= min(d_out, d_in) = 16" in _reason(model, "0")
+
+
+def test_target_and_exclude_modules_names_suffixes_and_regex():
+    teacher = inhernet.models.create_model("resnet20", num_classes=10)
+    m = inherit(teacher, rank=4, target_modules=["conv1"], progress=False)  # suffix match
+    inherited = {r.name for r in inhernet.layer_report(m).rows if r.rank is not None}
+    assert inherited and all(n.endswith("conv1") for n in inherited)
+    m = inherit(teacher, rank=4, target_modules=r"layer3\..*", progress=False)  # one regex, full match
+    inherited = {r.name for r in inhernet.layer_report(m).rows if r.rank is not None}
+    assert inherited and all(n.startswith("layer3.") for n in inherited)
+    m = inherit(teacher, rank=4, exclude_modules=[r"layer1\..*"], progress=False)
+    assert all(not r.name.startswith("layer1.") for r in inhernet.layer_report(m).rows if r.rank is not None)
+    assert _reason(m, "layer1.0.conv1") == "in exclude_modules"
+
+
+def test_classifier_can_be_targeted_explicitly():
+    model = inherit(small_cnn(), rank=4, target_modules=["11"], progress=False)
+    assert isinstance(model[11], InherLinear)
+
+
+def test_no_matching_layer_lists_candidates():
+    with pytest.raises(ConfigError, match="Candidate layers: 0, 3, 5, 9, 11"):
+        inherit(small_cnn(), rank=4, target_modules=["q_proj"], progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"rank": 0}, "rank=0 must be an integer >= 1"),
+    ({"rank": -3}, "rank=-3"),
+    ({"heads": 0}, "heads=0 must be an integer >= 1"),
+    ({"rank": 2.5}, "rank=2.5"),
+    ({"rank": 4, "energy": 0.9}, "give one rank policy"),
+    ({"energy": 1.5}, "energy=1.5 must lie in"),
+    ({"budget": -10}, "budget=-10"),
+    ({"budget": 2.0}, "fraction of the teacher"),
+    ({"budget": "half"}, "budget='half'"),
+    ({"head_scale": "demo"}, "head_scale='demo' is not valid"),
+    ({"layer_types": ["Conv3d"]}, "layer_types entry='Conv3d'"),
+])
+def test_bad_config_values_are_clear_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        InheritConfig(**kwargs)
+
+
+def test_unknown_option_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"'rnak' \(did you mean 'rank'\?\).*Valid options: rank, heads"):
+        InheritConfig.from_dict({"rnak": 8})
+    with pytest.raises(ConfigError, match="unknown InheritConfig option"):
+        inherit(small_cnn(), rnak=8)
+    with pytest.raises(TypeError, match="InheritConfig.from_dict"):
+        inherit(small_cnn(), {"rank": 8})
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_teacher_weights_are_rejected(bad):
+    teacher = small_cnn()
+    with torch.no_grad():
+        teacher[9].weight[0, 0] = bad
+    with pytest.raises(ValueError, match=r"teacher layer '9' has non-finite values .* in its weight"):
+        inherit(teacher, rank=4, progress=False)
+
+
+def test_inheriting_twice_is_an_error():
+    model = inherit(small_cnn(), rank=4, progress=False)
+    with pytest.raises(ConfigError, match="already contains inherited layers"):
+        inherit(model, rank=4)
+
+
+def test_random_init_ablation_keeps_everything_else_inherited():
+    teacher = small_cnn()
+    svd = inherit(teacher, rank=4, heads=3, progress=False)
+    rnd = inherit(teacher, rank=4, heads=3, init="random", progress=False)
+    assert not torch.allclose(svd[0].down, rnd[0].down)
+    assert not torch.equal(rnd[0].up[0], rnd[0].up[1])  # independent random heads
+    torch.testing.assert_close(rnd[0].bias[0], teacher[0].bias)  # bias inherited
+    torch.testing.assert_close(rnd[1].running_var, teacher[1].running_var)
+    torch.testing.assert_close(rnd[11].weight, teacher[11].weight)  # classifier inherited
+    assert inhernet.count_parameters(rnd) == inhernet.count_parameters(svd)
+
+
+def test_symmetric_ablation_has_h_down_projections():
+    model = inherit(small_cnn(), rank=4, heads=3, structure="symmetric", progress=False)
+    assert model[5].down.shape == (12, 16, 3, 3)
+    assert model[5].gate.in_features == 12
+
+
+def test_same_seed_same_model_and_global_rng_untouched():
+    teacher = small_cnn()
+    state = torch.get_rng_state()
+    a = inherit(teacher, rank=4, seed=3, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = inherit(teacher, rank=4, seed=3, progress=False)
+    c = inherit(teacher, rank=4, seed=4, progress=False)
+    assert torch.equal(a[0].gate.weight, b[0].gate.weight)
+    assert not torch.equal(a[0].gate.weight, c[0].gate.weight)
+
+
+def test_randomized_svd_matches_exact_on_a_low_rank_matrix():
+    torch.manual_seed(1)
+    lin = nn.Linear(300, 200)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(200, 6) @ torch.randn(6, 300))
+    teacher = nn.Sequential(lin, nn.ReLU(), nn.Linear(200, 2))
+    exact = inherit(teacher, rank=6, progress=False)
+    fast = inherit(teacher, rank=6, svd="randomized", progress=False)
+    torch.testing.assert_close(fast[0].effective_weight(), exact[0].effective_weight(), rtol=1e-3, atol=1e-4)
