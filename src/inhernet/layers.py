@@ -196,7 +196,7 @@ class InherConv2d(_InherBase):
         n, _, h, w = z.shape
         flat = z.flatten(2)  # (N, R, L)
         if self.heads == 1:
-            y = torch.matmul(self.up[0], flat)
+            y = torch.bmm(self.up[0].expand(n, -1, -1), flat)
             bias = None if self.bias is None else self.bias[0][None, :, None]
         else:
             g = self.gate_weights(z)  # (N, H)
