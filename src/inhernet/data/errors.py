@@ -1,0 +1,26 @@
+"""Errors raised by the data loaders.
+
+They are separate classes so that callers (the CLI, the tests) can tell "this data set is not on
+this machine" - something the user fixes by installing a package - apart from "this file is
+damaged", which needs a re-download.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataFormatError", "DatasetNotFoundError", "IdxFormatError"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are not on this machine.
+
+    Subclasses :class:`FileNotFoundError` so that generic ``except FileNotFoundError`` handlers
+    still catch it; the message always ends with the exact command or step that installs the data.
+    """
+
+
+class DataFormatError(ValueError):
+    """A data file is there but truncated, corrupt, or not in the format expected."""
+
+
+class IdxFormatError(DataFormatError):
+    """An IDX file (the MNIST file format) is truncated, corrupt or not the kind that was expected."""
