@@ -24,7 +24,11 @@ GATES = ("softmax", "none")
 STRUCTURES = ("asymmetric", "symmetric")
 SVD_METHODS = ("exact", "randomized")
 BUDGET_MODES = ("spectral", "uniform")
-LAYER_TYPES = ("Linear", "Conv2d")
+#: eligible module types; "Conv1D" is transformers' GPT-2 ``Conv1D`` (a Linear whose weight is stored
+#: transposed, in × out), inherited as an :class:`~inhernet.layers.InherLinear`
+LAYER_TYPES = ("Linear", "Conv2d", "Conv1D")
+#: ``target_modules`` shortcut (as in PEFT): every Linear/Conv1D except the output layer
+ALL_LINEAR = "all-linear"
 
 Budget = Union[int, float, nn.Module, None]
 
@@ -67,11 +71,19 @@ class InheritConfig:
 
     Selection:
       target_modules: layer names to factorise: a list of names / name suffixes, or one regex
-                      string matched in full against the qualified name (as in PEFT). ``None``
-                      means every layer of ``layer_types``.
+                      string matched in full against the qualified name (as in PEFT), or
+                      ``"all-linear"``: every Linear/Conv1D except the output layer (the LM head /
+                      classifier, while ``exclude_classifier``). ``None`` means every layer of
+                      ``layer_types`` for a plain ``nn.Module``; for a Hugging Face
+                      ``PreTrainedModel`` it means the architecture's attention and MLP projections
+                      (:func:`inhernet.hf.default_target_modules`; embeddings, heads, patch
+                      embeddings and norms stay dense). Layers whose weight is tied to another
+                      module's stay dense.
       exclude_modules: same syntax; these stay dense.
-      layer_types:    which module types are eligible (``"Linear"``, ``"Conv2d"``).
-      exclude_classifier: keep the network's last ``Linear`` dense (default, as in the paper).
+      layer_types:    which module types are eligible (``"Linear"``, ``"Conv2d"``, ``"Conv1D"``:
+                      transformers' transposed linear of GPT-2).
+      exclude_classifier: keep the network's last ``Linear`` (and a Hugging Face model's output
+                      embeddings, the LM head) dense unless targeted by name (default, as in the paper).
 
     Structure:
       heads:          number of gated up-projection heads H (paper: 3 on CIFAR, 2 on GLUE).

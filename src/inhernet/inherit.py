@@ -2,8 +2,10 @@
 
 Three separate steps (as Torch-Pruning separates analysis, policy and surgery):
 
-1. **select** (:func:`select_layers`): which ``Linear``/``Conv2d`` layers are eligible, and why the
-   others are skipped (excluded by name, final classifier, grouped conv, ...);
+1. **select** (:func:`select_layers`): which ``Linear``/``Conv2d`` (and transformers' ``Conv1D``)
+   layers are eligible, and why the others are skipped (excluded by name, final classifier, grouped
+   conv, tied weight, ...); on a Hugging Face model ``target_modules=None`` means the architecture's
+   attention and MLP projections (:func:`resolve_config`);
 2. **policy** (:mod:`inhernet.ranks`): a rank per selected layer, or dense;
 3. **surgery** (:func:`inherit`): a copy of the teacher whose selected layers are replaced by
    :class:`~inhernet.layers.InherLinear` / :class:`~inhernet.layers.InherConv2d`, initialised from
@@ -16,8 +18,10 @@ The result carries an :class:`InheritPlan` (``model.inhernet_plan``) that ``laye
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -25,13 +29,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ConfigError, InheritConfig
+from .config import ALL_LINEAR, ConfigError, InheritConfig
+from .hf.conv1d import KIND as CONV1D, in_out_features, is_conv1d, weight_matrix
 from .layers import INHER_LAYERS, InherConv2d, InherLinear
 from .ranks import LayerSpec, RankDecision, choose_ranks, inherited_params, needs_spectrum
 from .svd import singular_values, truncated_svd
 
 PLAN_ATTR = "inhernet_plan"
 _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
+_LINEAR_KINDS = ("Linear", CONV1D)
+#: candidate names listed in full in the "selects no layer" error below this count, summarised above
+_LIST_ALL = 40
 
 
 @dataclass
@@ -39,8 +47,8 @@ class LayerRecord:
     """One row of the plan: a Linear/Conv2d of the teacher and what became of it."""
 
     name: str
-    kind: str
-    shape: list[int]  # teacher weight shape
+    kind: str  # "Linear" | "Conv2d" | "Conv1D"
+    shape: list[int]  # teacher weight shape, as stored (a Conv1D's is in × out)
     rank: int | None = None  # None: dense
     heads: int | None = None
     params_before: int = 0
@@ -75,7 +83,18 @@ def _kind(module: nn.Module) -> str | None:
     for kind, cls in _TYPES.items():
         if isinstance(module, cls):
             return kind
-    return None
+    return CONV1D if is_conv1d(module) else None
+
+
+def resolve_config(model: nn.Module, cfg: InheritConfig) -> InheritConfig:
+    """The config as applied to ``model``: on a Hugging Face ``PreTrainedModel`` with
+    ``target_modules=None``, the architecture's default targets (attention and MLP projections,
+    :func:`inhernet.hf.default_target_modules`); otherwise ``cfg`` unchanged."""
+    from .hf import default_target_modules, is_hf_model
+
+    if cfg.target_modules is None and is_hf_model(model):
+        return dataclasses.replace(cfg, target_modules=default_target_modules(model))
+    return cfg
 
 
 def _matches(name: str, selector: str | tuple[str, ...]) -> bool:
@@ -95,7 +114,7 @@ def _matches(name: str, selector: str | tuple[str, ...]) -> bool:
 
 
 def _iter_linear_conv(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Module | None]]:
-    """``(name, module, kind, parent)`` of every Linear/Conv2d, in registration order."""
+    """``(name, module, kind, parent)`` of every Linear/Conv2d/Conv1D, in registration order."""
     parents = {}
     for pname, parent in model.named_modules():
         for cname, child in parent.named_children():
@@ -112,10 +131,11 @@ def select_layers(model: nn.Module, cfg: InheritConfig) -> tuple[list[tuple[str,
     Raises ``ConfigError`` when nothing is eligible, listing the candidate names.
     """
     found = list(_iter_linear_conv(model))
-    last_linear = next((n for n, _, k, _ in reversed(found) if k == "Linear"), None)
+    outputs = _output_layers(model, found)
+    tied = _tied_elsewhere(model)
     eligible, skipped = [], []
     for name, module, kind, parent in found:
-        reason = _skip_reason(name, module, kind, parent, cfg, last_linear)
+        reason = _skip_reason(name, module, kind, parent, cfg, outputs) or _tie_reason(name, module, tied)
         if reason:
             skipped.append(_record(name, module, kind, skipped=reason))
         else:
@@ -123,9 +143,9 @@ def select_layers(model: nn.Module, cfg: InheritConfig) -> tuple[list[tuple[str,
     if cfg.target_modules is not None and not isinstance(cfg.target_modules, str):
         for entry in cfg.target_modules:
             if not any(_matches(n, (entry,)) for n, _, _, _ in found):
-                warnings.warn(f"target_modules entry {entry!r} matches no Linear/Conv2d layer", stacklevel=3)
+                warnings.warn(f"target_modules entry {entry!r} matches no Linear/Conv2d/Conv1D layer", stacklevel=3)
     if not eligible:
-        names = ", ".join(n for n, _, _, _ in found) or "(the model has no Linear or Conv2d layer)"
+        names = _candidates([n for n, _, _, _ in found]) or "(the model has no Linear, Conv2d or Conv1D layer)"
         raise ConfigError(
             "the config selects no layer to inherit "
             f"(target_modules={cfg.target_modules!r}, exclude_modules={cfg.exclude_modules!r}, "
@@ -134,16 +154,64 @@ def select_layers(model: nn.Module, cfg: InheritConfig) -> tuple[list[tuple[str,
     return eligible, skipped
 
 
-def _skip_reason(name, module, kind, parent, cfg: InheritConfig, last_linear) -> str:
-    targeted = cfg.target_modules is not None and _matches(name, cfg.target_modules)
+def _candidates(names: list[str]) -> str:
+    """Candidate layer names for an error message: all of them, or for a big model the distinct
+    last name components with their counts and one full name each."""
+    if len(names) <= _LIST_ALL:
+        return ", ".join(names)
+    counts = Counter(n.rpartition(".")[2] for n in names)
+    example = {}
+    for n in names:
+        example.setdefault(n.rpartition(".")[2], n)
+    parts = [f"{leaf} ×{c} (e.g. {example[leaf]})" for leaf, c in counts.items()]
+    return f"{len(names)} layers: " + ", ".join(parts)
+
+
+def _output_layers(model: nn.Module, found) -> set[str]:
+    """What ``exclude_classifier`` keeps dense: the last Linear/Conv1D, and a Hugging Face model's
+    output embeddings (the LM head)."""
+    last = next((n for n, _, k, _ in reversed(found) if k in _LINEAR_KINDS), None)
+    out = set() if last is None else {last}
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out):
+        try:
+            head = get_out()
+        except (NotImplementedError, AttributeError):
+            head = None
+        if isinstance(head, nn.Module):
+            out.update(n for n, m, _, _ in found if m is head)
+    return out
+
+
+def _tied_elsewhere(model: nn.Module) -> dict[int, list[str]]:
+    """``id(parameter) → qualified names`` for every parameter shared by several names (tied)."""
+    names: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(pname)
+    return {k: v for k, v in names.items() if len(v) > 1}
+
+
+def _tie_reason(name: str, module: nn.Module, tied: dict[int, list[str]]) -> str:
+    for pname, p in module.named_parameters(recurse=False):
+        others = [n for n in tied.get(id(p), []) if n.rpartition(".")[0] != name]
+        if others:
+            return f"{pname} tied to {others[0]}: stays dense so the tie holds"
+    return ""
+
+
+def _skip_reason(name, module, kind, parent, cfg: InheritConfig, outputs: set[str]) -> str:
+    all_linear = cfg.target_modules == ALL_LINEAR
+    targeted = cfg.target_modules is not None and not all_linear and _matches(name, cfg.target_modules)
     if kind not in cfg.layer_types:
         return f"layer type {kind} not in layer_types"
-    if cfg.target_modules is not None and not targeted:
+    if all_linear and kind not in _LINEAR_KINDS:
+        return f"{ALL_LINEAR!r} targets Linear/Conv1D layers only"
+    if cfg.target_modules is not None and not all_linear and not targeted:
         return "not in target_modules"
     if cfg.exclude_modules is not None and _matches(name, cfg.exclude_modules):
         return "in exclude_modules"
-    if cfg.exclude_classifier and name == last_linear and not targeted:
-        return "final classifier (exclude_classifier=True)"
+    if cfg.exclude_classifier and name in outputs and not targeted:
+        return "final classifier / output layer (exclude_classifier=True)"
     if isinstance(parent, nn.MultiheadAttention):
         return "inside nn.MultiheadAttention, which reads the weight directly"
     if kind == "Conv2d":
@@ -159,21 +227,31 @@ def _record(name: str, module: nn.Module, kind: str, **kw) -> LayerRecord:
     return LayerRecord(name, kind, list(module.weight.shape), params_before=n, params_after=n, **kw)
 
 
+def layer_spec(name: str, kind: str, weight: torch.Tensor, has_bias: bool, with_spectrum: bool) -> LayerSpec:
+    """The :class:`LayerSpec` of a layer from its stored weight (a Conv1D's is transposed here);
+    ``weight`` may live on the meta device when ``with_spectrum`` is False."""
+    matrix = weight_matrix(weight.detach(), kind)
+    d_out, d_in = matrix.shape[0], matrix[0].numel()
+    return LayerSpec(name, kind, d_in, d_out, has_bias, singular_values(matrix) if with_spectrum else None)
+
+
 def _spec(name: str, module: nn.Module, kind: str, with_spectrum: bool) -> LayerSpec:
-    weight = module.weight.detach()
-    d_out, d_in = weight.shape[0], weight[0].numel()
-    return LayerSpec(name, kind, d_in, d_out, module.bias is not None, singular_values(weight) if with_spectrum else None)
+    return layer_spec(name, kind, module.weight, module.bias is not None, with_spectrum)
+
+
+def check_finite(name: str, pname: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise ValueError(
+            f"teacher layer {name!r} has non-finite values (NaN/Inf) in its {pname}; "
+            "an SVD of it is meaningless. Fix or reload the teacher's weights, or exclude the "
+            "layer with exclude_modules."
+        )
 
 
 def _check_finite(eligible: list[tuple[str, nn.Module]]) -> None:
     for name, module in eligible:
         for pname, p in module.named_parameters(recurse=False):
-            if not torch.isfinite(p).all():
-                raise ValueError(
-                    f"teacher layer {name!r} has non-finite values (NaN/Inf) in its {pname}; "
-                    "an SVD of it is meaningless. Fix or reload the teacher's weights, or exclude the "
-                    "layer with exclude_modules."
-                )
+            check_finite(name, pname, p)
 
 
 def _resolve_budget(cfg: InheritConfig, teacher_params: int) -> int | None:
@@ -189,12 +267,17 @@ def _resolve_budget(cfg: InheritConfig, teacher_params: int) -> int | None:
     return int(b)
 
 
-def build_layer(module: nn.Module, kind: str, rank: int, cfg: InheritConfig) -> nn.Module:
-    """An empty (randomly initialised) inherited layer with the structure of ``module``."""
+def build_layer(module: nn.Module, kind: str, rank: int, cfg: InheritConfig, *,
+                device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """An empty (randomly initialised) inherited layer with the structure of ``module``, on
+    ``module``'s device and dtype unless given (``module`` may be a meta-device skeleton)."""
     common = dict(bias=module.bias is not None, gate=cfg.gate, structure=cfg.structure,
-                  device=module.weight.device, dtype=module.weight.dtype)
+                  device=module.weight.device if device is None else device,
+                  dtype=module.weight.dtype if dtype is None else dtype)
     if kind == "Linear":
         return InherLinear(module.in_features, module.out_features, rank, cfg.heads, **common)
+    if kind == CONV1D:
+        return InherLinear(*in_out_features(module), rank, cfg.heads, **common)
     return InherConv2d(module.in_channels, module.out_channels, module.kernel_size, rank, cfg.heads,
                        stride=module.stride, padding=module.padding, dilation=module.dilation, **common)
 
@@ -216,9 +299,12 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
         progress: show a progress bar over the factorised layers.
 
     Returns:
-        the inherited model, with ``model.inhernet_plan`` describing every Linear/Conv2d.
+        the inherited model, with ``model.inhernet_plan`` describing every Linear/Conv2d/Conv1D.
+
+    On a Hugging Face ``PreTrainedModel``, ``target_modules=None`` selects the architecture's
+    attention and MLP projections (:func:`resolve_config`); the plan records the resolved regex.
     """
-    cfg = _merge(config, overrides)
+    cfg = resolve_config(teacher, _merge(config, overrides))
     if any(isinstance(m, INHER_LAYERS) for m in teacher.modules()):
         raise ConfigError("the model already contains inherited layers; inherit from the original teacher.")
     from .report import count_parameters
@@ -260,23 +346,36 @@ def _merge(config: InheritConfig | None, overrides: dict[str, Any]) -> InheritCo
     return InheritConfig.from_dict({**data, **overrides})
 
 
+def inherit_layer(module: nn.Module, spec: LayerSpec, rank: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                  cfg: InheritConfig) -> tuple[nn.Module, LayerRecord]:
+    """The inherited version of one teacher layer and its plan record.
+
+    ``module`` gives the structure (it may be a meta-device skeleton); ``weight`` (as stored: a
+    Conv1D's is ``in × out``) and ``bias`` give the values. The new layer lives on ``weight``'s
+    device and dtype. Draws from the global RNG (the random factors and the gate), so callers seed it.
+    """
+    new = build_layer(module, spec.kind, rank, cfg, device=weight.device, dtype=weight.dtype)  # random factors: the "w.o. SVD" init
+    weight = weight.detach()
+    bias = None if bias is None else bias.detach()
+    energy_kept = None
+    if cfg.init == "svd":
+        matrix = weight_matrix(weight, spec.kind)
+        fact = truncated_svd(matrix, rank, method=cfg.svd, niter=cfg.svd_niter, seed=cfg.seed)
+        down, up = fact.factors()
+        new.set_factors(down.to(weight.dtype), up.to(weight.dtype), bias, cfg.head_scale)
+        energy_kept = fact.energy_kept
+    elif bias is not None:  # random factors, but the bias is inherited
+        with torch.no_grad():
+            new.bias.copy_(bias.unsqueeze(0).expand_as(new.bias))
+    n_after = inherited_params(spec, rank, cfg.heads, cfg.structure, cfg.gate)
+    record = LayerRecord(spec.name, spec.kind, list(weight.shape), rank, cfg.heads, spec.dense_params, n_after, energy_kept)
+    return new, record
+
+
 def _surgery(model: nn.Module, spec: LayerSpec, module: nn.Module, decision: RankDecision, cfg: InheritConfig) -> LayerRecord:
     """Replace one layer of ``model`` (the copy) by its inherited version, or record why not."""
     if decision.rank is None:
         return _record(spec.name, module, spec.kind, skipped=decision.reason)
-    new = build_layer(module, spec.kind, decision.rank, cfg)  # random factors: the "w.o. SVD" init
-    weight = module.weight.detach()
-    energy_kept = None
-    if cfg.init == "svd":
-        fact = truncated_svd(weight, decision.rank, method=cfg.svd, niter=cfg.svd_niter, seed=cfg.seed)
-        down, up = fact.factors()
-        new.set_factors(down.to(weight.dtype), up.to(weight.dtype),
-                        None if module.bias is None else module.bias.detach(), cfg.head_scale)
-        energy_kept = fact.energy_kept
-    elif module.bias is not None:  # random factors, but the bias is inherited
-        with torch.no_grad():
-            new.bias.copy_(module.bias.detach().unsqueeze(0).expand_as(new.bias))
+    new, record = inherit_layer(module, spec, decision.rank, module.weight, module.bias, cfg)
     set_submodule(model, spec.name, new)
-    n_after = inherited_params(spec, decision.rank, cfg.heads, cfg.structure, cfg.gate)
-    return LayerRecord(spec.name, spec.kind, list(weight.shape), decision.rank, cfg.heads,
-                       spec.dense_params, n_after, energy_kept)
+    return record

@@ -18,6 +18,13 @@ heads in Python:
 ``structure="symmetric"`` is the ablation with H separate down-projections (``down`` holds H·r rows,
 head h reads block h of ``z``). ``gate="none"`` is the ablation with fixed equal weights 1/H.
 With H = 1 the softmax is the constant 1, so no gate is built.
+
+Code written for ``nn.Linear`` / ``nn.Conv2d`` that reads ``layer.weight`` (Hugging Face's T5 and
+CLIP check its dtype and device) keeps working: ``weight`` is a read-only
+:class:`EffectiveWeight`, a tensor of the teacher layer's shape, dtype and device that holds no
+memory of its own and turns into the layer's effective dense weight (:meth:`effective_weight`, the
+uniform-gate map; at SVD initialisation the rank-r truncation of the teacher's weight) only when an
+operation reads its values.
 """
 
 from __future__ import annotations
@@ -27,8 +34,54 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from .config import GATES, STRUCTURES, ConfigError
+
+
+class EffectiveWeight(Tensor):
+    """Read-only stand-in for the ``weight`` of an inherited layer.
+
+    Its metadata (shape = the teacher weight's ``(d_out, d_in)`` or ``(C_out, C_in, k, k)``, dtype,
+    device) costs nothing to read, which is all that model code checking ``proj.weight.dtype`` needs
+    (T5 does so on every forward pass). Any operation on its values computes the layer's effective
+    dense weight, :meth:`_InherBase.effective_weight` with the uniform gate (the rank-r truncation of
+    the teacher's weight at SVD initialisation; after training, the head average), detached: no
+    gradient flows back to the factors. With a per-token gate no single dense matrix is what the
+    layer computes, so this is a summary, not a substitute for the forward pass.
+
+    In-place operations are refused (train the factors instead); Hugging Face's weight
+    initialisation skips it (``_is_hf_initialized``), so ``post_init``/``init_weights`` on an
+    inherited model leaves the inherited factors alone.
+    """
+
+    _is_hf_initialized = True
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def __new__(cls, layer: "_InherBase") -> "EffectiveWeight":
+        out = Tensor._make_wrapper_subclass(
+            cls, layer.dense_shape, dtype=layer.up.dtype, device=layer.up.device, requires_grad=False
+        )
+        out._layer = layer
+        return out
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func._schema.is_mutable:
+            raise RuntimeError(
+                f"{func.__name__}: the weight of an inherited layer is a read-only view of its effective "
+                "dense weight; change its factors (down, up, bias) instead."
+            )
+
+        def dense(x):
+            return x._layer.effective_weight() if isinstance(x, EffectiveWeight) else x
+
+        return func(*tree_map(dense, args), **tree_map(dense, kwargs or {}))
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return (f"EffectiveWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}; "
+                f"read-only view of {type(self._layer).__name__}.effective_weight())")
 
 
 class _InherBase(nn.Module):
@@ -72,6 +125,16 @@ class _InherBase(nn.Module):
             nn.init.kaiming_uniform_(head, a=math.sqrt(5))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    @property
+    def dense_shape(self) -> tuple[int, ...]:
+        """Shape of the teacher weight this layer replaces: ``(d_out, d_in)`` or ``(C_out, C_in, k, k)``."""
+        return (self.up.shape[1], *self.down.shape[1:])
+
+    @property
+    def weight(self) -> EffectiveWeight:
+        """Read-only :class:`EffectiveWeight` (teacher shape, dtype, device; values computed on use)."""
+        return EffectiveWeight(self)
 
     @property
     def compressed_dim(self) -> int:

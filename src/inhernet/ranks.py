@@ -34,7 +34,7 @@ class LayerSpec:
     """One selected layer, as the policies see it."""
 
     name: str
-    kind: str  # "Linear" | "Conv2d"
+    kind: str  # "Linear" | "Conv2d" | "Conv1D"
     d_in: int  # in_features, or C_in·k·k
     d_out: int
     has_bias: bool
