@@ -12,6 +12,7 @@ medians, best round kept); ratios are what to read, since the machine is shared.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -101,7 +102,8 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+        command = "python benchmarks/bench_layers.py " + " ".join(sys.argv[1:])
+        args.out.write_text(f"# Layer latency (CPU)\n\nProduced by `{command}`.\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ class InherConv2d(_InherBase):
             g = self.gate_weights(z)  # (N, H)
             if self.structure == "asymmetric":
                 # mix the heads per sample (N × d_out × r), then one batched product
-                y = torch.bmm(torch.einsum("nh,hor->nor", g, self.up), flat)
+                y = torch.bmm((g @ self.up.flatten(1)).view(n, *self.up.shape[1:]), flat)
             else:
                 y = torch.matmul(self._heads_concat(), self._mix_input(flat, g, feature_dim=1))
             bias = self._mixed_bias(g)
