@@ -1,0 +1,414 @@
+"""The ``inhernet`` command line.
+
+    inhernet train-teacher --arch resnet56 --data fashion_mnist --epochs 10 --out runs/teacher
+    inhernet inherit runs/teacher --rank 8 --heads 3 --out runs/inh_r8
+    inhernet finetune runs/inh_r8 --data fashion_mnist --epochs 10 --teacher runs/teacher --loss kd --out runs/inh_r8_ft
+    inhernet evaluate runs/inh_r8_ft --data fashion_mnist --latency
+    inhernet compare configs/demo.yaml
+    inhernet report runs/demo
+
+Run ``inhernet <command> --help`` for the options of each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = """examples:
+  inhernet train-teacher --arch resnet56 --data fashion_mnist --subset 5000 --epochs 10 --out runs/teacher
+  inhernet inherit runs/teacher --rank 8 --heads 3 --out runs/inh_r8
+  inhernet inherit runs/teacher --budget resnet20 --out runs/inh_as_rn20   # as many params as a resnet20
+  inhernet finetune runs/inh_r8 --data fashion_mnist --epochs 10 --teacher runs/teacher --loss kd --out runs/ft
+  inhernet evaluate runs/ft --data fashion_mnist --latency
+  inhernet compare configs/demo.yaml            # resumable; --force retrains
+  inhernet report runs/demo                      # rebuild table and plots
+  # several processes / machines (PyTorch DDP through Lightning):
+  inhernet compare configs/demo.yaml --devices 2 --strategy ddp
+"""
+
+
+# --------------------------------------------------------------------------------------------- args
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="NAME",
+                   help="data set: fashion_mnist, mnist, digits, cifar10, cifar100")
+    g.add_argument("--data-root", default=None, metavar="DIR", help="folder with the data files (CIFAR: required)")
+    g.add_argument("--subset", type=int, default=None, help="use this many training images (stratified)")
+    g.add_argument("--test-subset", type=int, default=None, help="use this many test images (stratified)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of the training set held out (default 0.1)")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the split and subsets (default 0)")
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
+    g = p.add_argument_group("schedule (the paper's recipe, milestones 150/180/210 of 240 scaled)")
+    g.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    g.add_argument("--batch-size", type=int, default=64, help="batch size per process (default 64)")
+    g.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--milestones", type=int, nargs="*", default=None, help="lr x0.1 epochs (default: scaled)")
+    g.add_argument("--augment", default="default", choices=["default", "none", "crop_flip", "crop", "flip"],
+                   help="training augmentation (default: the data set's own)")
+    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over even if OUT/checkpoints/last.ckpt exists (default: resume from it)")
+    _add_dist_args(p)
+
+
+def _add_dist_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("devices / distributed (Lightning)")
+    g.add_argument("--accelerator", default=None, help="cpu, gpu, auto (default cpu)")
+    g.add_argument("--devices", default=None, help="processes / devices per node: an int or 'auto' (default 1)")
+    g.add_argument("--num-nodes", type=int, default=None, help="machines (default 1)")
+    g.add_argument("--strategy", default=None,
+                   help="auto, ddp (re-launches this command per device), ddp_spawn (default auto)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    g.add_argument("--progress", default=None, choices=["tqdm", "rich", "none"], help="progress bar (default tqdm)")
+
+
+def _devices(v: Optional[str]) -> Any:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def _dist_kwargs(a: argparse.Namespace) -> dict:
+    prog = {"tqdm": True, "rich": "rich", "none": False, None: True}[a.progress]
+    return dict(accelerator=a.accelerator or "cpu", devices=_devices(a.devices) or 1, num_nodes=a.num_nodes or 1,
+                strategy=a.strategy or "auto", progress=prog)
+
+
+def _add_inherit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inheritance (InheritConfig; give at most one of --rank/--rank-fraction/--energy/--budget)")
+    g.add_argument("--rank", type=int, default=None, help="one rank for every factorised layer (paper; default 8)")
+    g.add_argument("--heads", type=int, default=3, help="gated up-projection heads H (default 3)")
+    g.add_argument("--rank-fraction", type=float, default=None, help="rank = this fraction of each layer's full rank")
+    g.add_argument("--energy", type=float, default=None, help="smallest rank keeping this spectrum energy per layer")
+    g.add_argument("--budget", default=None,
+                   help="parameter budget: an int count, a float fraction of the teacher, or a model name "
+                        "(as many parameters as that model, e.g. resnet20)")
+    g.add_argument("--budget-mode", default="spectral", choices=["spectral", "uniform"])
+    g.add_argument("--rank-multiple", type=int, default=1)
+    g.add_argument("--head-scale", default="exact", choices=["exact", "paper"])
+    g.add_argument("--init", default="svd", choices=["svd", "random"], help="random = the w.o.-SVD ablation")
+    g.add_argument("--gate", default="softmax", choices=["softmax", "none"], help="none = the w.o.-gate ablation")
+    g.add_argument("--structure", default="asymmetric", choices=["asymmetric", "symmetric"])
+    g.add_argument("--svd", default="exact", choices=["exact", "randomized"])
+    g.add_argument("--inherit-seed", type=int, default=0, help="seed of the gate / random init (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inhernet",
+        description="Neural network inheritance (ICLR 2026 'Beyond Student'): build a small network from a "
+                    "teacher's own weights (SVD-initialised shared down-projection + gated heads), fine-tune it, "
+                    "and compare it with knowledge-distillation students.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("train-teacher", help="train a dense model (teacher or baseline) from scratch",
+                       description="Train a model of the zoo from scratch with cross-entropy; writes OUT/model "
+                                   "(safetensors + model_config.json), OUT/metrics.jsonl and OUT/checkpoints/last.ckpt.")
+    s.add_argument("--arch", required=True, help="model name (see --list-models)")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_data_args(s)
+    _add_train_args(s)
+
+    s = sub.add_parser("inherit", help="turn a saved teacher into an InherNet (no training)",
+                       description="Factorise a saved teacher into an InherNet and save it with inhernet.save; "
+                                   "prints the per-layer report.")
+    s.add_argument("teacher", metavar="TEACHER", help="saved teacher: a model folder, a run folder or a .ckpt")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder for the InherNet")
+    s.add_argument("--arch", default=None, help="teacher architecture (only for bare state-dict files)")
+    s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
+    s.add_argument("--in-channels", type=int, default=None, help="(only for bare state-dict files)")
+    _add_inherit_args(s)
+
+    s = sub.add_parser("finetune", help="fine-tune a saved model (InherNet or dense), optionally with KD",
+                       description="Train a saved model further with the task loss or a distillation loss.")
+    s.add_argument("model", metavar="MODEL", help="saved model folder (inhernet.save / train-teacher) or .ckpt")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--teacher", default=None, metavar="PATH", help="saved teacher for kd / dkd / lskd")
+    s.add_argument("--loss", default="ce", choices=["ce", "kd", "dkd", "lskd"], help="objective (default ce)")
+    s.add_argument("--alpha", type=float, default=None, help="KD: weight of the KD term (CE gets 1-alpha); DKD: TCKD weight")
+    s.add_argument("--beta", type=float, default=8.0, help="DKD: NCKD weight (default 8)")
+    s.add_argument("--temperature", type=float, default=None, help="KD/DKD temperature (default 4; LSKD 2)")
+    _add_data_args(s)
+    _add_train_args(s)
+
+    s = sub.add_parser("evaluate", help="accuracy, parameters, FLOPs and CPU latency of any saved model")
+    s.add_argument("model", metavar="MODEL", help="saved model folder, run folder or .ckpt")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--arch", default=None, help="architecture (only for bare state-dict files)")
+    s.add_argument("--latency", action="store_true", help="also measure CPU latency per image (batch 1)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    _add_data_args(s)
+
+    s = sub.add_parser("compare", help="run a whole comparison from a YAML config (resumable)",
+                       description="Train (or reuse) the teacher, then every method x seed under one schedule; "
+                                   "writes results.json, results.md and plots to the config's out_dir. Finished "
+                                   "runs are skipped, an interrupted one resumes.")
+    s.add_argument("config", metavar="CONFIG", help="YAML file (see configs/demo.yaml)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="skip finished runs, resume unfinished ones (default)")
+    mode.add_argument("--force", action="store_true", help="delete this config's runs in out_dir and retrain them "
+                                                           "(the cached teacher is kept)")
+    s.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    s.add_argument("--cache-dir", default=None, help="override the config's cache_dir")
+    s.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
+    s.add_argument("--epochs", type=int, default=None, help="override schedule.epochs")
+    _add_dist_args(s)
+
+    s = sub.add_parser("report", help="rebuild the table and plots of a finished (or partial) comparison")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="a compare out_dir (holds config.yaml)")
+    s.add_argument("--no-latency", dest="latency", action="store_false",
+                   help="reuse the latencies of the previous results.json instead of measuring")
+
+    s = sub.add_parser("models", help="list the model architectures")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _load_data(a: argparse.Namespace):
+    from inhernet.data import load_dataset
+
+    return load_dataset(a.data, root=a.data_root, val_fraction=a.val_fraction, subset=a.subset,
+                        test_subset=a.test_subset, seed=a.data_seed)
+
+
+def _setup(a: argparse.Namespace) -> None:
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+
+def _fit_common(a: argparse.Namespace) -> dict:
+    return dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
+                weight_decay=a.weight_decay, milestones=a.milestones, augment=a.augment, seed=a.seed,
+                resume=a.resume, **_dist_kwargs(a))
+
+
+def _rank0() -> bool:
+    from inhernet.compare.runner import global_rank
+
+    return global_rank() == 0
+
+
+def cmd_train_teacher(a: argparse.Namespace) -> int:
+    import lightning as L
+
+    from inhernet.models import create_model
+    from inhernet.train import evaluate, fit, save_model
+
+    _setup(a)
+    data = _load_data(a)
+    L.seed_everything(a.seed, workers=True, verbose=False)
+    model = create_model(a.arch, num_classes=data.num_classes, in_channels=data.in_channels)
+    meta = {"arch": a.arch, "num_classes": data.num_classes, "in_channels": data.in_channels, "inherited": False}
+    res = fit(model, data, out_dir=a.out, loss="ce", model_meta=meta, **_fit_common(a))
+    if res.extra.get("is_global_zero", True) and _rank0():
+        save_model(res.model, Path(a.out) / "model", arch=a.arch, num_classes=data.num_classes,
+                   in_channels=data.in_channels)
+        ev = evaluate(res.model, data.test)
+        print(f"{a.arch}: test acc {100 * ev['acc']:.2f}% -> {Path(a.out) / 'model'}")
+    return 0
+
+
+def _parse_budget(v: Optional[str], num_classes: int, in_channels: int) -> Any:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    from inhernet.models import create_model
+
+    return create_model(v, num_classes=num_classes, in_channels=in_channels)
+
+
+def cmd_inherit(a: argparse.Namespace) -> int:
+    import inhernet
+    from inhernet.train import load_model, save_model
+
+    teacher, info = load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
+    if info.get("inherited"):
+        raise inhernet.config.ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")
+    cfg = inhernet.InheritConfig(
+        rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy,
+        budget=_parse_budget(a.budget, info["num_classes"], info["in_channels"]), budget_mode=a.budget_mode,
+        rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init, gate=a.gate, structure=a.structure,
+        svd=a.svd, seed=a.inherit_seed)
+    model = inhernet.inherit(teacher, cfg)
+    save_model(model, a.out, arch=info["arch"], num_classes=info["num_classes"], in_channels=info["in_channels"])
+    print(inhernet.layer_report(model))
+    print(f"saved -> {a.out}")
+    return 0
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from inhernet.train import DistillLoss, evaluate, fit, load_model, save_model
+
+    _setup(a)
+    data = _load_data(a)
+    model, info = load_model(a.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    teacher = None
+    if a.loss != "ce":
+        if not a.teacher:
+            raise ValueError(f"--loss {a.loss} distils from a teacher: give --teacher PATH")
+        teacher, _ = load_model(a.teacher, num_classes=data.num_classes, in_channels=data.in_channels)
+    loss = DistillLoss(kind=a.loss, alpha=a.alpha, beta=a.beta, temperature=a.temperature)
+    meta = {k: info[k] for k in ("arch", "num_classes", "in_channels", "inherited")}
+    res = fit(model, data, out_dir=a.out, teacher=teacher, loss=loss, model_meta=meta, **_fit_common(a))
+    if res.extra.get("is_global_zero", True) and _rank0():
+        save_model(res.model, Path(a.out) / "model", arch=info["arch"], num_classes=data.num_classes,
+                   in_channels=data.in_channels)
+        ev = evaluate(res.model, data.test)
+        print(f"test acc {100 * ev['acc']:.2f}% -> {Path(a.out) / 'model'}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    import inhernet
+    from inhernet.train import evaluate, load_model, measure_latency
+
+    data = _load_data(a)
+    model, info = load_model(a.model, arch=a.arch, num_classes=data.num_classes, in_channels=data.in_channels)
+    split = getattr(data, a.split)
+    ev = evaluate(model, split)
+    shape = (1, data.in_channels, *data.image_size)
+    out = {"model": str(a.model), "arch": info["arch"], "inherited": info["inherited"], "split": a.split,
+           "n": ev["n"], "acc": ev["acc"], "loss": ev["loss"], "params": inhernet.count_parameters(model),
+           "flops": inhernet.count_flops(model, shape)}
+    if a.latency:
+        out["latency_ms_per_image"] = measure_latency({"m": model}, shape, threads=1)["m"]["ms_per_image"]
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        kind = "InherNet from " if info["inherited"] else ""
+        print(f"{a.model}: {kind}{info['arch']}")
+        print(f"  {a.split} accuracy: {100 * ev['acc']:.2f}% ({ev['n']} images), loss {ev['loss']:.4f}")
+        print(f"  parameters: {out['params']:,}   FLOPs/image: {out['flops']:,}")
+        if a.latency:
+            print(f"  CPU latency: {out['latency_ms_per_image']:.3f} ms/image (batch 1, 1 thread)")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from inhernet.compare import load_config, run_compare
+
+    overrides: dict[str, Any] = {}
+    if a.out_dir:
+        overrides["out_dir"] = a.out_dir
+    if a.cache_dir:
+        overrides["cache_dir"] = a.cache_dir
+    if a.seeds:
+        overrides["seeds"] = a.seeds
+    if a.epochs:
+        overrides["schedule"] = {"epochs": a.epochs}
+    tr = {}
+    if a.accelerator:
+        tr["accelerator"] = a.accelerator
+    if a.devices:
+        tr["devices"] = _devices(a.devices)
+    if a.num_nodes:
+        tr["num_nodes"] = a.num_nodes
+    if a.strategy:
+        tr["strategy"] = a.strategy
+    if a.threads:
+        tr["threads"] = a.threads
+    if a.progress:
+        tr["progress"] = {"tqdm": True, "rich": "rich", "none": False}[a.progress]
+    if tr:
+        overrides["trainer"] = tr
+    cfg = load_config(a.config, overrides)
+    run_compare(cfg, force=a.force)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from inhernet.compare import rebuild_report
+
+    rebuild_report(a.out_dir, latency=a.latency)
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from inhernet.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+COMMANDS = {"train-teacher": cmd_train_teacher, "inherit": cmd_inherit, "finetune": cmd_finetune,
+            "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "models": cmd_models}
+
+
+def _known_errors() -> tuple[type, ...]:
+    errs: list[type] = [FileNotFoundError]
+    try:
+        from inhernet.config import ConfigError
+
+        errs.append(ConfigError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from inhernet.data import DataFormatError, DatasetNotFoundError
+
+        errs += [DatasetNotFoundError, DataFormatError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from inhernet.io import InherNetLoadError
+
+        errs.append(InherNetLoadError)
+    except ImportError:  # pragma: no cover
+        pass
+    from inhernet.compare import CompareConfigError, CompareError
+    from inhernet.train import ModelLoadError
+
+    errs += [CompareConfigError, CompareError, ModelLoadError, ValueError]
+    return tuple(errs)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.version:
+        from inhernet import __version__
+
+        print(__version__)
+        return 0
+    if not a.command:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return COMMANDS[a.command](a)
+    except KeyboardInterrupt:
+        print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except _known_errors() as err:
+        if os.environ.get("INHERNET_DEBUG"):
+            raise
+        print(f"inhernet {a.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The schema of a comparison config (YAML), as validated dataclasses.
+
+A config names the data, the teacher, the student architecture, the methods, the seeds and one
+training schedule shared by every method::
+
+    name: demo
+    out_dir: runs/demo              # results, per-run folders
+    cache_dir: cache                # trained teachers, keyed by a hash of their config
+    data: {name: fashion_mnist, subset: 5000, test_subset: 2000, val_fraction: 0.02, seed: 0}
+    teacher: {arch: resnet56, epochs: 6}        # or {arch: resnet56, path: saved/teacher}
+    student: {arch: resnet20}
+    schedule: {epochs: 6, batch_size: 64, lr: 0.05}
+    seeds: [0, 1]
+    methods:
+      - {name: student, kind: student}
+      - {name: student_kd, kind: student_kd}
+      - {name: student_dkd, kind: student_dkd}
+      - {name: inhernet_small, kind: inhernet, kd: true, inherit: {rank: 4, heads: 3}}
+      - {name: inhernet_large, kind: inhernet, inherit: {rank: 8, heads: 3}}
+      - {name: inhernet_budget, kind: inhernet, inherit: {budget: student}}
+
+Unknown keys are errors that list the valid keys and suggest the closest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = [
+    "CompareConfig",
+    "ConfigKeyError",
+    "CompareConfigError",
+    "DataConfig",
+    "LatencyConfig",
+    "MethodConfig",
+    "METHOD_KINDS",
+    "ScheduleConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TrainerConfig",
+    "load_config",
+    "stable_hash",
+]
+
+METHOD_KINDS = ("student", "student_kd", "student_dkd", "student_lskd", "inhernet")
+KD_CHOICES = (False, True, "kd", "dkd", "lskd")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "single_device")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+class CompareConfigError(ValueError):
+    """A comparison config is invalid; the message names the key and the fix."""
+
+
+class ConfigKeyError(CompareConfigError):
+    """A config key is unknown."""
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Short SHA-256 of a JSON-able object (sorted keys): the cache / run identity."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is Union:
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CompareConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        msgs = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
+            msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigKeyError(f"unknown key(s) in {where}: {', '.join(msgs)}. Valid keys: {', '.join(valid)}.")
+    kwargs = {}
+    for k, v in data.items():
+        tp = hints.get(k, Any)
+        nested = _nested_type(tp)
+        if nested is not None and isinstance(v, dict):
+            v = _build(nested, v, f"{where}.{k}")
+        elif not _type_ok(v, tp):
+            raise CompareConfigError(f"{where}.{k}={v!r} has the wrong type; expected {_type_name(tp)}.")
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except CompareConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise CompareConfigError(f"{where}: {err}") from err
+
+
+def _nested_type(tp: Any) -> Optional[type]:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CompareConfigError(msg)
+
+
+@dataclass
+class DataConfig:
+    """The data set (see :func:`inhernet.data.load_dataset`) and the training augmentation."""
+
+    name: str = "fashion_mnist"
+    root: Optional[str] = None
+    subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    augment: str = "default"  # default | none | crop_flip | crop | flip
+
+    def __post_init__(self) -> None:
+        _check(self.subset is None or self.subset > 0, f"data.subset={self.subset} must be > 0 (or null)")
+        _check(self.test_subset is None or self.test_subset > 0, f"data.test_subset={self.test_subset} must be > 0")
+        _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must lie in [0, 1)")
+        _check(self.augment in ("default", "none", "crop_flip", "crop", "flip"),
+               f"data.augment={self.augment!r}: use default, none, crop_flip, crop or flip")
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher: trained here (``epochs``, cached) or loaded from ``path`` (a saved model / .ckpt)."""
+
+    arch: str = "resnet56"
+    epochs: int = 10
+    path: Optional[str] = None
+    seed: int = 0
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"teacher.epochs={self.epochs} must be >= 1")
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet20"
+
+
+@dataclass
+class ScheduleConfig:
+    """One schedule for every method (the paper's recipe, epochs scaled)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: Optional[list] = None
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"schedule.epochs={self.epochs} must be >= 1")
+        _check(self.batch_size >= 1, f"schedule.batch_size={self.batch_size} must be >= 1")
+        _check(self.lr > 0, f"schedule.lr={self.lr} must be > 0")
+        if self.milestones is not None:
+            _check(all(isinstance(m, int) and m > 0 for m in self.milestones),
+                   f"schedule.milestones={self.milestones} must be positive epoch numbers")
+
+
+@dataclass
+class MethodConfig:
+    """One method. ``kind``: student | student_kd | student_dkd | student_lskd | inhernet.
+
+    ``kd`` (inhernet only): false (task loss only), true / "kd" (Hinton KD), "dkd" or "lskd".
+    ``loss``: :class:`inhernet.train.DistillLoss` options (alpha, beta, temperature, ce_weight, ...).
+    ``inherit``: :class:`inhernet.InheritConfig` fields; ``budget: student`` = as many parameters as
+    the student, ``budget: teacher`` = as many as the teacher (otherwise an int count or a float
+    fraction of the teacher). ``seed`` defaults to the run's seed.
+    """
+
+    name: str = ""
+    kind: str = "student"
+    kd: Union[bool, str] = False
+    loss: dict = field(default_factory=dict)
+    inherit: dict = field(default_factory=dict)
+    label: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "every method needs a name")
+        _check(bool(_NAME_RE.match(self.name)),
+               f"method name {self.name!r} may only hold letters, digits and _ . + - (it names a folder)")
+        if self.kind not in METHOD_KINDS:
+            close = difflib.get_close_matches(self.kind, METHOD_KINDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CompareConfigError(f"method {self.name!r}: kind={self.kind!r}{hint}; valid kinds: "
+                                     f"{', '.join(METHOD_KINDS)}")
+        _check(self.kd in KD_CHOICES, f"method {self.name!r}: kd={self.kd!r}; use false, true, kd, dkd or lskd")
+        if self.kind != "inhernet":
+            _check(not self.inherit, f"method {self.name!r}: 'inherit' options only apply to kind: inhernet")
+            _check(self.kd is False, f"method {self.name!r}: 'kd' only applies to kind: inhernet "
+                                     "(use kind student_kd / student_dkd for students)")
+        self._validate_loss()
+        if self.kind == "inhernet":
+            self._validate_inherit()
+
+    @property
+    def loss_kind(self) -> str:
+        if self.kind == "student":
+            return "ce"
+        if self.kind in ("student_kd", "student_dkd", "student_lskd"):
+            return self.kind.split("_", 1)[1]
+        if self.kd is True:
+            return "kd"
+        return self.kd if self.kd else "ce"
+
+    def loss_spec(self) -> dict:
+        return {"kind": self.loss_kind, **self.loss}
+
+    def _validate_loss(self) -> None:
+        from inhernet.train.losses import DistillLoss
+
+        if "kind" in self.loss:
+            raise CompareConfigError(f"method {self.name!r}: set the loss through 'kind' / 'kd', not loss.kind")
+        valid = [f.name for f in dataclasses.fields(DistillLoss) if f.name != "kind"]
+        unknown = [k for k in self.loss if k not in valid]
+        if unknown:
+            msgs = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
+                msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigKeyError(f"unknown key(s) in methods[{self.name}].loss: {', '.join(msgs)}. "
+                                 f"Valid keys: {', '.join(valid)}.")
+        try:
+            DistillLoss.from_dict(self.loss_spec())
+        except (TypeError, ValueError) as err:
+            raise CompareConfigError(f"method {self.name!r}: loss: {err}") from err
+
+    def _validate_inherit(self) -> None:
+        from inhernet import InheritConfig
+
+        d = dict(self.inherit)
+        if d.get("budget") in ("student", "teacher"):
+            d["budget"] = 1000  # placeholder: resolved against the models at run time
+        elif isinstance(d.get("budget"), str):
+            raise CompareConfigError(f"method {self.name!r}: inherit.budget={d['budget']!r}; use student, "
+                                     "teacher, an int parameter count or a float fraction of the teacher")
+        try:
+            InheritConfig.from_dict(d)
+        except (TypeError, ValueError) as err:
+            cls = ConfigKeyError if "unknown" in str(err) else CompareConfigError
+            raise cls(f"method {self.name!r}: inherit: {err}") from err
+
+
+@dataclass
+class TrainerConfig:
+    """Where training runs: Lightning's accelerator / devices / num_nodes / strategy."""
+
+    accelerator: str = "cpu"
+    devices: Union[int, str] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    threads: Optional[int] = None
+    progress: Union[bool, str] = True
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in STRATEGIES, f"trainer.strategy={self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        _check(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} must be >= 1")
+
+
+@dataclass
+class LatencyConfig:
+    """CPU latency per image, measured side by side in one process (``batch_size`` images a forward)."""
+
+    enabled: bool = True
+    batch_size: int = 1
+    rounds: int = 5
+    iters: int = 10
+    threads: Optional[int] = 1
+
+
+@dataclass
+class CompareConfig:
+    name: str = "compare"
+    out_dir: str = "runs/compare"
+    cache_dir: str = "cache"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    seeds: list = field(default_factory=lambda: [0])
+    methods: list = field(default_factory=list)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    source: Optional[str] = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        methods = []
+        for i, m in enumerate(self.methods):
+            if isinstance(m, MethodConfig):
+                methods.append(m)
+            else:
+                methods.append(_build(MethodConfig, m, f"methods[{i}]"))
+        self.methods = methods
+        _check(bool(self.methods), "the config lists no methods")
+        names = [m.name for m in self.methods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _check(not dup, f"method names must be unique; repeated: {', '.join(dup)}")
+        _check(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
+               f"seeds={self.seeds!r} must be a non-empty list of integers")
+        _check(len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds!r} repeats a seed")
+        from inhernet.models import is_model, list_models
+
+        for what, arch in (("teacher.arch", self.teacher.arch), ("student.arch", self.student.arch)):
+            if not is_model(arch):
+                close = difflib.get_close_matches(arch, list_models(), n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise CompareConfigError(f"{what}={arch!r} is not a known model.{hint} Known: {', '.join(list_models())}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> "CompareConfig":
+        return _build(cls, data, where)
+
+
+def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> CompareConfig:
+    """Read and validate a YAML config. ``overrides``: ``{"out_dir": ..., "trainer": {...}}`` merged in."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise CompareConfigError(f"config file {p} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CompareConfigError(f"{p} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise CompareConfigError(f"{p} must hold a mapping at the top level")
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict):
+            raw[k] = {**(raw.get(k) or {}), **v}
+        else:
+            raw[k] = v
+    try:
+        cfg = CompareConfig.from_dict(raw, where=p.name)
+    except CompareConfigError as err:
+        raise type(err)(f"{p}: {err}") from err
+    cfg.source = str(p)
+    return cfg

@@ -1,0 +1,260 @@
+"""Aggregate finished runs into ``results.json``, a Markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["build_results", "write_report", "format_table", "plot_results"]
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _curve_stats(curves: list[list[Optional[float]]]) -> dict:
+    if not curves:
+        return {"mean": [], "std": []}
+    n = min(len(c) for c in curves)
+    mean, std = [], []
+    for e in range(n):
+        m, s = _mean_std([c[e] for c in curves])
+        mean.append(m)
+        std.append(s)
+    return {"mean": mean, "std": std}
+
+
+def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: list[dict], *,
+                  measure: bool = True, previous: Optional[dict] = None, wall_time_s: Optional[float] = None) -> dict:
+    """The ``results.json`` object: one entry per method (mean ± std over seeds) plus the teacher."""
+    import inhernet
+    from inhernet.train import load_model, measure_latency
+
+    shape = (1, data.in_channels, *data.image_size)
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    methods = []
+    models: dict[str, nn.Module] = {"teacher": teacher}
+    for m in cfg.methods:
+        rs = sorted(by_method.get(m.name, []), key=lambda r: r["seed"])
+        entry: dict[str, Any] = {"name": m.name, "label": m.label or m.name, "kind": m.kind,
+                                 "loss": m.loss_kind, "seeds": [r["seed"] for r in rs],
+                                 "complete": len(rs) == len(cfg.seeds)}
+        if rs:
+            accs = [r["final"].get("test/acc") for r in rs]
+            vals = [r["final"].get("val/acc") for r in rs]
+            entry.update({
+                "test_acc": accs, "test_acc_mean": _mean_std(accs)[0], "test_acc_std": _mean_std(accs)[1],
+                "val_acc_mean": _mean_std(vals)[0], "val_acc_std": _mean_std(vals)[1],
+                "params": rs[0]["params"], "flops": rs[0]["flops"],
+                "curve_test_acc": _curve_stats([r["curve"]["test/acc"] for r in rs]),
+                "curve_val_acc": _curve_stats([r["curve"]["val/acc"] for r in rs]),
+                "train_time_s_mean": _mean_std([r.get("train_time_s") for r in rs])[0],
+                "epochs": rs[0].get("epochs"),
+            })
+            if "inherit" in rs[0]:
+                entry["inherit"] = {k: v for k, v in rs[0]["inherit"].items()
+                                    if k in ("rank", "heads", "budget", "budget_mode", "init", "gate", "structure",
+                                             "head_scale", "rank_fraction", "energy")}
+                entry["layer_summary"] = rs[0].get("layer_summary")
+            if measure:
+                mdir = Path(cfg.out_dir) / "runs" / m.name / f"seed{rs[0]['seed']}" / "model"
+                try:
+                    models[m.name], _ = load_model(mdir)
+                except Exception as err:  # noqa: BLE001 - latency is reported as missing
+                    entry["latency_error"] = str(err)
+        methods.append(entry)
+
+    t_entry = {"name": "teacher", "label": f"teacher ({cfg.teacher.arch})", "kind": "teacher", "loss": "ce",
+               "arch": cfg.teacher.arch, "test_acc_mean": tinfo.get("test_acc"), "test_acc_std": 0.0,
+               "params": inhernet.count_parameters(teacher), "flops": inhernet.count_flops(teacher, shape),
+               "seeds": [cfg.teacher.seed], "source": tinfo.get("source"), "path": tinfo.get("path")}
+    if tinfo.get("curve"):
+        t_entry["curve_test_acc"] = {"mean": tinfo["curve"], "std": [0.0] * len(tinfo["curve"])}
+
+    lat_cfg = cfg.latency
+    latency: dict[str, dict] = {}
+    if measure and lat_cfg.enabled:
+        latency = measure_latency(models, (lat_cfg.batch_size, *shape[1:]), rounds=lat_cfg.rounds,
+                                  iters=lat_cfg.iters, threads=lat_cfg.threads)
+    elif previous:
+        for e in previous.get("methods", []) + [previous.get("teacher", {})]:
+            if e.get("latency_ms") is not None:
+                latency[e["name"]] = {"ms_per_image": e["latency_ms"]}
+    for e in methods + [t_entry]:
+        if e["name"] in latency:
+            e["latency_ms"] = latency[e["name"]]["ms_per_image"]
+
+    # convergence: first epoch whose mean test accuracy reaches the best KD student's final accuracy
+    kd_students = [e for e in methods if e["kind"] in ("student_kd", "student_dkd", "student_lskd")
+                   and e.get("test_acc_mean") is not None and not math.isnan(e["test_acc_mean"])]
+    ref = max(kd_students, key=lambda e: e["test_acc_mean"]) if kd_students else None
+    if ref is not None:
+        for e in methods:
+            curve = e.get("curve_test_acc", {}).get("mean", [])
+            hit = next((i + 1 for i, a in enumerate(curve) if a is not None and a >= ref["test_acc_mean"]), None)
+            e["epochs_to_best_kd_student"] = hit
+    student_params = next((e["params"] for e in methods if e["kind"] == "student" and "params" in e), None)
+    if student_params is None:
+        from inhernet.models import create_model
+
+        student_params = inhernet.count_parameters(
+            create_model(cfg.student.arch, num_classes=data.num_classes, in_channels=data.in_channels))
+    return {
+        "name": cfg.name,
+        "config": cfg.to_dict(),
+        "data": {"name": data.name, "train": len(data.train.y), "val": len(data.val.y), "test": len(data.test.y),
+                 "num_classes": data.num_classes, "shape": list(shape[1:])},
+        "teacher": t_entry,
+        "student_arch": cfg.student.arch,
+        "student_params": student_params,
+        "reference_kd_student": ref["name"] if ref else None,
+        "methods": methods,
+        "latency": {"batch_size": lat_cfg.batch_size, "threads": lat_cfg.threads or torch.get_num_threads(),
+                    "measured": bool(measure and lat_cfg.enabled), "cpu": platform.processor() or platform.machine(),
+                    "torch": torch.__version__},
+        "wall_time_s": wall_time_s,
+    }
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def format_table(results: dict) -> str:
+    """The Markdown results table (last-epoch test accuracy, mean ± std over seeds)."""
+    sp = results.get("student_params") or 0
+    ref = results.get("reference_kd_student")
+    cfg = results["config"]
+    head = ["method", "kind", "loss", "test acc % (last epoch)", "seeds", "params", "× student", "MFLOPs/img",
+            "CPU ms/img"]
+    if ref:
+        head.append(f"epochs to {ref} acc")
+    rows = []
+    for e in [results["teacher"], *results["methods"]]:
+        if e.get("test_acc_mean") is None:
+            acc = "–"
+        elif e["kind"] == "teacher":
+            acc = _pct(e["test_acc_mean"])
+        else:
+            acc = f"{_pct(e['test_acc_mean'])} ± {_pct(e['test_acc_std'])}"
+        n = len(e.get("seeds", []))
+        row = [e.get("label", e["name"]), e["kind"], e.get("loss", ""), acc,
+               str(n) + ("" if e.get("complete", True) else " (incomplete)"),
+               f"{e['params']:,}" if e.get("params") else "–",
+               f"{e['params'] / sp:.2f}" if e.get("params") and sp else "–",
+               f"{e['flops'] / 1e6:.1f}" if e.get("flops") else "–",
+               f"{e['latency_ms']:.2f}" if e.get("latency_ms") is not None else "–"]
+        if ref:
+            row.append("" if e["kind"] == "teacher" else str(e.get("epochs_to_best_kd_student") or "not reached"))
+        rows.append(row)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    d = results["data"]
+    s = cfg["schedule"]
+    lat = results.get("latency", {})
+    notes = [
+        "",
+        f"Data: {d['name']}, train {d['train']:,} / val {d['val']:,} / test {d['test']:,} images "
+        f"({'×'.join(map(str, d['shape']))}, {d['num_classes']} classes), augment {cfg['data']['augment']}.",
+        f"Schedule (every method): {s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']} momentum "
+        f"{s['momentum']} wd {s['weight_decay']}, lr ×{s['gamma']} at the paper's milestones scaled; seeds "
+        f"{cfg['seeds']}. Teacher {cfg['teacher']['arch']} ({results['teacher'].get('source')}), student "
+        f"{results['student_arch']} ({sp:,} params).",
+        f"Accuracy: last epoch, not best epoch; mean ± sample std over seeds. Latency: median of "
+        f"interleaved rounds, batch {lat.get('batch_size')}, {lat.get('threads')} thread(s), torch "
+        f"{lat.get('torch')}" + ("" if lat.get("measured", True) else " (from an earlier measurement)") + ".",
+    ]
+    if results.get("wall_time_s"):
+        notes.append(f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min.")
+    return "\n".join(lines + notes)
+
+
+def plot_results(results: dict, out_dir: Path) -> list[Path]:
+    """``acc_vs_epoch.png`` (mean test accuracy per epoch, ±std band) and ``acc_vs_params.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for e in results["methods"]:
+        c = e.get("curve_test_acc")
+        if not c or not c["mean"]:
+            continue
+        xs = list(range(1, len(c["mean"]) + 1))
+        mean = [100 * v for v in c["mean"]]
+        std = [100 * v for v in c["std"]]
+        (line,) = ax.plot(xs, mean, marker="o", ms=3, label=f"{e['label']} (n={len(e['seeds'])})")
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.18, linewidth=0)
+    t = results["teacher"]
+    if t.get("test_acc_mean") is not None:
+        ax.axhline(100 * t["test_acc_mean"], color="k", ls="--", lw=1, label=t["label"])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{results['name']}: test accuracy per epoch (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    p = out_dir / "acc_vs_epoch.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = {"student": "s", "student_kd": "s", "student_dkd": "s", "student_lskd": "s", "inhernet": "o",
+               "teacher": "*"}
+    for e in [*results["methods"], t]:
+        if e.get("test_acc_mean") is None or not e.get("params") or math.isnan(e["test_acc_mean"]):
+            continue
+        ax.errorbar(e["params"], 100 * e["test_acc_mean"], yerr=100 * (e.get("test_acc_std") or 0.0),
+                    fmt=markers.get(e["kind"], "o"), ms=8 if e["kind"] == "teacher" else 6, capsize=3,
+                    label=e["label"])
+        ax.annotate(e["label"], (e["params"], 100 * e["test_acc_mean"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    if results.get("student_params"):
+        ax.axvline(results["student_params"], color="gray", ls=":", lw=1, label="student size")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{results['name']}: accuracy vs parameters")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = out_dir / "acc_vs_params.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def write_report(results: dict, out_dir: os.PathLike | str) -> str:
+    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; return the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    os.replace(tmp, out / "results.json")
+    table = format_table(results)
+    (out / "results.md").write_text(f"# {results['name']}\n\n{table}\n\n![accuracy per epoch](acc_vs_epoch.png)\n\n"
+                                    f"![accuracy vs parameters](acc_vs_params.png)\n")
+    plot_results(results, out)
+    return table

@@ -1,0 +1,383 @@
+"""Run a comparison: every method x seed under one schedule, resumable, then the report.
+
+Layout of ``out_dir``::
+
+    config.yaml                  the validated config of the last run (written after validation)
+    teacher.json                 the teacher used: where it is, its accuracy, params, FLOPs
+    runs/<method>/seed<k>/       one run: run.json (its identity), metrics.jsonl,
+                                 checkpoints/last.ckpt, model/ (final weights), done.json
+    results.json  results.md  acc_vs_epoch.png  acc_vs_params.png
+
+A run with ``done.json`` is finished and skipped; a run with only a checkpoint resumes from it. A run
+folder whose identity (a hash of data, teacher, schedule, method and seed) differs from what the
+current config asks for is never overwritten silently: that is an error unless ``force=True``.
+Everything is validated (config, data, teacher) before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from inhernet.train.fit import global_rank
+
+from .config import CompareConfig, MethodConfig, stable_hash
+
+__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model"]
+
+
+class CompareError(RuntimeError):
+    """A comparison cannot proceed; the message says why."""
+
+
+class StaleRunError(CompareError):
+    """Existing run folders were produced by a different config."""
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _sha_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                 and p.suffix in (".safetensors", ".json", ".ckpt", ".pt", ".pth"))
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _data_identity(cfg: CompareConfig) -> dict:
+    d = asdict(cfg.data)
+    d.pop("root", None)
+    return d
+
+
+def _teacher_schedule(cfg: CompareConfig) -> dict:
+    from inhernet.train import scaled_milestones
+
+    s = cfg.schedule
+    t = cfg.teacher
+    return {
+        "epochs": t.epochs,
+        "batch_size": t.batch_size or s.batch_size,
+        "lr": t.lr if t.lr is not None else s.lr,
+        "momentum": s.momentum,
+        "weight_decay": s.weight_decay,
+        "nesterov": s.nesterov,
+        "milestones": scaled_milestones(t.epochs),
+        "gamma": s.gamma,
+    }
+
+
+def teacher_key(cfg: CompareConfig) -> str:
+    if cfg.teacher.path:
+        return "file-" + _sha_file(Path(cfg.teacher.path))
+    return stable_hash({"data": _data_identity(cfg), "arch": cfg.teacher.arch, "seed": cfg.teacher.seed,
+                        "schedule": _teacher_schedule(cfg)})
+
+
+def _fit_kwargs(cfg: CompareConfig, progress: Any) -> dict:
+    tr = cfg.trainer
+    return dict(devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy, accelerator=tr.accelerator,
+                progress=progress, quiet=True)
+
+
+def _info(msg: str) -> None:
+    if global_rank() == 0:
+        print(msg, flush=True)
+
+
+def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_kwargs: Optional[dict] = None,
+                    log: Callable[[str], None] = _info) -> tuple[nn.Module, dict]:
+    """The teacher model and a dict describing it (path, test accuracy, params, FLOPs, curve).
+
+    ``teacher.path``: loaded and checked against ``teacher.arch`` (an
+    :class:`~inhernet.train.ArchitectureMismatchError` otherwise). Else trained once under
+    ``cache_dir/teachers/<arch>-<hash>/`` (interrupted training resumes) and reused afterwards.
+    """
+    import inhernet
+    from inhernet.models import create_model
+    from inhernet.train import evaluate, fit, load_model, save_model
+
+    t = cfg.teacher
+    nc, ic = data.num_classes, data.in_channels
+    if t.path:
+        model, info = load_model(t.path, expect_arch=t.arch, num_classes=nc, in_channels=ic)
+        if info.get("inherited"):
+            raise CompareError(f"teacher.path={t.path} is an inherited model; a teacher must be a dense {t.arch}.")
+        ev = evaluate(model, data.test)
+        return model, {"source": "path", "path": str(info["path"]), "arch": t.arch, "key": teacher_key(cfg),
+                       "test_acc": ev["acc"], "params": inhernet.count_parameters(model), "curve": None}
+
+    key = teacher_key(cfg)
+    folder = Path(cfg.cache_dir) / "teachers" / f"{t.arch}-{key}"
+    done = _read_json(folder / "done.json")
+    model_dir = folder / "model"
+    if done is not None and model_dir.is_dir():
+        model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
+        log(f"teacher: reusing {t.arch} from {folder} (test acc {100 * done['test_acc']:.2f}%)")
+        return model, {**done, "source": "cache", "path": str(model_dir)}
+
+    sched = _teacher_schedule(cfg)
+    if global_rank() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "teacher_config.json", {"key": key, "arch": t.arch, "data": _data_identity(cfg),
+                                                      "seed": t.seed, "schedule": sched})
+    log(f"teacher: training {t.arch} for {t.epochs} epochs -> {folder}")
+    import lightning as L
+
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    model = create_model(t.arch, num_classes=nc, in_channels=ic)
+    kw = dict(fit_kwargs or _fit_kwargs(cfg, progress))
+    res = fit(model, data, out_dir=folder, loss="ce", epochs=t.epochs, batch_size=sched["batch_size"],
+              eval_batch_size=cfg.schedule.eval_batch_size, lr=sched["lr"], momentum=sched["momentum"],
+              weight_decay=sched["weight_decay"], nesterov=sched["nesterov"], gamma=sched["gamma"],
+              augment=cfg.data.augment, seed=t.seed, resume=True,
+              model_meta={"arch": t.arch, "num_classes": nc, "in_channels": ic, "inherited": False}, **kw)
+    model = res.model.eval()
+    ev = evaluate(model, data.test)
+    info = {"source": "trained", "arch": t.arch, "key": key, "test_acc": ev["acc"],
+            "params": inhernet.count_parameters(model),
+            "curve": [r.get("test/acc") for r in res.metrics], "epochs": t.epochs,
+            "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics)}
+    if res.extra.get("is_global_zero", True) and global_rank() == 0:
+        save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic)
+        _write_json(folder / "done.json", info)
+    return model, {**info, "path": str(model_dir)}
+
+
+def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teacher: nn.Module, num_classes: int,
+                       in_channels: int) -> tuple[nn.Module, dict]:
+    """The untrained model of a method: a fresh student, or the teacher inherited with its config."""
+    import lightning as L
+
+    import inhernet
+    from inhernet.models import create_model
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    if method.kind != "inhernet":
+        model = create_model(cfg.student.arch, num_classes=num_classes, in_channels=in_channels)
+        return model, {"arch": cfg.student.arch, "num_classes": num_classes, "in_channels": in_channels,
+                       "inherited": False}
+    d = dict(method.inherit)
+    d.setdefault("seed", seed)
+    if d.get("budget") == "student":
+        d["budget"] = create_model(cfg.student.arch, num_classes=num_classes, in_channels=in_channels)
+    elif d.get("budget") == "teacher":
+        d["budget"] = teacher
+    icfg = inhernet.InheritConfig.from_dict(d)
+    model = inhernet.inherit(teacher, icfg)
+    return model, {"arch": cfg.teacher.arch, "num_classes": num_classes, "in_channels": in_channels,
+                   "inherited": True, "inherit": icfg.to_dict()}
+
+
+def _run_identity(cfg: CompareConfig, tkey: str, method: MethodConfig, seed: int) -> dict:
+    m = asdict(method)
+    m.pop("label", None)
+    return {"teacher": tkey, "data": _data_identity(cfg), "student": cfg.student.arch,
+            "schedule": asdict(cfg.schedule), "method": m, "seed": seed}
+
+
+def _run_dir(cfg: CompareConfig, method: MethodConfig, seed: int) -> Path:
+    return Path(cfg.out_dir) / "runs" / method.name / f"seed{seed}"
+
+
+def plan_runs(cfg: CompareConfig, tkey: str) -> list[dict]:
+    runs = []
+    for seed in cfg.seeds:
+        for m in cfg.methods:
+            ident = _run_identity(cfg, tkey, m, seed)
+            runs.append({"method": m, "seed": seed, "dir": _run_dir(cfg, m, seed), "identity": ident,
+                         "key": stable_hash(ident)})
+    return runs
+
+
+def _stale(runs: list[dict]) -> list[dict]:
+    out = []
+    for r in runs:
+        d: Path = r["dir"]
+        if not d.exists():
+            continue
+        meta = _read_json(d / "run.json")
+        if meta is None:
+            if any(d.iterdir()):
+                out.append(r)
+            continue
+        if meta.get("key") != r["key"]:
+            out.append(r)
+    return out
+
+
+def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progress: Any, i: int, n: int,
+             log: Callable[[str], None]) -> Optional[dict]:
+    import inhernet
+    from inhernet.train import DistillLoss, fit, save_model
+
+    m: MethodConfig = r["method"]
+    seed, d = r["seed"], r["dir"]
+    done = _read_json(d / "done.json")
+    tag = f"[{i}/{n}] {m.name} seed {seed}"
+    if done is not None and done.get("key") == r["key"]:
+        log(f"{tag}: done, skipped (test acc {100 * done['final'].get('test/acc', float('nan')):.2f}%)")
+        return done
+    rank0 = global_rank() == 0
+    if rank0:
+        _write_json(d / "run.json", {"key": r["key"], **r["identity"]})
+    ck = d / "checkpoints" / "last.ckpt"
+    log(f"{tag}: {'resuming' if ck.exists() else 'training'} ({m.kind}, loss {m.loss_kind})")
+    model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels)
+    loss = DistillLoss.from_dict(m.loss_spec())
+    s = cfg.schedule
+    t0 = time.perf_counter()
+    res = fit(model, data, out_dir=d, teacher=teacher if loss.needs_teacher else None, loss=loss,
+              epochs=s.epochs, batch_size=s.batch_size, eval_batch_size=s.eval_batch_size, lr=s.lr,
+              momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov, milestones=s.milestones,
+              gamma=s.gamma, augment=cfg.data.augment, seed=seed, resume=True, model_meta=meta,
+              **_fit_kwargs(cfg, progress))
+    teacher.cpu()  # fit moved it to the training device
+    if not (res.extra.get("is_global_zero", True) and rank0):
+        return None
+    model = res.model.eval()
+    shape = (1, data.in_channels, *data.image_size)
+    out = {
+        "key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "loss": loss.resolved(),
+        "params": inhernet.count_parameters(model), "flops": inhernet.count_flops(model, shape),
+        "final": res.final, "epochs": len(res.metrics),
+        "curve": {k: [row.get(k) for row in res.metrics] for k in ("test/acc", "val/acc", "train/acc", "train/loss")},
+        "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in res.metrics),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    if meta.get("inherited"):
+        out["inherit"] = meta["inherit"]
+        try:
+            out["layer_summary"] = inhernet.layer_report(model).summary()
+        except Exception:  # noqa: BLE001 - a report is a nicety
+            pass
+    save_model(model, d / "model", arch=meta["arch"], num_classes=data.num_classes, in_channels=data.in_channels,
+               extra={"method": m.name, "seed": seed})
+    _write_json(d / "done.json", out)
+    log(f"{tag}: test acc {100 * out['final'].get('test/acc', float('nan')):.2f}% "
+        f"({out['params']:,} params, {out['train_time_s']:.0f} s)")
+    return out
+
+
+def load_data(cfg: CompareConfig) -> Any:
+    from inhernet.data import load_dataset
+
+    d = cfg.data
+    return load_dataset(d.name, root=d.root, val_fraction=d.val_fraction, subset=d.subset,
+                        test_subset=d.test_subset, seed=d.seed)
+
+
+def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None,
+                log: Callable[[str], None] = _info, report: bool = True) -> Optional[dict]:
+    """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero)."""
+    import yaml
+
+    from .report import build_results, write_report
+
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    progress = cfg.trainer.progress if progress is None else progress
+    out = Path(cfg.out_dir)
+    t_start = time.perf_counter()
+
+    # 1. validate everything that can fail before writing anything
+    data = load_data(cfg)
+    log(f"data: {data!r}")
+    if cfg.teacher.path:
+        teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
+    else:
+        teacher, tinfo = None, None
+    tkey = teacher_key(cfg)
+    runs = plan_runs(cfg, tkey)
+    stale = _stale(runs)
+    if stale and not force:
+        names = ", ".join(sorted({f"{r['method'].name}/seed{r['seed']}" for r in stale}))
+        raise StaleRunError(
+            f"{out} already holds runs made with a different config ({names}). Nothing was changed. Re-run with "
+            "--force to retrain them (their old results are deleted), or set another out_dir.")
+    # 2. the teacher (trained and cached if needed)
+    if teacher is None:
+        teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
+    teacher = teacher.eval()
+    rank0 = global_rank() == 0
+    if rank0:
+        out.mkdir(parents=True, exist_ok=True)
+        if force:
+            for r in runs:
+                if r["dir"].exists():
+                    shutil.rmtree(r["dir"])
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _write_json(out / "teacher.json", tinfo)
+
+    # 3. every method x seed
+    results_per_run = []
+    for i, r in enumerate(runs, 1):
+        res = _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
+        if res is not None:
+            results_per_run.append(res)
+    if not rank0:
+        return None
+    # 4. report
+    results = build_results(cfg, data, teacher, tinfo, results_per_run, wall_time_s=time.perf_counter() - t_start)
+    if report:
+        table = write_report(results, out)
+        log("")
+        log(table)
+        log(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}, {out / 'acc_vs_epoch.png'}, "
+            f"{out / 'acc_vs_params.png'}")
+    return results
+
+
+def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Callable[[str], None] = _info) -> dict:
+    """Re-aggregate the finished runs of ``out_dir`` (from its ``config.yaml``) and rewrite the report."""
+    import yaml
+
+    from inhernet.train import load_model
+
+    from .report import build_results, write_report
+
+    out = Path(out_dir)
+    cpath = out / "config.yaml"
+    if not cpath.is_file():
+        raise CompareError(f"{cpath} not found: {out} is not the out_dir of an `inhernet compare` run.")
+    cfg = CompareConfig.from_dict(yaml.safe_load(cpath.read_text()), where=str(cpath))
+    cfg.out_dir = str(out)
+    tinfo = _read_json(out / "teacher.json") or {}
+    data = load_data(cfg)
+    teacher, _ = load_model(tinfo["path"], expect_arch=cfg.teacher.arch)
+    done = []
+    for r in plan_runs(cfg, tinfo.get("key", teacher_key(cfg))):
+        d = _read_json(r["dir"] / "done.json")
+        if d is not None:
+            done.append(d)
+    previous = _read_json(out / "results.json") if not latency else None
+    results = build_results(cfg, data, teacher, tinfo, done, measure=latency, previous=previous)
+    table = write_report(results, out)
+    log(table)
+    return results

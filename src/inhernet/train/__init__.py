@@ -1,0 +1,58 @@
+"""Training: losses, the Lightning module, the ``fit`` function and model files.
+
+Needs the ``train`` extra (``lightning``, ``torchmetrics``); :mod:`inhernet.train.losses` needs torch only.
+"""
+
+from .losses import (
+    LOSS_KINDS,
+    DistillLoss,
+    DistillLossModule,
+    ce_loss,
+    dkd_loss,
+    dkd_parts,
+    kd_kl,
+    kd_loss,
+    lskd_loss,
+    standardize_logits,
+)
+from .loader import TensorLoader, crop_flip, resolve_augment
+from .module import DistillModule, make_loss, scaled_milestones
+from .fit import FitResult, JsonlMetrics, TensorDataModule, fit, global_rank, read_metrics
+from .store import (
+    ArchitectureMismatchError,
+    ModelLoadError,
+    load_model,
+    save_model,
+)
+from .evaluate import evaluate, measure_latency
+
+__all__ = [
+    "LOSS_KINDS",
+    "ArchitectureMismatchError",
+    "DistillLoss",
+    "DistillLossModule",
+    "DistillModule",
+    "FitResult",
+    "JsonlMetrics",
+    "ModelLoadError",
+    "TensorDataModule",
+    "TensorLoader",
+    "ce_loss",
+    "crop_flip",
+    "dkd_loss",
+    "dkd_parts",
+    "evaluate",
+    "fit",
+    "global_rank",
+    "kd_kl",
+    "kd_loss",
+    "load_model",
+    "lskd_loss",
+    "make_loss",
+    "measure_latency",
+    "read_metrics",
+    "resolve_augment",
+    "save_model",
+    "scaled_milestones",
+    "standardize_logits",
+]

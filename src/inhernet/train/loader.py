@@ -1,0 +1,174 @@
+"""In-memory, epoch-seeded, rank-aware batching of tensor data sets.
+
+A :class:`TensorLoader` iterates pre-stacked ``(x, y)`` batches straight from the tensors of a
+data set (anything with ``.x`` and ``.y``; ``inhernet.data.TensorData`` included). Its order and its
+augmentation depend only on ``(seed, epoch, rank)``, never on global RNG state, so a run resumed at
+an epoch boundary sees exactly the batches of an uninterrupted run. Lightning calls
+``loader.sampler.set_epoch(epoch)`` before every epoch (as for a ``DistributedSampler``).
+
+Under data parallelism each process gets a disjoint shard: for training every process gets the
+same number of samples (``N // world_size``, the remainder dropped for that epoch) so that they run
+the same number of steps; for evaluation the shards are ``idx[rank::world_size]`` and cover every
+sample exactly once. ``batch_size`` is per process, as in Lightning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["EpochSampler", "TensorLoader", "crop_flip", "resolve_augment", "mix_seed"]
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (a hash, independent of ``PYTHONHASHSEED``)."""
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFFFFFFFFFF
+
+
+def crop_flip(x: Tensor, padding: int = 4, flip: bool = True, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Random crop with zero padding and random horizontal flip of a batch ``(N, C, H, W)``.
+
+    Zero padding of normalised images pads with the mean, as torchvision's ``RandomCrop(pad=4)`` on
+    normalised CIFAR does in most KD code bases.
+    """
+    n, c, h, w = x.shape
+    out = x
+    if padding > 0:
+        xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h)[None, :]).to(x.device)  # (N, H)
+        cols = (ox[:, None] + torch.arange(w)[None, :]).to(x.device)  # (N, W)
+        ni = torch.arange(n, device=x.device)[:, None, None, None]
+        ci = torch.arange(c, device=x.device)[None, :, None, None]
+        out = xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        m = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        out = torch.where(m[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+class _CropFlip:
+    def __init__(self, padding: int = 4, flip: bool = True) -> None:
+        self.padding, self.flip = int(padding), bool(flip)
+
+    def __call__(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        return crop_flip(x, self.padding, self.flip, generator)
+
+    def __repr__(self) -> str:
+        return f"crop_flip(padding={self.padding}, flip={self.flip})"
+
+
+def resolve_augment(augment: Any, data: Any = None) -> Optional[Callable[..., Tensor]]:
+    """Turn an augmentation spec into ``f(x, generator) -> x`` (or ``None``).
+
+    Accepted: ``None`` / ``"none"`` / ``False``; ``"default"`` (the data set's ``default_augment``,
+    if any); ``"crop_flip"``, ``"crop"``, ``"flip"``; an object with ``padding`` and ``flip``
+    attributes (``inhernet.data.RandomCropFlip``) or a dict of them
+    (``DataSplits.default_augment``), re-implemented here so it takes a generator; or any
+    callable ``f(x, generator=...)``.
+    """
+    if augment is None or augment is False or augment == "none":
+        return None
+    if augment == "default":
+        return resolve_augment(getattr(data, "default_augment", None), None) if data is not None else None
+    if augment == "crop_flip":
+        return _CropFlip(4, True)
+    if augment == "crop":
+        return _CropFlip(4, False)
+    if augment == "flip":
+        return _CropFlip(0, True)
+    if isinstance(augment, str):
+        raise ValueError(f"unknown augment {augment!r}; use none, default, crop_flip, crop or flip")
+    if isinstance(augment, dict):  # DataSplits.default_augment: RandomCropFlip keyword arguments
+        return _CropFlip(int(augment.get("padding", 4)), bool(augment.get("flip", True)))
+    if hasattr(augment, "padding") and hasattr(augment, "flip"):
+        return _CropFlip(int(getattr(augment, "padding")), bool(getattr(augment, "flip")))
+    if callable(augment):
+        return augment
+    raise TypeError(f"cannot use {augment!r} as an augmentation")
+
+
+class EpochSampler:
+    """Holds the epoch; Lightning finds it as ``loader.sampler`` and calls :meth:`set_epoch`."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class TensorLoader:
+    """Iterate ``(x, y)`` batches of a tensor data set; see the module docstring."""
+
+    def __init__(
+        self,
+        data: Any,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: Any = None,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x: Tensor = data.x
+        self.y: Tensor = data.y
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x and y differ in length: {len(self.x)} vs {len(self.y)}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.augment = resolve_augment(augment, data)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.sampler = EpochSampler()
+        self.batch_sampler = None  # (Lightning inspects it; batches are formed here)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _indices(self) -> Tensor:
+        n = len(self.x)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.sampler.epoch, 1))
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        if self.world_size > 1:
+            if self.shuffle:  # training: equal shard sizes so every process takes the same steps
+                per = n // self.world_size
+                idx = idx[self.rank :: self.world_size][:per]
+            else:
+                idx = idx[self.rank :: self.world_size]
+        return idx
+
+    def _num_samples(self) -> int:
+        n = len(self.x)
+        if self.world_size > 1:
+            return n // self.world_size if self.shuffle else len(range(self.rank, n, self.world_size))
+        return n
+
+    def __len__(self) -> int:
+        m = self._num_samples()
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self._indices()
+        g = None
+        if self.augment is not None:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.sampler.epoch, self.rank, 2))
+        for i in range(len(self)):
+            b = idx[i * self.batch_size : (i + 1) * self.batch_size]
+            x, y = self.x[b], self.y[b]
+            if self.augment is not None:
+                x = self.augment(x, generator=g)
+            yield x, y

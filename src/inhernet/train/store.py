@@ -1,0 +1,217 @@
+"""Model files that the CLI and the comparison runner read and write.
+
+* An **inherited** model is a folder written by :func:`inhernet.save` (``model.safetensors`` +
+  ``inhernet_config.json``); the base architecture's name and arguments go in its ``extra`` field, so
+  :func:`load_model` can rebuild the base and call :func:`inhernet.load`.
+* A **dense** model (teacher, student) is a folder with ``model.safetensors`` and
+  ``model_config.json`` (``{"format": "inhernet-dense", "arch", "num_classes", "in_channels"}``).
+* A Lightning checkpoint (``*.ckpt`` from :func:`inhernet.train.fit`) of a dense model, a run folder
+  (its ``model/``), or a bare state dict (``.safetensors`` / ``.pt``, with ``arch=`` given) also load.
+
+A file of another architecture than the one expected raises :class:`ArchitectureMismatchError`,
+which says what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+__all__ = ["ArchitectureMismatchError", "ModelLoadError", "load_model", "save_model", "model_info",
+           "DENSE_CONFIG_NAME"]
+
+DENSE_CONFIG_NAME = "model_config.json"
+WEIGHTS_NAME = "model.safetensors"
+INHERIT_CONFIG_NAME = "inhernet_config.json"
+
+
+class ModelLoadError(ValueError):
+    """A model file or folder cannot be loaded; the message says why and what to do."""
+
+
+class ArchitectureMismatchError(ModelLoadError):
+    """The saved model is not of the architecture it was expected to be."""
+
+
+def _is_inherited(model: nn.Module) -> bool:
+    from inhernet.layers import INHER_LAYERS
+
+    return any(isinstance(m, INHER_LAYERS) for m in model.modules())
+
+
+def save_model(model: nn.Module, folder: Union[str, os.PathLike], *, arch: str, num_classes: int,
+               in_channels: int, extra: Optional[dict] = None) -> Path:
+    """Save a dense model (``arch`` = its registry name) or an inherited one (``arch`` = the teacher's).
+
+    Writes are atomic per file (temporary name, then rename).
+    """
+    import inhernet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"arch": arch, "num_classes": int(num_classes), "in_channels": int(in_channels), **(extra or {})}
+    if _is_inherited(model):
+        inhernet.save(model, folder, extra=info)
+        stale = folder / DENSE_CONFIG_NAME
+        if stale.exists():
+            stale.unlink()
+        return folder
+    from safetensors.torch import save_model as st_save
+
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    st_save(model, str(tmp), metadata={"format": "inhernet-dense", "arch": arch})
+    os.replace(tmp, folder / WEIGHTS_NAME)
+    meta = {"format": "inhernet-dense", "format_version": 1, **info}
+    tmp = folder / (DENSE_CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, folder / DENSE_CONFIG_NAME)
+    stale = folder / INHERIT_CONFIG_NAME
+    if stale.exists():
+        stale.unlink()
+    return folder
+
+
+def model_info(path: Union[str, os.PathLike]) -> dict:
+    """What a saved model is, without loading weights: ``kind`` (dense|inherited|checkpoint|state_dict),
+    ``arch``, ``num_classes``, ``in_channels`` where known."""
+    p = _resolve(Path(path))
+    if p.is_dir():
+        if (p / INHERIT_CONFIG_NAME).is_file():
+            meta = json.loads((p / INHERIT_CONFIG_NAME).read_text())
+            extra = meta.get("extra", {}) or {}
+            return {"kind": "inherited", "path": str(p), **{k: extra.get(k) for k in ("arch", "num_classes",
+                                                                                        "in_channels")},
+                    "plan": meta.get("plan", {})}
+        if (p / DENSE_CONFIG_NAME).is_file():
+            meta = json.loads((p / DENSE_CONFIG_NAME).read_text())
+            return {"kind": "dense", "path": str(p), **{k: meta.get(k) for k in ("arch", "num_classes",
+                                                                                   "in_channels")}}
+        raise ModelLoadError(f"{p} holds no saved model (no {INHERIT_CONFIG_NAME} or {DENSE_CONFIG_NAME}).")
+    if p.suffix == ".ckpt":
+        ck = _torch_load(p)
+        meta = (ck.get("hyper_parameters") or {}).get("model_meta") or {}
+        return {"kind": "checkpoint", "path": str(p), **{k: meta.get(k) for k in ("arch", "num_classes",
+                                                                                    "in_channels")},
+                "inherited": bool(meta.get("inherited"))}
+    return {"kind": "state_dict", "path": str(p), "arch": None, "num_classes": None, "in_channels": None}
+
+
+def _resolve(p: Path) -> Path:
+    if not p.exists():
+        raise ModelLoadError(f"{p} does not exist.")
+    if p.is_dir() and not (p / INHERIT_CONFIG_NAME).is_file() and not (p / DENSE_CONFIG_NAME).is_file():
+        for sub in ("model", "teacher"):
+            if (p / sub).is_dir() and ((p / sub / INHERIT_CONFIG_NAME).is_file()
+                                       or (p / sub / DENSE_CONFIG_NAME).is_file()):
+                return p / sub
+    return p
+
+
+def _torch_load(p: Path) -> Any:
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read {p}: {err}") from err
+
+
+def _check_expected(found: Optional[str], expect: Optional[str], p: Path) -> None:
+    if expect and found and found != expect:
+        raise ArchitectureMismatchError(
+            f"{p} holds a {found!r} model, but {expect!r} was expected. Point to a {expect} checkpoint, "
+            f"or change the expected architecture to {found!r}.")
+
+
+def _load_state(model: nn.Module, state: dict, p: Path, arch: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+        raise ArchitectureMismatchError(
+            f"the weights in {p} do not fit architecture {arch!r}: " + "; ".join(parts)
+            + ". The file was saved from another architecture (or other num_classes / in_channels).")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(
+    path: Union[str, os.PathLike],
+    *,
+    arch: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    in_channels: Optional[int] = None,
+    expect_arch: Optional[str] = None,
+) -> tuple[nn.Module, dict]:
+    """Load any saved model; returns ``(model, info)`` with ``info`` as :func:`model_info` (+ ``params``).
+
+    ``arch`` / ``num_classes`` / ``in_channels`` are needed only for bare state dicts (or override
+    nothing: a mismatch with what the file records is an error). ``expect_arch`` makes a model of
+    another architecture an :class:`ArchitectureMismatchError`.
+    """
+    import inhernet
+    from inhernet.models import create_model
+
+    p = _resolve(Path(path))
+    info = model_info(p)
+    found_arch = info.get("arch")
+    if arch and found_arch and arch != found_arch:
+        _check_expected(found_arch, arch, p)
+    _check_expected(found_arch, expect_arch, p)
+    arch = found_arch or arch or expect_arch
+    if not arch:
+        raise ModelLoadError(f"{p} does not record its architecture; pass arch= (--arch).")
+    for key, given in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if info.get(key) is not None and given is not None and int(info[key]) != int(given):
+            raise ArchitectureMismatchError(f"{p} was saved with {key}={info[key]}, but {key}={given} was expected.")
+    nc = int(info.get("num_classes") or num_classes or 100)
+    ic = int(info.get("in_channels") or in_channels or 3)
+    base = create_model(arch, num_classes=nc, in_channels=ic)
+    kind = info["kind"]
+    if kind == "inherited":
+        try:
+            model = inhernet.load(p, base)
+        except ValueError as err:
+            raise ArchitectureMismatchError(str(err)) from err
+    elif kind == "dense":
+        from safetensors.torch import load_file
+
+        _load_state(base, load_file(str(p / WEIGHTS_NAME)), p, arch)
+        model = base
+    elif kind == "checkpoint":
+        if info.get("inherited"):
+            raise ModelLoadError(f"{p} is a training checkpoint of an inherited model; load the model folder "
+                                 "saved next to it (…/model) instead.")
+        ck = _torch_load(p)
+        state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+        _load_state(base, state, p, arch)
+        model = base
+    else:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = _torch_load(p)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            if isinstance(state, nn.Module):
+                state = state.state_dict()
+        if any(k.startswith("model.") for k in state) and not any(k in base.state_dict() for k in state):
+            state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        _load_state(base, state, p, arch)
+        model = base
+    info = {**info, "arch": arch, "num_classes": nc, "in_channels": ic,
+            "params": inhernet.count_parameters(model), "inherited": _is_inherited(model)}
+    return model.eval(), info

@@ -1,0 +1,179 @@
+"""`inhernet compare` end to end on a tiny digits config: outputs, resume, clear errors that keep results."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("lightning")
+pytest.importorskip("sklearn")  # the digits data set
+
+from inhernet.compare import (  # noqa: E402
+    CompareConfig,
+    CompareConfigError,
+    ConfigKeyError,
+    StaleRunError,
+    load_config,
+    run_compare,
+)
+from inhernet.train import ArchitectureMismatchError, save_model  # noqa: E402
+
+
+def tiny_config(tmp: Path, **over) -> dict:
+    cfg = {
+        "name": "tiny",
+        "out_dir": str(tmp / "out"),
+        "cache_dir": str(tmp / "cache"),
+        "data": {"name": "digits", "subset": 160, "test_subset": 80, "val_fraction": 0.05, "seed": 0},
+        "teacher": {"arch": "resnet14", "epochs": 1},
+        "student": {"arch": "resnet8"},
+        "schedule": {"epochs": 2, "batch_size": 64, "eval_batch_size": 256},
+        "seeds": [0],
+        "methods": [
+            {"name": "student", "kind": "student"},
+            {"name": "student_kd", "kind": "student_kd", "loss": {"temperature": 2.0}},
+            {"name": "inh", "kind": "inhernet", "kd": True, "inherit": {"budget": "student", "heads": 2}},
+        ],
+        "trainer": {"progress": False, "threads": 1},
+        "latency": {"rounds": 1, "iters": 2},
+    }
+    for k, v in over.items():
+        cfg[k] = v
+    return cfg
+
+
+def write_cfg(tmp: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
+    p = tmp / name
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    path = write_cfg(tmp, tiny_config(tmp))
+    logs: list[str] = []
+    results = run_compare(load_config(path), log=logs.append)
+    return tmp, path, results, logs
+
+
+def _snapshot(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_outputs(finished):
+    tmp, _, results, logs = finished
+    out = tmp / "out"
+    for name in ("results.json", "results.md", "acc_vs_epoch.png", "acc_vs_params.png", "config.yaml", "teacher.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in saved["methods"]]
+    assert names == ["student", "student_kd", "inh"]
+    for m in saved["methods"]:
+        assert m["complete"] and m["seeds"] == [0]
+        assert 0.0 <= m["test_acc_mean"] <= 1.0 and m["test_acc_std"] == 0.0
+        assert m["params"] > 0 and m["flops"] > 0 and m["latency_ms"] > 0
+        assert len(m["curve_test_acc"]["mean"]) == 2
+    inh = saved["methods"][2]
+    assert inh["params"] <= saved["student_params"]  # budget: student
+    assert saved["teacher"]["params"] > saved["student_params"]
+    table = (out / "results.md").read_text()
+    assert "| method |" in table and "inh" in table and "± " in table
+    assert (out / "acc_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    # per run: metrics, checkpoint, final model, done marker
+    run = out / "runs" / "inh" / "seed0"
+    for name in ("metrics.jsonl", "checkpoints/last.ckpt", "model/model.safetensors", "done.json", "run.json"):
+        assert (run / name).is_file(), name
+    assert any("training" in line for line in logs)
+    # the teacher is cached by its config hash
+    assert len(list((tmp / "cache" / "teachers").glob("resnet14-*/model"))) == 1
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(finished):
+    tmp, path, results, _ = finished
+    out = tmp / "out"
+    # simulate an interrupted run: its checkpoint is there, its done marker is not
+    done = out / "runs" / "student_kd" / "seed0" / "done.json"
+    old = json.loads(done.read_text())
+    done.unlink()
+    before = (out / "runs" / "student" / "seed0" / "done.json").stat().st_mtime_ns
+    logs: list[str] = []
+    again = run_compare(load_config(path), log=logs.append)
+    text = "\n".join(logs)
+    assert "reusing resnet14" in text
+    assert "student seed 0: done, skipped" in text and "inh seed 0: done, skipped" in text
+    assert "student_kd seed 0: resuming" in text
+    assert (out / "runs" / "student" / "seed0" / "done.json").stat().st_mtime_ns == before
+    new = json.loads(done.read_text())
+    assert new["final"] == old["final"]  # resumed at the end: same last-epoch metrics
+    assert [m["test_acc_mean"] for m in again["methods"]] == [m["test_acc_mean"] for m in results["methods"]]
+
+
+def test_bad_key_is_clear_and_harmless(finished):
+    tmp, _, _, _ = finished
+    out = tmp / "out"
+    snap = _snapshot(out)
+    cfg = tiny_config(tmp)
+    cfg["schedule"] = {"epoch": 2, "batch_size": 64}
+    with pytest.raises(ConfigKeyError) as err:
+        load_config(write_cfg(tmp, cfg, "bad.yaml"))
+    msg = str(err.value)
+    assert "'epoch'" in msg and "did you mean 'epochs'" in msg and "Valid keys" in msg and "batch_size" in msg
+    cfg = tiny_config(tmp)
+    cfg["methods"][2]["inherit"] = {"rnak": 4}
+    with pytest.raises(ConfigKeyError, match="did you mean 'rank'"):
+        load_config(write_cfg(tmp, cfg, "bad2.yaml"))
+    with pytest.raises(ConfigKeyError, match="did you mean 'teacher'"):
+        CompareConfig.from_dict({**tiny_config(tmp), "teachr": {}})
+    with pytest.raises(CompareConfigError, match="did you mean 'student_dkd'"):
+        CompareConfig.from_dict({**tiny_config(tmp), "methods": [{"name": "a", "kind": "student_dk"}]})
+    assert _snapshot(out) == snap
+
+
+def test_wrong_architecture_teacher_is_clear_and_harmless(finished):
+    tmp, _, _, _ = finished
+    out = tmp / "out"
+    snap = _snapshot(out)
+    from inhernet.models import create_model
+
+    wrong = create_model("resnet8", num_classes=10, in_channels=1)
+    save_model(wrong, tmp / "wrong_teacher", arch="resnet8", num_classes=10, in_channels=1)
+    cfg = tiny_config(tmp, teacher={"arch": "resnet14", "path": str(tmp / "wrong_teacher")})
+    with pytest.raises(ArchitectureMismatchError, match="'resnet8'.*'resnet14'"):
+        run_compare(load_config(write_cfg(tmp, cfg, "wrong.yaml")), log=lambda s: None)
+    # a bare state dict of the wrong architecture: the mismatch is named too
+    import torch
+
+    torch.save(wrong.state_dict(), tmp / "wrong.pt")
+    cfg = tiny_config(tmp, teacher={"arch": "resnet14", "path": str(tmp / "wrong.pt")})
+    with pytest.raises(ArchitectureMismatchError, match="do not fit architecture 'resnet14'"):
+        run_compare(load_config(write_cfg(tmp, cfg, "wrong2.yaml")), log=lambda s: None)
+    assert _snapshot(out) == snap
+
+
+def test_changed_config_does_not_overwrite(finished):
+    tmp, _, _, _ = finished
+    out = tmp / "out"
+    snap = _snapshot(out)
+    cfg = tiny_config(tmp, schedule={"epochs": 3, "batch_size": 64})
+    with pytest.raises(StaleRunError, match="--force"):
+        run_compare(load_config(write_cfg(tmp, cfg, "changed.yaml")), log=lambda s: None)
+    assert _snapshot(out) == snap
+
+
+def test_cli_compare_and_report_on_finished_runs(finished, capsys):
+    from inhernet.cli import main
+
+    tmp, path, results, _ = finished
+    out = tmp / "out"
+    assert main(["compare", str(path), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "done, skipped" in printed and "| method |" in printed
+    before = json.loads((out / "results.json").read_text())
+    assert main(["report", str(out), "--no-latency"]) == 0
+    assert "| method |" in capsys.readouterr().out
+    after = json.loads((out / "results.json").read_text())
+    assert [m["test_acc_mean"] for m in after["methods"]] == [m["test_acc_mean"] for m in before["methods"]]
+    assert [m["latency_ms"] for m in after["methods"]] == [m["latency_ms"] for m in before["methods"]]
+    assert main(["report", str(tmp / "nowhere")]) == 2

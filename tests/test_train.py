@@ -1,0 +1,246 @@
+"""Training: loader determinism, the Lightning module, resume == uninterrupted, 2-process DDP, model files."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("lightning")
+
+from inhernet.train import (  # noqa: E402
+    ArchitectureMismatchError,
+    TensorLoader,
+    crop_flip,
+    fit,
+    load_model,
+    read_metrics,
+    save_model,
+    scaled_milestones,
+)
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _data(n_train=96, n_val=30, n_test=31, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        x = torch.randn(n, 1, 8, 8, generator=g)
+        y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0.3).long()
+        return SimpleNamespace(x=x, y=y.clamp(max=classes - 1))
+
+    return SimpleNamespace(train=split(n_train), val=split(n_val), test=split(n_test), num_classes=classes,
+                           default_augment={"padding": 1, "flip": True})
+
+
+def _net(classes=3, seed=1):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(6, classes))
+
+
+def test_scaled_milestones():
+    assert scaled_milestones(240) == [150, 180, 210]
+    assert scaled_milestones(24) == [15, 18, 21]
+    assert scaled_milestones(10) == [6, 8, 9]
+    assert scaled_milestones(1) == []
+
+
+def test_loader_is_epoch_seeded_and_sharded():
+    d = _data(n_train=50).train
+    a = TensorLoader(d, 8, shuffle=True, seed=3)
+    b = TensorLoader(d, 8, shuffle=True, seed=3)
+    ya = torch.cat([y for _, y in a])
+    assert torch.equal(ya, torch.cat([y for _, y in b]))
+    a.set_epoch(1)
+    assert not torch.equal(a._indices(), b._indices())
+    b.set_epoch(1)
+    assert torch.equal(a._indices(), b._indices())
+    # two ranks: disjoint, equal-sized training shards
+    r0 = TensorLoader(d, 8, shuffle=True, seed=3, rank=0, world_size=2)
+    r1 = TensorLoader(d, 8, shuffle=True, seed=3, rank=1, world_size=2)
+    i0, i1 = set(r0._indices().tolist()), set(r1._indices().tolist())
+    assert len(i0) == len(i1) == 25 and not i0 & i1 and len(r0) == len(r1)
+    # evaluation shards cover every sample exactly once
+    e = [TensorLoader(d, 7, rank=r, world_size=3)._indices() for r in range(3)]
+    assert sorted(torch.cat(e).tolist()) == list(range(50))
+    # augmentation is reproducible from (seed, epoch)
+    aug = TensorLoader(d, 50, shuffle=True, seed=1, augment="crop_flip")
+    x1 = next(iter(aug))[0]
+    x2 = next(iter(TensorLoader(d, 50, shuffle=True, seed=1, augment="crop_flip")))[0]
+    assert torch.equal(x1, x2) and x1.shape == d.x.shape
+
+
+def test_crop_flip_by_hand():
+    x = torch.arange(2 * 16.0).reshape(2, 1, 4, 4)
+    assert torch.equal(crop_flip(x, padding=0, flip=False), x)
+    out = crop_flip(x, padding=1, flip=True, generator=torch.Generator().manual_seed(0))
+    # the same draws, in the same order, applied with explicit loops
+    g = torch.Generator().manual_seed(0)
+    oy, ox = torch.randint(0, 3, (2,), generator=g), torch.randint(0, 3, (2,), generator=g)
+    flips = torch.rand(2, generator=g) < 0.5
+    padded = torch.zeros(2, 1, 6, 6)
+    padded[:, :, 1:5, 1:5] = x
+    for i in range(2):
+        ref = padded[i, 0, oy[i]:oy[i] + 4, ox[i]:ox[i] + 4]
+        if flips[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i, 0], ref)
+
+
+class _Kill(Exception):
+    pass
+
+
+class _KillAtEpoch(__import__("lightning").pytorch.callbacks.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise _Kill(f"killed at the start of epoch {self.epoch}")
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    data = _data()
+    kw = dict(epochs=3, batch_size=16, milestones=[1, 2], seed=5, progress=False)
+    straight = fit(_net(), data, out_dir=tmp_path / "a", **kw)
+    with pytest.raises(_Kill):
+        fit(_net(), data, out_dir=tmp_path / "b", callbacks=[_KillAtEpoch(1)], **kw)
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    assert [r["epoch"] for r in read_metrics(tmp_path / "b")] == [0]
+    resumed = fit(_net(), data, out_dir=tmp_path / "b", **kw)
+    assert resumed.resumed_from_epoch == 1
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6, msg=k)
+    drop = lambda r: {k: v for k, v in r.items() if k != "epoch_time_s"}  # noqa: E731
+    assert [drop(r) for r in straight.metrics] == [drop(r) for r in resumed.metrics]
+    assert [r["lr"] for r in straight.metrics] == pytest.approx([0.05, 0.005, 0.0005])
+    assert {"train/loss", "train/acc", "val/acc", "test/acc"} <= set(straight.metrics[-1])
+    # the logged test accuracy of the last epoch is the accuracy of the final weights
+    m = straight.model.eval()
+    with torch.no_grad():
+        acc = (m(data.test.x).argmax(1) == data.test.y).float().mean().item()
+    assert straight.final["test/acc"] == pytest.approx(acc, abs=1e-6)
+    # a finished run "resumes" to the same weights without training
+    again = fit(_net(), data, out_dir=tmp_path / "a", **kw)
+    for k in sa:
+        torch.testing.assert_close(again.model.state_dict()[k], sa[k], rtol=0, atol=0)
+    # resume=False starts over (and gives the same result again: the seed fixes everything)
+    fresh = fit(_net(), data, out_dir=tmp_path / "a", resume=False, **kw)
+    assert fresh.resumed_from_epoch is None
+    for k in sa:
+        torch.testing.assert_close(fresh.model.state_dict()[k], sa[k], rtol=0, atol=1e-6)
+
+
+def test_distillation_keeps_teacher_frozen_and_out_of_checkpoint(tmp_path):
+    data = _data()
+    teacher = _net(seed=7)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    res = fit(_net(), data, out_dir=tmp_path, teacher=teacher, loss={"kind": "dkd", "temperature": 2.0}, epochs=1,
+              batch_size=16, progress=False)
+    assert math.isfinite(res.final["train/loss"])
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BN running stats too: the teacher ran in eval mode
+    assert not teacher.training
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert all(k.startswith("model.") for k in ck["state_dict"])
+    assert len(ck["state_dict"]) == len(res.model.state_dict())
+    assert ck["hyper_parameters"]["loss"]["kind"] == "dkd"
+    with pytest.raises(ValueError, match="no teacher"):
+        fit(_net(), data, out_dir=tmp_path / "x", loss="kd", epochs=1, progress=False)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, math, os, sys
+    sys.path.insert(0, {src!r})
+    import torch
+    from torch import nn
+    from types import SimpleNamespace
+    from inhernet.train import fit, global_rank
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    def split(n):
+        x = torch.randn(n, 1, 8, 8, generator=g)
+        return SimpleNamespace(x=x, y=(x.mean((1, 2, 3)) > 0).long())
+    data = SimpleNamespace(train=split(64), val=split(20), test=split(21), num_classes=2)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    n_before = sum(p.numel() for p in model.parameters())
+    res = fit(model, data, out_dir={out!r}, epochs=1, batch_size=8, strategy="ddp", devices=2,
+              accelerator="cpu", progress=False)
+    n_after = sum(p.numel() for p in res.model.parameters())
+    with torch.no_grad():
+        acc = (res.model.eval()(data.test.x).argmax(1) == data.test.y).float().mean().item()
+    row = dict(rank=global_rank(), world=res.extra["world_size"], zero=res.extra["is_global_zero"],
+               n_before=n_before, n_after=n_after, metrics=res.metrics, acc=acc)
+    with open(os.path.join({out!r}, "rank%d.json" % global_rank()), "w") as f:
+        json.dump(row, f)
+    """
+)
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """strategy="ddp", devices=2 on CPU (gloo): Lightning re-launches the script as a second process."""
+    out = tmp_path / "run"
+    out.mkdir()
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(src=SRC, out=str(out)))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK",
+                                                           "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONWARNINGS"] = "ignore"
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    assert len(rows) == 2, proc.stderr[-2000:]
+    r0 = rows[0]
+    other = rows[max(rows)]
+    assert r0["world"] == other["world"] == 2 and r0["zero"] and not other["zero"]
+    assert r0["n_before"] == r0["n_after"] == other["n_after"]
+    # one checkpoint, written once; one metrics row, written once (rank zero), finite loss
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    m = json.loads(lines[0])
+    assert math.isfinite(m["train/loss"])
+    # the logged test accuracy is reduced over both processes' shards: it equals the accuracy of the
+    # (DDP-synchronised) final weights on the whole test set
+    assert m["test/acc"] == pytest.approx(r0["acc"], abs=1e-6)
+    assert r0["acc"] == pytest.approx(other["acc"], abs=1e-6)
+
+
+def test_save_and_load_models(tmp_path):
+    import inhernet
+    from inhernet.models import create_model
+
+    t = create_model("resnet8", num_classes=4, in_channels=1)
+    save_model(t, tmp_path / "t", arch="resnet8", num_classes=4, in_channels=1)
+    m, info = load_model(tmp_path / "t", expect_arch="resnet8")
+    assert info["kind"] == "dense" and not info["inherited"] and info["params"] == inhernet.count_parameters(t)
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(m(x), t.eval()(x))
+    with pytest.raises(ArchitectureMismatchError, match="resnet14"):
+        load_model(tmp_path / "t", expect_arch="resnet14")
+    # a bare state dict of another architecture: the message names the problem
+    torch.save(t.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ArchitectureMismatchError, match="do not fit architecture 'resnet14'"):
+        load_model(tmp_path / "w.pt", arch="resnet14", num_classes=4, in_channels=1)
+    inh = inhernet.inherit(t, inhernet.InheritConfig(rank=2, heads=2))
+    save_model(inh, tmp_path / "i", arch="resnet8", num_classes=4, in_channels=1)
+    m2, info2 = load_model(tmp_path / "i")
+    assert info2["inherited"] and info2["params"] == inhernet.count_parameters(inh)
+    torch.testing.assert_close(m2(x), inh.eval()(x))
