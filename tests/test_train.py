@@ -18,7 +18,6 @@ pytest.importorskip("lightning")
 from inhernet.train import (  # noqa: E402
     ArchitectureMismatchError,
     TensorLoader,
-    crop_flip,
     fit,
     load_model,
     read_metrics,
@@ -77,23 +76,6 @@ def test_loader_is_epoch_seeded_and_sharded():
     x1 = next(iter(aug))[0]
     x2 = next(iter(TensorLoader(d, 50, shuffle=True, seed=1, augment="crop_flip")))[0]
     assert torch.equal(x1, x2) and x1.shape == d.x.shape
-
-
-def test_crop_flip_by_hand():
-    x = torch.arange(2 * 16.0).reshape(2, 1, 4, 4)
-    assert torch.equal(crop_flip(x, padding=0, flip=False), x)
-    out = crop_flip(x, padding=1, flip=True, generator=torch.Generator().manual_seed(0))
-    # the same draws, in the same order, applied with explicit loops
-    g = torch.Generator().manual_seed(0)
-    oy, ox = torch.randint(0, 3, (2,), generator=g), torch.randint(0, 3, (2,), generator=g)
-    flips = torch.rand(2, generator=g) < 0.5
-    padded = torch.zeros(2, 1, 6, 6)
-    padded[:, :, 1:5, 1:5] = x
-    for i in range(2):
-        ref = padded[i, 0, oy[i]:oy[i] + 4, ox[i]:ox[i] + 4]
-        if flips[i]:
-            ref = ref.flip(-1)
-        assert torch.equal(out[i, 0], ref)
 
 
 class _Kill(Exception):

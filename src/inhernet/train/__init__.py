@@ -15,7 +15,7 @@ from .losses import (
     lskd_loss,
     standardize_logits,
 )
-from .loader import TensorLoader, crop_flip, resolve_augment
+from .loader import TensorLoader, resolve_augment
 from .module import DistillModule, make_loss, scaled_milestones
 from .fit import FitResult, JsonlMetrics, TensorDataModule, fit, global_rank, read_metrics
 from .store import (
@@ -38,7 +38,6 @@ __all__ = [
     "TensorDataModule",
     "TensorLoader",
     "ce_loss",
-    "crop_flip",
     "dkd_loss",
     "dkd_parts",
     "evaluate",

@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["EpochSampler", "TensorLoader", "crop_flip", "resolve_augment", "mix_seed"]
+from ..data import RandomCropFlip
+
+__all__ = ["EpochSampler", "TensorLoader", "resolve_augment", "mix_seed"]
 
 
 def mix_seed(*parts: int) -> int:
@@ -29,65 +31,26 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFFFFFFFFFFFFFF
 
 
-def crop_flip(x: Tensor, padding: int = 4, flip: bool = True, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Random crop with zero padding and random horizontal flip of a batch ``(N, C, H, W)``.
-
-    Zero padding of normalised images pads with the mean, as torchvision's ``RandomCrop(pad=4)`` on
-    normalised CIFAR does in most KD code bases.
-    """
-    n, c, h, w = x.shape
-    out = x
-    if padding > 0:
-        xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h)[None, :]).to(x.device)  # (N, H)
-        cols = (ox[:, None] + torch.arange(w)[None, :]).to(x.device)  # (N, W)
-        ni = torch.arange(n, device=x.device)[:, None, None, None]
-        ci = torch.arange(c, device=x.device)[None, :, None, None]
-        out = xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]
-    if flip:
-        m = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        out = torch.where(m[:, None, None, None], out.flip(-1), out)
-    return out
-
-
-class _CropFlip:
-    def __init__(self, padding: int = 4, flip: bool = True) -> None:
-        self.padding, self.flip = int(padding), bool(flip)
-
-    def __call__(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        return crop_flip(x, self.padding, self.flip, generator)
-
-    def __repr__(self) -> str:
-        return f"crop_flip(padding={self.padding}, flip={self.flip})"
-
-
-def resolve_augment(augment: Any, data: Any = None) -> Optional[Callable[..., Tensor]]:
-    """Turn an augmentation spec into ``f(x, generator) -> x`` (or ``None``).
+def resolve_augment(augment: Any, data: Any = None) -> Optional[Callable[[Tensor], Tensor]]:
+    """Turn an augmentation spec into a batch transform (or ``None``).
 
     Accepted: ``None`` / ``"none"`` / ``False``; ``"default"`` (the data set's ``default_augment``,
-    if any); ``"crop_flip"``, ``"crop"``, ``"flip"``; an object with ``padding`` and ``flip``
-    attributes (``inhernet.data.RandomCropFlip``) or a dict of them
-    (``DataSplits.default_augment``), re-implemented here so it takes a generator; or any
-    callable ``f(x, generator=...)``.
+    if any); ``"crop_flip"``, ``"crop"``, ``"flip"``; a dict of :class:`inhernet.data.RandomCropFlip`
+    keyword arguments (``DataSplits.default_augment``); a ``RandomCropFlip``; or any callable
+    ``f(x) -> x``. A transform with ``manual_seed`` is re-seeded from ``(seed, epoch, rank)`` by
+    :class:`TensorLoader` every epoch.
     """
     if augment is None or augment is False or augment == "none":
         return None
     if augment == "default":
         return resolve_augment(getattr(data, "default_augment", None), None) if data is not None else None
-    if augment == "crop_flip":
-        return _CropFlip(4, True)
-    if augment == "crop":
-        return _CropFlip(4, False)
-    if augment == "flip":
-        return _CropFlip(0, True)
+    presets = {"crop_flip": (4, True), "crop": (4, False), "flip": (0, True)}
     if isinstance(augment, str):
-        raise ValueError(f"unknown augment {augment!r}; use none, default, crop_flip, crop or flip")
-    if isinstance(augment, dict):  # DataSplits.default_augment: RandomCropFlip keyword arguments
-        return _CropFlip(int(augment.get("padding", 4)), bool(augment.get("flip", True)))
-    if hasattr(augment, "padding") and hasattr(augment, "flip"):
-        return _CropFlip(int(getattr(augment, "padding")), bool(getattr(augment, "flip")))
+        if augment not in presets:
+            raise ValueError(f"unknown augment {augment!r}; use none, default, crop_flip, crop or flip")
+        return RandomCropFlip(*presets[augment])
+    if isinstance(augment, dict):
+        return RandomCropFlip(**augment)
     if callable(augment):
         return augment
     raise TypeError(f"cannot use {augment!r} as an augmentation")
@@ -163,12 +126,11 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         idx = self._indices()
-        g = None
-        if self.augment is not None:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, self.sampler.epoch, self.rank, 2))
+        if hasattr(self.augment, "manual_seed"):
+            self.augment.manual_seed(mix_seed(self.seed, self.sampler.epoch, self.rank, 2))
         for i in range(len(self)):
             b = idx[i * self.batch_size : (i + 1) * self.batch_size]
             x, y = self.x[b], self.y[b]
             if self.augment is not None:
-                x = self.augment(x, generator=g)
+                x = self.augment(x)
             yield x, y

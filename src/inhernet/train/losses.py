@@ -74,11 +74,16 @@ def kd_loss(
     temperature: float = 4.0,
     ce_weight: Optional[float] = None,
     kd_weight: Optional[float] = None,
+    standardize: bool = False,
 ) -> Tensor:
-    """Hinton KD: ``(1-alpha) * CE + alpha * T^2 * KL(p_t^T || p_s^T)`` (weights overridable)."""
+    """Hinton KD: ``(1-alpha) * CE + alpha * T^2 * KL(p_t^T || p_s^T)`` (weights overridable).
+
+    ``standardize=True`` distils z-scored logits (logit-standardised KD); CE uses the raw logits.
+    """
     cw = (1.0 - alpha) if ce_weight is None else ce_weight
     kw = alpha if kd_weight is None else kd_weight
-    loss = kw * kd_kl(student, teacher, temperature)
+    s, t = (standardize_logits(student), standardize_logits(teacher)) if standardize else (student, teacher)
+    loss = kw * kd_kl(s, t, temperature)
     if cw:
         loss = loss + cw * F.cross_entropy(student, target)
     return loss
@@ -100,13 +105,8 @@ def lskd_loss(
     ce_weight: Optional[float] = None,
     kd_weight: Optional[float] = None,
 ) -> Tensor:
-    """KD on z-scored logits. The CE term uses the raw student logits."""
-    cw = (1.0 - alpha) if ce_weight is None else ce_weight
-    kw = alpha if kd_weight is None else kd_weight
-    loss = kw * kd_kl(standardize_logits(student), standardize_logits(teacher), temperature)
-    if cw:
-        loss = loss + cw * F.cross_entropy(student, target)
-    return loss
+    """KD on z-scored logits (Sun et al. 2024). The CE term uses the raw student logits."""
+    return kd_loss(student, teacher, target, alpha, temperature, ce_weight, kd_weight, standardize=True)
 
 
 def _binary_and_rest(logits: Tensor, target: Tensor, temperature: float):
