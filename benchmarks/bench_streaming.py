@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -44,18 +43,17 @@ def generate(folder: Path, shard_bytes: int) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
-    shards, current, size, total = [], {}, 0, 0
+    n, current, size, total = 0, {}, 0, 0
     for name, shape in shapes.items():
         t = torch.randn(shape, generator=gen) * 0.02 if len(shape) > 1 else torch.ones(shape)
         current[name], size, total = t, size + t.numel() * 4, total + t.numel()
         if size >= shard_bytes:
-            shards.append(current)
-            save_file(current, str(folder / f"part-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
+            n += 1
+            save_file(current, str(folder / f"part-{n:05d}.safetensors"), metadata={"format": "pt"})
             current, size = {}, 0
     if current:
-        shards.append(current)
-        save_file(current, str(folder / f"part-{len(shards):05d}.safetensors"), metadata={"format": "pt"})
-    n = len(shards)
+        n += 1
+        save_file(current, str(folder / f"part-{n:05d}.safetensors"), metadata={"format": "pt"})
     weight_map = {}
     for i in range(1, n + 1):  # rename to the save_pretrained convention, now that N is known
         old, new = folder / f"part-{i:05d}.safetensors", f"model-{i:05d}-of-{n:05d}.safetensors"
@@ -67,6 +65,15 @@ def generate(folder: Path, shard_bytes: int) -> int:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total * 4}, "weight_map": weight_map}))
     config.save_pretrained(folder)
     return total
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries the forking
+    parent's peak into it across fork + exec, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def child(mode: str, src: Path, dst: Path, rank: int, heads: int, shard_mb: int) -> None:
@@ -87,7 +94,7 @@ def child(mode: str, src: Path, dst: Path, rank: int, heads: int, shard_mb: int)
         inhernet.hf.inherit_checkpoint(src, dst, rank=rank, heads=heads, svd="randomized", max_shard_size=f"{shard_mb}MB",
                                        progress=False)
         n = None
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"mode": mode, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_mb, "params": n}))
 
 
