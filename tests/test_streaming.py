@@ -89,3 +89,14 @@ def test_streaming_errors(llama_checkpoint, tmp_path):
     assert parse_size("2GB") == 2 * 10**9 and parse_size("1KiB") == 1024 and parse_size(7) == 7
     index = checkpoint_index(llama_checkpoint)
     assert "model.layers.0.self_attn.q_proj.weight" in index and "lm_head.weight" not in index
+
+
+def test_tensor_by_tensor_writer_is_valid_safetensors(tmp_path):
+    from inhernet.hf.streaming import write_safetensors
+
+    tensors = {"w": torch.randn(3, 4), "scalar": torch.tensor(2.5), "half": torch.randn(5, dtype=torch.bfloat16),
+               "empty": torch.zeros(0, 3), "ids": torch.arange(7), "view": torch.randn(4, 6)[:, ::2]}
+    write_safetensors(tmp_path / "x.safetensors", tensors, {"format": "pt"})
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert back.keys() == tensors.keys()
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())

@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, InheritConfig
@@ -129,6 +128,33 @@ def release_memory() -> None:
         pass
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file tensor by tensor. ``safetensors.torch.save_file`` first turns every
+    tensor into a ``bytes`` copy, which doubles a shard's memory at the moment it is written; here
+    each tensor's buffer goes to the file as it is."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for key, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as fh:
+        fh.write(len(blob).to_bytes(8, "little"))
+        fh.write(blob)
+        for t in tensors.values():
+            if t.numel():
+                fh.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
 class _Writer:
     """Collects output tensors and writes a shard whenever the next tensor would overflow it."""
 
@@ -151,7 +177,7 @@ class _Writer:
         if not self.pending:
             return
         name = f"model-{len(self.shards) + 1:05d}.safetensors.tmp"
-        save_file(self.pending, str(self.folder / name), metadata={"format": "inhernet"})
+        write_safetensors(self.folder / name, self.pending, metadata={"format": "inhernet"})
         self.shards.append((name, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
         release_memory()
