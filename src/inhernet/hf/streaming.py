@@ -3,11 +3,11 @@
 :func:`inherit_checkpoint` never holds the teacher: it builds the architecture from
 ``config.json`` with every parameter on the meta device (module names, types, shapes, ties; no
 memory), then walks the model's state dict in order. Each tensor is read from its input shard with
-``safe_open`` when it is needed (one input shard open at a time; the shards of a ``save_pretrained``
+plain file reads when it is needed (one input shard open at a time; the shards of a ``save_pretrained``
 checkpoint follow the same order, so each is opened once). An eligible layer's weight is factorised
 as soon as it is read and only the inherited factors are kept; everything else is copied through.
 Output tensors are collected up to ``max_shard_size`` and written shard by shard. Peak memory is
-therefore about one input shard's mapped pages + one output shard + one layer's SVD workspace,
+therefore about one output shard + one layer's weight and SVD workspace (+ the skeleton),
 whatever the size of the model.
 
 The result is the folder ``inhernet.save`` would have written for ``inherit(teacher, config)`` —
@@ -88,32 +88,59 @@ def checkpoint_index(folder: Path) -> dict[str, str]:
     return out
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_DTYPES_BY_NAME = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
 class _Reader:
-    """Reads tensors by name, keeping one input shard open at a time."""
+    """Reads tensors by name, one input shard open at a time, with plain file reads.
+
+    Not through a memory map (``safe_open``): the pages of a mapped shard stay resident while it is
+    open, which adds a whole input shard to the peak. Each tensor is read into its own buffer.
+    """
 
     def __init__(self, folder: Path, index: dict[str, str]) -> None:
         self.folder, self.index = folder, index
         self._file: str | None = None
         self._handle = None
+        self._header: dict[str, Any] = {}
+        self._data_start = 0
         self.shards_opened = 0
 
     def __contains__(self, key: str) -> bool:
         return key in self.index
 
+    def _open(self, file: str) -> None:
+        self.close()
+        self._handle = open(self.folder / file, "rb")
+        n = int.from_bytes(self._handle.read(8), "little")
+        self._header = json.loads(self._handle.read(n))
+        self._data_start = 8 + n
+        self._file = file
+        self.shards_opened += 1
+
     def get(self, key: str) -> torch.Tensor:
         file = self.index[key]
         if file != self._file:
-            self.close()
-            self._handle = safe_open(str(self.folder / file), framework="pt", device="cpu").__enter__()
-            self._file = file
-            self.shards_opened += 1
-        # get_tensor returns a view into the shard's memory map, and any such view keeps the whole
-        # mapping (every page read so far) resident; a copy lets the shard go once it is closed
-        return self._handle.get_tensor(key).clone()
+            self._open(file)
+        info = self._header[key]
+        dtype, shape = _DTYPES_BY_NAME[info["dtype"]], info["shape"]
+        start, end = info["data_offsets"]
+        if end == start:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(end - start)
+        self._handle.seek(self._data_start + start)
+        if self._handle.readinto(buf) != len(buf):
+            raise OSError(f"{self.folder / file} is truncated: tensor {key!r} runs past the end of the file.")
+        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.__exit__(None, None, None)
+            self._handle.close()
             release_memory()
         self._handle, self._file = None, None
 
@@ -128,11 +155,6 @@ def release_memory() -> None:
         pass
 
 
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
