@@ -312,26 +312,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from inhernet.compare import load_config, run_compare
 
-    overrides: dict[str, Any] = {}
-    if a.out_dir:
-        overrides["out_dir"] = a.out_dir
-    if a.cache_dir:
-        overrides["cache_dir"] = a.cache_dir
-    if a.seeds:
-        overrides["seeds"] = a.seeds
+    overrides: dict[str, Any] = {k: v for k, v in (("out_dir", a.out_dir), ("cache_dir", a.cache_dir),
+                                                    ("seeds", a.seeds)) if v}
     if a.epochs:
         overrides["schedule"] = {"epochs": a.epochs}
-    tr = {}
-    if a.accelerator:
-        tr["accelerator"] = a.accelerator
-    if a.devices:
-        tr["devices"] = _devices(a.devices)
-    if a.num_nodes:
-        tr["num_nodes"] = a.num_nodes
-    if a.strategy:
-        tr["strategy"] = a.strategy
-    if a.threads:
-        tr["threads"] = a.threads
+    tr = {k: v for k, v in (("accelerator", a.accelerator), ("devices", a.devices and _devices(a.devices)),
+                            ("num_nodes", a.num_nodes), ("strategy", a.strategy), ("threads", a.threads)) if v}
     if a.progress:
         tr["progress"] = {"tqdm": True, "rich": "rich", "none": False}[a.progress]
     if tr:
