@@ -78,7 +78,8 @@ def test_classifier_can_be_targeted_explicitly():
 
 
 def test_no_matching_layer_lists_candidates():
-    with pytest.raises(ConfigError, match="Candidate layers: 0, 3, 5, 9, 11"):
+    with pytest.raises(ConfigError, match="Candidate layers: 0, 3, 5, 9, 11"), \
+            pytest.warns(UserWarning, match="'q_proj' matches no Linear"):
         inherit(small_cnn(), rank=4, target_modules=["q_proj"], progress=False)
 
 
