@@ -136,11 +136,6 @@ class _InherBase(nn.Module):
         """Read-only :class:`EffectiveWeight` (teacher shape, dtype, device; values computed on use)."""
         return EffectiveWeight(self)
 
-    @property
-    def compressed_dim(self) -> int:
-        """Width of z: r, or H·r for the symmetric ablation."""
-        return self.down.shape[0]
-
     @torch.no_grad()
     def set_factors(self, down: Tensor, up: Tensor, bias: Tensor | None, head_scale: str = "exact") -> None:
         """Load factors ``down`` (r × d_in…) and ``up`` (d_out × r) into every head.

@@ -182,6 +182,16 @@ def format_table(results: dict) -> str:
     return "\n".join(lines + notes)
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_results(results: dict, out_dir: Path) -> list[Path]:
     """``acc_vs_epoch.png`` (mean test accuracy per epoch, ±std band) and ``acc_vs_params.png``."""
     import matplotlib
@@ -213,11 +223,7 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"{results['name']}: test accuracy per epoch (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    p = out_dir / "acc_vs_epoch.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out_dir / "acc_vs_epoch.png"))
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = {"student": "s", "student_kd": "s", "student_dkd": "s", "student_lskd": "s", "inhernet": "o",
@@ -238,11 +244,7 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"{results['name']}: accuracy vs parameters")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    p = out_dir / "acc_vs_params.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out_dir / "acc_vs_params.png"))
     return paths
 
 
