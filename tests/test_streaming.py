@@ -100,3 +100,18 @@ def test_tensor_by_tensor_writer_is_valid_safetensors(tmp_path):
     back = load_file(str(tmp_path / "x.safetensors"))
     assert back.keys() == tensors.keys()
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+
+def test_cli_inherit_streams_a_hugging_face_folder(llama_checkpoint, tmp_path, capsys):
+    from inhernet.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["inherit", str(llama_checkpoint), "--rank", "4", "--heads", "2", "--max-shard-size", "30KB",
+                 "--out", str(out)]) == 0
+    assert "saved" in capsys.readouterr().out
+    ref = inherit_checkpoint(llama_checkpoint, tmp_path / "api", inhernet.InheritConfig(rank=4, heads=2),
+                             max_shard_size="30KB", progress=False)
+    got, want = _tensors(out), _tensors(ref)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert main(["inherit", str(llama_checkpoint), "--budget", "resnet20", "--out", str(tmp_path / "bad")]) == 2
+    assert "parameter count or a fraction" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -127,8 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inherit", help="turn a saved teacher into an InherNet (no training)",
                        description="Factorise a saved teacher into an InherNet and save it with inhernet.save; "
-                                   "prints the per-layer report.")
-    s.add_argument("teacher", metavar="TEACHER", help="saved teacher: a model folder, a run folder or a .ckpt")
+                                   "prints the per-layer report. A Hugging Face checkpoint folder (config.json + "
+                                   "safetensors, sharded or not) is inherited tensor by tensor without loading "
+                                   "the teacher, so it may be larger than memory.")
+    s.add_argument("teacher", metavar="TEACHER",
+                   help="saved teacher: a model folder, a run folder, a .ckpt, or a Hugging Face checkpoint folder")
+    s.add_argument("--max-shard-size", default="1GB",
+                   help="largest output shard for a Hugging Face checkpoint (default 1GB; bounds peak memory)")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder for the InherNet")
     s.add_argument("--arch", default=None, help="teacher architecture (only for bare state-dict files)")
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
@@ -242,10 +247,34 @@ def _parse_budget(v: Optional[str], num_classes: int, in_channels: int) -> Any:
     return create_model(v, num_classes=num_classes, in_channels=in_channels)
 
 
+def _is_hf_checkpoint(path: str) -> bool:
+    """A ``save_pretrained`` folder: ``config.json`` beside safetensors weights."""
+    folder = Path(path)
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _inherit_hf_checkpoint(a: argparse.Namespace) -> int:
+    import inhernet
+    from inhernet.hf.streaming import inherit_checkpoint
+
+    if a.budget is not None and not a.budget.replace(".", "", 1).isdigit():
+        raise inhernet.config.ConfigError(
+            f"--budget {a.budget!r}: a Hugging Face checkpoint takes a parameter count or a fraction of the teacher")
+    cfg = inhernet.InheritConfig(
+        rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy,
+        budget=_parse_budget(a.budget, 0, 0), budget_mode=a.budget_mode, rank_multiple=a.rank_multiple,
+        head_scale=a.head_scale, init=a.init, gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
+    out = inherit_checkpoint(a.teacher, a.out, cfg, max_shard_size=a.max_shard_size)
+    print(f"saved -> {out} (load it with inhernet.load({str(out)!r}))")
+    return 0
+
+
 def cmd_inherit(a: argparse.Namespace) -> int:
     import inhernet
     from inhernet.train import load_model, save_model
 
+    if _is_hf_checkpoint(a.teacher):
+        return _inherit_hf_checkpoint(a)
     teacher, info = load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
     if info.get("inherited"):
         raise inhernet.config.ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")
