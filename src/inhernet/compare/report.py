@@ -13,23 +13,25 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["build_results", "write_report", "format_table", "plot_results"]
+__all__ = ["build_results", "curve_stats", "format_table", "mean_std", "plot_results", "write_report"]
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation, ignoring None / NaN (std 0 for one value, NaN for none)."""
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not xs:
         return float("nan"), float("nan")
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _curve_stats(curves: list[list[Optional[float]]]) -> dict:
+def curve_stats(curves: list[list[Optional[float]]]) -> dict:
+    """Per-epoch ``{"mean": [...], "std": [...]}`` over seeds' curves, cut to the shortest curve."""
     if not curves:
         return {"mean": [], "std": []}
     n = min(len(c) for c in curves)
     mean, std = [], []
     for e in range(n):
-        m, s = _mean_std([c[e] for c in curves])
+        m, s = mean_std([c[e] for c in curves])
         mean.append(m)
         std.append(s)
     return {"mean": mean, "std": std}
@@ -56,12 +58,12 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
             accs = [r["final"].get("test/acc") for r in rs]
             vals = [r["final"].get("val/acc") for r in rs]
             entry.update({
-                "test_acc": accs, "test_acc_mean": _mean_std(accs)[0], "test_acc_std": _mean_std(accs)[1],
-                "val_acc_mean": _mean_std(vals)[0], "val_acc_std": _mean_std(vals)[1],
+                "test_acc": accs, "test_acc_mean": mean_std(accs)[0], "test_acc_std": mean_std(accs)[1],
+                "val_acc_mean": mean_std(vals)[0], "val_acc_std": mean_std(vals)[1],
                 "params": rs[0]["params"], "flops": rs[0]["flops"],
-                "curve_test_acc": _curve_stats([r["curve"]["test/acc"] for r in rs]),
-                "curve_val_acc": _curve_stats([r["curve"]["val/acc"] for r in rs]),
-                "train_time_s_mean": _mean_std([r.get("train_time_s") for r in rs])[0],
+                "curve_test_acc": curve_stats([r["curve"]["test/acc"] for r in rs]),
+                "curve_val_acc": curve_stats([r["curve"]["val/acc"] for r in rs]),
+                "train_time_s_mean": mean_std([r.get("train_time_s") for r in rs])[0],
                 "epochs": rs[0].get("epochs"),
             })
             if "inherit" in rs[0]:
