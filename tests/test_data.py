@@ -15,20 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from inhernet.data import (
-    BatchCollate,
     DataFormatError,
     DataSplits,
     DatasetNotFoundError,
     IdxFormatError,
     RandomCropFlip,
-    SeededRandomSampler,
     TensorData,
     list_datasets,
     load_dataset,
-    make_loader,
     read_idx,
     stratified_split,
     write_fake_cifar,
@@ -307,98 +304,6 @@ def test_crop_with_zero_padding_and_no_flip_is_identity():
 # --------------------------------------------------------------------------- batching
 
 
-class CountingData(TensorData):
-    def __init__(self, n: int):
-        super().__init__(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(),
-                         torch.arange(n))
-        self.calls = 0
-
-    def __getitem__(self, index):
-        raise AssertionError("DataLoader should fetch whole batches through __getitems__")
-
-    def __getitems__(self, indices):
-        self.calls += 1
-        return super().__getitems__(indices)
-
-
-def test_loader_yields_stacked_batches_through_getitems():
-    data = CountingData(10)
-    batches = list(make_loader(data, 4, shuffle=False))
-    assert [len(y) for _, y in batches] == [4, 4, 2] and data.calls == 3
-    assert batches[0][0].shape == (4, 1, 2, 2)
-    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(10))
-    assert [len(y) for _, y in make_loader(data, 4, shuffle=False, drop_last=True)] == [4, 4]
-
-
-def test_loader_shuffle_is_reproducible():
-    data = TensorData(torch.zeros(50, 1, 2, 2), torch.arange(50))
-
-    def epochs(seed):
-        loader = make_loader(data, 8, shuffle=True, seed=seed)
-        return [torch.cat([y for _, y in loader]) for _ in range(2)]
-
-    a, b, c = epochs(0), epochs(0), epochs(1)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert not torch.equal(a[0], a[1])  # a fresh order each epoch
-    assert not torch.equal(a[0], c[0])
-    assert torch.equal(a[0].sort().values, torch.arange(50))
-
-
-def test_sampler_epoch_order_depends_only_on_seed_and_epoch():
-    data = TensorData(torch.zeros(30, 1, 2, 2), torch.arange(30))
-    runs = SeededRandomSampler(data, seed=2)
-    first, second = list(runs), list(runs)
-    jump = SeededRandomSampler(data, seed=2)
-    jump.set_epoch(1)  # what Lightning does at the start of each epoch
-    assert list(jump) == second and first != second
-    assert pickle.loads(pickle.dumps(runs)).epoch == 2
-
-
-def test_loader_applies_augmentation():
-    data = TensorData(torch.randn(12, 1, 6, 6), torch.arange(12))
-    aug, twin = RandomCropFlip(2, seed=5), RandomCropFlip(2, seed=5)
-    x, _ = next(iter(make_loader(data, 12, shuffle=False, augment=aug)))
-    assert torch.equal(x, twin(data.x))
-
-
-def test_workers_do_not_repeat_each_others_augmentation():
-    data = TensorData(torch.randn(1, 1, 8, 8).expand(16, 1, 8, 8).clone(), torch.zeros(16, dtype=torch.long))
-    loader = make_loader(data, 4, shuffle=False, augment=RandomCropFlip(3, seed=0), num_workers=2)
-    batches = [x for x, _ in loader]
-    assert len(batches) == 4
-    assert not torch.equal(batches[0], batches[1])  # batches 0 and 1 come from different workers
-
-
-def test_loader_survives_distributed_sampler_swap():
-    """What Lightning does on several devices: rebuild the loader with a DistributedSampler."""
-    data = CountingData(20)
-    loader = make_loader(data, 3, shuffle=True, seed=0)
-    seen = []
-    for rank in range(2):
-        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        rebuilt = DataLoader(data, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn)
-        for x, y in rebuilt:
-            assert x.shape[1:] == (1, 2, 2) and len(y) <= 3
-            seen.append(y)
-    assert torch.equal(torch.cat(seen).sort().values, torch.arange(20))
-    assert data.calls == 8  # 10 examples per rank in batches of 3: 4 batches each
-
-
-def test_lightning_sampler_replacement_keeps_batching():
-    try:
-        from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
-    except ImportError:
-        pytest.skip("lightning not installed (optional: pip install lightning)")
-    data = CountingData(20)
-    loader = make_loader(data, 4, shuffle=True, seed=0)
-    assert _is_dataloader_shuffled(loader)  # so Lightning's DistributedSampler shuffles too
-    assert not _is_dataloader_shuffled(make_loader(data, 4, shuffle=False))
-    rebuilt = _update_dataloader(loader, DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=0))
-    assert isinstance(rebuilt.collate_fn, BatchCollate)
-    sizes = [len(y) for _, y in rebuilt]
-    assert sizes == [4, 4, 2] and data.calls == 3
-
-
 def test_tensor_data_checks_and_items():
     with pytest.raises(ValueError):
         TensorData(torch.zeros(3, 1, 2, 2), torch.zeros(4, dtype=torch.long))
@@ -407,7 +312,7 @@ def test_tensor_data_checks_and_items():
     data = TensorData(torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 0, 1, 2]))
     x, y = data[2]
     assert x.shape == (1, 2, 2) and int(y) == 0
-    xb, yb = data.__getitems__([4, 0])
-    assert xb.shape == (2, 1, 2, 2) and yb.tolist() == [2, 0]
+    xb, yb = next(iter(DataLoader(data, batch_size=2)))  # a plain DataLoader works too
+    assert xb.shape == (2, 1, 2, 2) and yb.tolist() == [0, 1]
     assert len(data.subset([1, 3])) == 2 and data.class_counts().tolist() == [2, 2, 1]
     assert "n=5" in repr(data)

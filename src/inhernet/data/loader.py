@@ -1,114 +1,136 @@
-"""``DataLoader`` construction for :class:`TensorData`: one tensor index per batch.
+"""In-memory, epoch-seeded, rank-aware batching of tensor data sets.
 
-We build a plain ``torch.utils.data.DataLoader`` (with ``batch_size`` and a sampler) rather than
-a custom batch iterator, because PyTorch Lightning re-creates plain loaders with a
-``DistributedSampler`` when it trains on several devices, and that keeps working here: the loader
-still asks the data set for whole batches through ``__getitems__``, and :class:`BatchCollate`
-passes them through (augmenting them when asked).
+A :class:`TensorLoader` iterates pre-stacked ``(x, y)`` batches straight from the tensors of a
+data set (anything with ``.x`` and ``.y``; ``inhernet.data.TensorData`` included). Its order and its
+augmentation depend only on ``(seed, epoch, rank)``, never on global RNG state, so a run resumed at
+an epoch boundary sees exactly the batches of an uninterrupted run. Lightning calls
+``loader.sampler.set_epoch(epoch)`` before every epoch (as for a ``DistributedSampler``).
 
-Shuffling uses :class:`SeededRandomSampler` instead of ``DataLoader(generator=...)``: it keeps only
-integers, because a ``torch.Generator`` inside a loader breaks Lightning's ``ddp_spawn`` (torch
-2.13 fails to share the generator's state tensor with the spawned processes: "unable to resize
-file").
+Under data parallelism each process gets a disjoint shard: for training every process gets the
+same number of samples (``N // world_size``, the remainder dropped for that epoch) so that they run
+the same number of steps; for evaluation the shards are ``idx[rank::world_size]`` and cover every
+sample exactly once. ``batch_size`` is per process, as in Lightning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch import Tensor
 
-from .tensordata import TensorData
+from .augment import RandomCropFlip
 
-__all__ = ["BatchCollate", "SeededRandomSampler", "make_loader"]
+__all__ = ["EpochSampler", "TensorLoader", "resolve_augment", "mix_seed"]
 
 
-class SeededRandomSampler(RandomSampler):
-    """A random permutation per epoch that depends only on ``(seed, epoch)``.
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (a hash, independent of ``PYTHONHASHSEED``)."""
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFFFFFFFFFF
 
-    The epoch counter advances each time an epoch starts; ``set_epoch`` (which Lightning calls
-    when present) sets it, so epoch k has the same order whether or not earlier epochs ran.
-    A ``RandomSampler`` subclass so that Lightning knows the loader shuffles and gives the
-    ``DistributedSampler`` it substitutes ``shuffle=True``.
+
+def resolve_augment(augment: Any, data: Any = None) -> Optional[Callable[[Tensor], Tensor]]:
+    """Turn an augmentation spec into a batch transform (or ``None``).
+
+    Accepted: ``None`` / ``"none"`` / ``False``; ``"default"`` (the data set's ``default_augment``,
+    if any); ``"crop_flip"``, ``"crop"``, ``"flip"``; a dict of :class:`inhernet.data.RandomCropFlip`
+    keyword arguments (``DataSplits.default_augment``); a ``RandomCropFlip``; or any callable
+    ``f(x) -> x``. A transform with ``manual_seed`` is re-seeded from ``(seed, epoch, rank)`` by
+    :class:`TensorLoader` every epoch.
     """
+    if augment is None or augment is False or augment == "none":
+        return None
+    if augment == "default":
+        return resolve_augment(getattr(data, "default_augment", None), None) if data is not None else None
+    presets = {"crop_flip": (4, True), "crop": (4, False), "flip": (0, True)}
+    if isinstance(augment, str):
+        if augment not in presets:
+            raise ValueError(f"unknown augment {augment!r}; use none, default, crop_flip, crop or flip")
+        return RandomCropFlip(*presets[augment])
+    if isinstance(augment, dict):
+        return RandomCropFlip(**augment)
+    if callable(augment):
+        return augment
+    raise TypeError(f"cannot use {augment!r} as an augmentation")
 
-    def __init__(self, data_source, seed: int = 0):
-        super().__init__(data_source)
-        self.seed = int(seed)
+
+class EpochSampler:
+    """Holds the epoch; Lightning finds it as ``loader.sampler`` and calls :meth:`set_epoch`."""
+
+    def __init__(self) -> None:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __iter__(self):
-        mixed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
-        g = torch.Generator().manual_seed(int(mixed) & (2**63 - 1))
-        self.epoch += 1
-        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
 
+class TensorLoader:
+    """Iterate ``(x, y)`` batches of a tensor data set; see the module docstring."""
 
-class BatchCollate:
-    """``collate_fn`` for data sets whose ``__getitems__`` returns a stacked ``(x, y)`` batch.
+    def __init__(
+        self,
+        data: Any,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: Any = None,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x: Tensor = data.x
+        self.y: Tensor = data.y
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x and y differ in length: {len(self.x)} vs {len(self.y)}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.augment = resolve_augment(augment, data)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.sampler = EpochSampler()
+        self.batch_sampler = None  # (Lightning inspects it; batches are formed here)
 
-    Passes the batch through unchanged, applying ``augment`` to ``x`` when one is given. A
-    class rather than a closure so that worker processes can pickle it. Also accepts a list of
-    ``(x, y)`` pairs (what ``DataLoader`` produces for data sets without ``__getitems__``) and
-    stacks it.
-    """
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
-    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.augment = augment
-
-    def __call__(self, batch):
-        if isinstance(batch, list):  # per-example (x, y) pairs: stack them
-            xs, ys = zip(*batch)
-            x, y = torch.stack(xs), torch.as_tensor([int(v) for v in ys])
+    def _indices(self) -> Tensor:
+        n = len(self.x)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.sampler.epoch, 1))
+            idx = torch.randperm(n, generator=g)
         else:
-            x, y = batch
-        if self.augment is not None:
-            x = self.augment(x)
-        return x, y
+            idx = torch.arange(n)
+        if self.world_size > 1:
+            if self.shuffle:  # training: equal shard sizes so every process takes the same steps
+                per = n // self.world_size
+                idx = idx[self.rank :: self.world_size][:per]
+            else:
+                idx = idx[self.rank :: self.world_size]
+        return idx
 
-    def __repr__(self) -> str:
-        return f"BatchCollate(augment={self.augment!r})"
+    def _num_samples(self) -> int:
+        n = len(self.x)
+        if self.world_size > 1:
+            return n // self.world_size if self.shuffle else len(range(self.rank, n, self.world_size))
+        return n
 
+    def __len__(self) -> int:
+        m = self._num_samples()
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
-def make_loader(
-    data: TensorData,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    seed: int = 0,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A ``DataLoader`` over ``data`` that fetches each batch with one tensor index.
-
-    Args:
-        data: the split to iterate.
-        batch_size: examples per batch (the last one is smaller unless ``drop_last``).
-        shuffle: a fresh random order every epoch (:class:`SeededRandomSampler`), a function of
-            ``seed`` and the epoch number only: the same on every run.
-        augment: applied to each batch's images (e.g. :class:`RandomCropFlip`); training only.
-        seed: seeds the shuffling. (Worker seeds, used when ``num_workers > 0``, come from torch's
-            global random state, as usual; ``lightning.seed_everything`` fixes them.)
-        drop_last: drop the last, incomplete batch.
-        num_workers: worker processes; the default 0 is right for in-memory data, where a batch
-            costs one index operation.
-        pin_memory: page-lock batches for faster copies to a GPU.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return DataLoader(
-        data,
-        batch_size=batch_size,
-        sampler=SeededRandomSampler(data, seed) if shuffle else None,
-        collate_fn=BatchCollate(augment),
-        drop_last=drop_last,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self._indices()
+        if hasattr(self.augment, "manual_seed"):
+            self.augment.manual_seed(mix_seed(self.seed, self.sampler.epoch, self.rank, 2))
+        for i in range(len(self)):
+            b = idx[i * self.batch_size : (i + 1) * self.batch_size]
+            x, y = self.x[b], self.y[b]
+            if self.augment is not None:
+                x = self.augment(x)
+            yield x, y

@@ -1,10 +1,8 @@
-"""An in-memory data set of image tensors that hands out whole batches at once.
+"""An in-memory data set of image tensors.
 
 All the data sets this project uses fit in memory as one tensor, so loading a batch is a single
-``x[idx]`` - no per-example Python calls, no per-example collation. ``TensorData`` implements
-``__getitems__``, which the PyTorch ``DataLoader`` (torch >= 2.0, auto-collation path) calls once
-per batch with the batch's list of indices; the matching collate function (see
-:mod:`inhernet.data.loader`) then passes the ready batch through.
+``x[idx]`` - no per-example Python calls, no per-example collation: that is what
+:class:`inhernet.data.TensorLoader` does. ``TensorData`` is also a plain map-style ``Dataset``.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ __all__ = ["TensorData"]
 class TensorData(Dataset):
     """Images ``x`` (float32, N x C x H x W) and integer labels ``y`` (int64, N) held in memory.
 
-    ``data[i]`` gives one ``(image, label)`` pair; ``data.__getitems__(indices)`` gives the batch
-    ``(x[indices], y[indices])`` already stacked. Use it through :func:`inhernet.data.make_loader`
-    (or any ``DataLoader`` whose ``collate_fn`` is :class:`inhernet.data.BatchCollate`): torch's
-    default collate function would treat the stacked pair as a list of two examples.
+    ``data[i]`` gives one ``(image, label)`` pair, so any ``DataLoader`` works; the fast way to
+    iterate is :class:`inhernet.data.TensorLoader`, which takes each batch with one tensor index.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
@@ -41,11 +37,6 @@ class TensorData(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[index], self.y[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch ``(x[indices], y[indices])``, stacked; called by ``DataLoader`` once per batch."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.x[idx], self.y[idx]
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> TensorData:
         """A new ``TensorData`` holding only ``indices`` (copied; the original is untouched)."""

@@ -15,7 +15,7 @@ from .losses import (
     lskd_loss,
     standardize_logits,
 )
-from .loader import TensorLoader, resolve_augment
+from ..data.loader import TensorLoader, resolve_augment
 from .module import DistillModule, make_loss, scaled_milestones
 from .fit import FitResult, JsonlMetrics, TensorDataModule, fit, global_rank, read_metrics
 from .store import (

@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
-from .loader import TensorLoader
+from ..data.loader import TensorLoader
 from .losses import DistillLoss
 from .module import DistillModule
 
