@@ -231,7 +231,7 @@ def summarise(args, runs, teacher, tcurve, lat, labels, data, wall_s) -> dict:
                         "curve_test_acc": None if name.endswith("_before_finetune") else curve_stats(
                             [r["curve"] for r in rs])})
     return {
-        "name": "text_minilm (WordNet gloss -> lexname)",
+        "name": "MiniLM-L6, WordNet gloss -> lexname",
         "data": {"classes": len(labels), "train": len(data["train"][0]), "test": len(data["test"][0]),
                  "per_class_train": args.per_class_train, "per_class_test": args.per_class_test},
         "schedule": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "lr", "max_len", "heads",
@@ -266,8 +266,20 @@ def write(results: dict, args) -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot_results(results, args.out)
     table = format_table(results)
-    (args.out / "results.md").write_text(f"# {results['name']}\n\n{table}\n\nCommand: `{results['command']}`  \n"
-                                         f"Wall time: {results['wall_time_s'] / 60:.1f} min\n\n"
+    d, s = results["data"], results["schedule"]
+    setup = (f"Data: WordNet glosses (definitions only), {d['classes']} lexicographer classes, {d['per_class_train']} "
+             f"training / {d['per_class_test']} test glosses per class ({d['train']:,} / {d['test']:,}), fixed split. "
+             f"Every model: {s['epochs']} epochs (teacher: {s['teacher_epochs']}), batch {s['batch_size']}, AdamW lr "
+             f"{s['lr']} wd 0.01, 10 % linear warm-up then linear decay, at most {s['max_len']} tokens, same example "
+             f"order per seed; KD: Hinton, alpha 0.9, T 4, on the fine-tuned teacher's logits. Student: teacher blocks "
+             f"0, 2, 4 + embeddings + head (DistilBERT recipe). InherNet: the fine-tuned teacher inherited with the "
+             f"spectral budget = the student's parameter count, H = {s['heads']}. Accuracy: last epoch, mean ± sample "
+             f"std over seeds {s['seeds']}. Latency: batch 1, 1 thread, first 100 test glosses, median of 5 "
+             f"interleaved rounds.")
+    (args.out / "results.md").write_text(f"# {results['name']}\n\n{table}\n\n{setup}\n\n"
+                                         f"Command: `{results['command']}`  \n"
+                                         f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min "
+                                         "(the runs it reused took longer; see `train s`)\n\n"
                                          "![accuracy per epoch](acc_vs_epoch.png)\n\n"
                                          "![accuracy vs parameters](acc_vs_params.png)\n")
     print(table)
