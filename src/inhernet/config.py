@@ -19,7 +19,7 @@ from torch import nn
 DEFAULT_RANK = 8
 
 HEAD_SCALES = ("exact", "paper")
-INITS = ("svd", "random")
+INITS = ("svd", "whitened", "random")
 GATES = ("softmax", "none")
 STRUCTURES = ("asymmetric", "symmetric")
 SVD_METHODS = ("exact", "randomized")
@@ -89,8 +89,12 @@ class InheritConfig:
       heads:          number of gated up-projection heads H (paper: 3 on CIFAR, 2 on GLUE).
       head_scale:     ``"exact"`` (at full rank the network equals the teacher) or ``"paper"``
                       (every head divided by H, as in the paper and its demo).
-      init:           ``"svd"`` or ``"random"`` (the paper's "w.o. SVD" ablation: factors random,
-                      everything else still inherited).
+      init:           ``"svd"`` (truncated SVD of each weight, the paper's), ``"whitened"``
+                      (activation-aware: the SVD of ``W·L`` with ``L`` the Cholesky factor of the
+                      layer's input second moment on calibration batches, so the kept rank minimises
+                      the output error on real inputs, as in SVD-LLM; needs
+                      ``inherit(..., calibration=batches)``; Linear / Conv1D layers) or ``"random"``
+                      (the paper's "w.o. SVD" ablation: factors random, everything else inherited).
       gate:           ``"softmax"`` (learned gate on the pooled compressed features) or ``"none"``
                       (fixed equal weights: the "w.o. gate" ablation).
       structure:      ``"asymmetric"`` (one shared down-projection) or ``"symmetric"`` (H separate

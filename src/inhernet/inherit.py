@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .calibrate import cholesky_factor, input_second_moments
 from .config import ALL_LINEAR, ConfigError, InheritConfig
 from .hf.conv1d import KIND as CONV1D, in_out_features, is_conv1d, weight_matrix
 from .layers import INHER_LAYERS, InherConv2d, InherLinear
@@ -227,16 +228,35 @@ def _record(name: str, module: nn.Module, kind: str, **kw) -> LayerRecord:
     return LayerRecord(name, kind, list(module.weight.shape), params_before=n, params_after=n, **kw)
 
 
-def layer_spec(name: str, kind: str, weight: torch.Tensor, has_bias: bool, with_spectrum: bool) -> LayerSpec:
+def layer_spec(name: str, kind: str, weight: torch.Tensor, has_bias: bool, with_spectrum: bool,
+               whiten: torch.Tensor | None = None) -> LayerSpec:
     """The :class:`LayerSpec` of a layer from its stored weight (a Conv1D's is transposed here);
     ``weight`` may live on the meta device when ``with_spectrum`` is False."""
     matrix = weight_matrix(weight.detach(), kind)
     d_out, d_in = matrix.shape[0], matrix[0].numel()
-    return LayerSpec(name, kind, d_in, d_out, has_bias, singular_values(matrix) if with_spectrum else None)
+    return LayerSpec(name, kind, d_in, d_out, has_bias, singular_values(matrix, whiten) if with_spectrum else None)
 
 
-def _spec(name: str, module: nn.Module, kind: str, with_spectrum: bool) -> LayerSpec:
-    return layer_spec(name, kind, module.weight, module.bias is not None, with_spectrum)
+def _spec(name: str, module: nn.Module, kind: str, with_spectrum: bool, whiten: torch.Tensor | None) -> LayerSpec:
+    return layer_spec(name, kind, module.weight, module.bias is not None, with_spectrum, whiten)
+
+
+def _whitening(teacher: nn.Module, eligible: list[tuple[str, nn.Module]], kinds: dict[str, str],
+               cfg: InheritConfig, calibration: Any) -> dict[str, torch.Tensor]:
+    """The Cholesky factors of every eligible layer's input second moment (``init="whitened"``)."""
+    if cfg.init != "whitened":
+        if calibration is not None:
+            raise ConfigError("calibration batches are only used by init='whitened'; pass init='whitened' or drop them.")
+        return {}
+    if calibration is None:
+        raise ConfigError("init='whitened' needs calibration data: inherit(model, ..., calibration=batches), "
+                          "a few batches of real inputs (a dict is passed as model(**batch)).")
+    convs = [name for name, _ in eligible if kinds[name] == "Conv2d"]
+    if convs:
+        raise ConfigError(f"init='whitened' supports Linear and Conv1D layers, not Conv2d ({convs[0]!r}); "
+                          "use init='svd' for CNNs or exclude the convolutions.")
+    moments = input_second_moments(teacher, dict(eligible), calibration)
+    return {name: cholesky_factor(g) for name, g in moments.items()}
 
 
 def check_finite(name: str, pname: str, tensor: torch.Tensor) -> None:
@@ -288,7 +308,7 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace: bool = False,
-            progress: bool = True, **overrides: Any) -> nn.Module:
+            progress: bool = True, calibration: Any = None, **overrides: Any) -> nn.Module:
     """Build an InherNet from ``teacher``.
 
     Args:
@@ -297,6 +317,9 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
             ``inherit(teacher, rank=8, heads=3)`` works too.
         inplace: replace the layers of ``teacher`` itself (saves memory on very large models).
         progress: show a progress bar over the factorised layers.
+        calibration: for ``init="whitened"`` only: an iterable of input batches the teacher is run
+            on (``model(**batch)`` for a dict, ``model(*batch)`` for a tuple, else ``model(batch)``)
+            to measure each layer's input statistics.
 
     Returns:
         the inherited model, with ``model.inhernet_plan`` describing every Linear/Conv2d/Conv1D.
@@ -314,7 +337,8 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     eligible, skipped = select_layers(teacher, cfg)
     _check_finite(eligible)
     kinds = {name: _kind(m) for name, m in eligible}
-    specs = [_spec(name, m, kinds[name], needs_spectrum(cfg)) for name, m in eligible]
+    whiten = _whitening(teacher, eligible, kinds, cfg, calibration)
+    specs = [_spec(name, m, kinds[name], needs_spectrum(cfg), whiten.get(name)) for name, m in eligible]
     budget = _resolve_budget(cfg, teacher_params)
     budget_left = None
     if budget is not None:
@@ -328,7 +352,7 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         for spec, module, decision in tqdm(todo, desc="inheriting", unit="layer", disable=not progress, leave=False, delay=1.0):
-            records.append(_surgery(model, spec, module, decision, cfg))
+            records.append(_surgery(model, spec, module, decision, cfg, whiten.get(spec.name)))
     records.sort(key=lambda r: order[r.name])
     plan = InheritPlan(config=cfg.to_dict(), layers=records, teacher_params=teacher_params, budget=budget)
     setattr(model, PLAN_ATTR, plan)
@@ -347,20 +371,24 @@ def _merge(config: InheritConfig | None, overrides: dict[str, Any]) -> InheritCo
 
 
 def inherit_layer(module: nn.Module, spec: LayerSpec, rank: int, weight: torch.Tensor, bias: torch.Tensor | None,
-                  cfg: InheritConfig) -> tuple[nn.Module, LayerRecord]:
+                  cfg: InheritConfig, whiten: torch.Tensor | None = None) -> tuple[nn.Module, LayerRecord]:
     """The inherited version of one teacher layer and its plan record.
 
     ``module`` gives the structure (it may be a meta-device skeleton); ``weight`` (as stored: a
     Conv1D's is ``in × out``) and ``bias`` give the values. The new layer lives on ``weight``'s
     device and dtype. Draws from the global RNG (the random factors and the gate), so callers seed it.
+    ``whiten``: the layer's input Cholesky factor, required by ``init="whitened"``.
     """
     new = build_layer(module, spec.kind, rank, cfg, device=weight.device, dtype=weight.dtype)  # random factors: the "w.o. SVD" init
     weight = weight.detach()
     bias = None if bias is None else bias.detach()
     energy_kept = None
-    if cfg.init == "svd":
+    if cfg.init in ("svd", "whitened"):
+        if (cfg.init == "whitened") != (whiten is not None):
+            raise ConfigError(f"{spec.name}: init={cfg.init!r} {'needs' if whiten is None else 'takes no'} "
+                              "input whitening factor")
         matrix = weight_matrix(weight, spec.kind)
-        fact = truncated_svd(matrix, rank, method=cfg.svd, niter=cfg.svd_niter, seed=cfg.seed)
+        fact = truncated_svd(matrix, rank, method=cfg.svd, niter=cfg.svd_niter, seed=cfg.seed, whiten=whiten)
         down, up = fact.factors()
         new.set_factors(down.to(weight.dtype), up.to(weight.dtype), bias, cfg.head_scale)
         energy_kept = fact.energy_kept
@@ -372,10 +400,11 @@ def inherit_layer(module: nn.Module, spec: LayerSpec, rank: int, weight: torch.T
     return new, record
 
 
-def _surgery(model: nn.Module, spec: LayerSpec, module: nn.Module, decision: RankDecision, cfg: InheritConfig) -> LayerRecord:
+def _surgery(model: nn.Module, spec: LayerSpec, module: nn.Module, decision: RankDecision, cfg: InheritConfig,
+             whiten: torch.Tensor | None) -> LayerRecord:
     """Replace one layer of ``model`` (the copy) by its inherited version, or record why not."""
     if decision.rank is None:
         return _record(spec.name, module, spec.kind, skipped=decision.reason)
-    new, record = inherit_layer(module, spec, decision.rank, module.weight, module.bias, cfg)
+    new, record = inherit_layer(module, spec, decision.rank, module.weight, module.bias, cfg, whiten)
     set_submodule(model, spec.name, new)
     return record

@@ -67,20 +67,40 @@ class Factorisation:
         return root[:, None] * self.Vh, self.U * root[None, :]
 
 
-def singular_values(weight: Tensor) -> Tensor:
-    """All singular values of a layer weight, descending (float32/64, on the weight's device)."""
-    matrix = as_matrix(weight).to(_compute_dtype(weight))
+def _whitened(weight: Tensor, whiten: Tensor | None) -> Tensor:
+    """``W`` as a ``d_out × d_in`` matrix in the compute dtype, times ``whiten`` (``L``) when given."""
+    if whiten is None:
+        return as_matrix(weight).to(_compute_dtype(weight))
+    return (as_matrix(weight).double() @ whiten.double()).to(_compute_dtype(weight))
+
+
+def singular_values(weight: Tensor, whiten: Tensor | None = None) -> Tensor:
+    """All singular values of a layer weight (of ``W·L`` with ``whiten=L``), descending
+    (float32/64, on the weight's device)."""
+    matrix = _whitened(weight, whiten)
     with _lapack_threads(matrix):
         return torch.linalg.svdvals(matrix)
 
 
-def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: int = 4, seed: int = 0) -> Factorisation:
+def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: int = 4, seed: int = 0,
+                  whiten: Tensor | None = None) -> Factorisation:
     """Top-``rank`` SVD of a layer weight.
 
     ``method="exact"`` uses ``torch.linalg.svd``; ``"randomized"`` uses ``torch.svd_lowrank`` with
     ``rank + OVERSAMPLE`` columns and ``niter`` power iterations, seeded so results repeat.
+    With ``whiten=L`` (lower-triangular, :func:`inhernet.calibrate.cholesky_factor`) it factorises
+    ``W·L`` and returns ``Vh·L⁻¹`` as ``Vh``: ``U_r Σ_r Vh`` is then the rank-r map with the least
+    output error on inputs of second moment ``L Lᵀ``, and the energies are those of ``W·L``.
     """
-    matrix = as_matrix(weight).to(_compute_dtype(weight))
+    fact = _truncated_svd(_whitened(weight, whiten), rank, method, niter, seed)
+    if whiten is not None:
+        L = whiten.double()
+        vh = torch.linalg.solve_triangular(L.T, fact.Vh.double().T, upper=True).T  # Vh·L⁻¹
+        fact.Vh = vh.to(fact.Vh.dtype)
+    return fact
+
+
+def _truncated_svd(matrix: Tensor, rank: int, method: str, niter: int, seed: int) -> Factorisation:
     full = min(matrix.shape)
     if not 1 <= rank <= full:
         raise ValueError(f"rank {rank} is outside 1..{full} for a {tuple(matrix.shape)} matrix.")

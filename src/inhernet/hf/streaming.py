@@ -242,6 +242,9 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
     if src.resolve() == dst.resolve():
         raise ConfigError("dst must differ from src: the source checkpoint is read while dst is written.")
     cfg = _merge(config, overrides)
+    if cfg.init == "whitened":
+        raise ConfigError("init='whitened' needs calibration activations, which a streaming pass cannot collect; "
+                          "use inherit(model, ..., calibration=batches) on a loaded model, or init='svd'.")
     max_bytes = parse_size(max_shard_size)
     hf_config = AutoConfig.from_pretrained(str(src))
     arch = architecture or (hf_config.architectures or [None])[0]
