@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW peak learning rate (10%% linear warm-up, cosine to 10%%)")
     p.add_argument("--fraction", type=float, default=0.6, help="InherNet non-embedding parameters / the teacher's")
     p.add_argument("--heads", type=int, default=2, help="InherNet heads H (the paper: 2 on GLUE)")
+    p.add_argument("--init", default="svd", choices=["svd", "whitened"],
+                   help="InherNet initialisation: the paper's SVD, or activation-aware (calibrated on training blocks)")
+    p.add_argument("--calibration-blocks", type=int, default=16, help="training blocks for --init whitened")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the KL term in the LM + KD loss")
     p.add_argument("--kd-temperature", type=float, default=1.0)
     p.add_argument("--depth-kd", action="store_true", help="also fine-tune the depth-pruned student with LM + KD")
@@ -295,7 +298,9 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
         f"{sizes['train_blocks']} training blocks ({sizes['train_tokens']:,} tokens), evaluation the first "
         f"{sizes['eval_blocks']} held-out blocks.",
         f"- InherNet: `inherit(teacher, budget=<embedding + {args['fraction']} × non-embedding>, heads={args['heads']}, "
-        "budget_mode=\"spectral\")`: attention and MLP projections of the 30 blocks are targets; the spectral "
+        f"budget_mode=\"spectral\", init=\"{args['init']}\")`"
+        + (f" (calibrated on the first {args['calibration_blocks']} training blocks)" if args["init"] == "whitened" else "")
+        + ": attention and MLP projections of the 30 blocks are targets; the spectral "
         f"allocation factorised {data['inherit']['factorised']} of the {data['inherit']['layers']} Linear layers "
         f"({data['inherit']['seconds']:.0f} s): "
         + ", ".join(f"{k} {v['factorised']}/{v['layers']}" + (f" (mean rank {v['mean_rank']:.0f})" if v["factorised"] else "")
@@ -335,8 +340,12 @@ def main(argv=None) -> None:
     emb = t_counts["total"] - t_counts["non_embedding"]
     log("inheriting")
     t0 = time.perf_counter()
+    init = {}
+    if args.init == "whitened":  # the first training blocks; never held-out text
+        calib = corpus["train"][:args.calibration_blocks]
+        init = dict(init="whitened", calibration=[{"input_ids": calib[i:i + 4]} for i in range(0, len(calib), 4)])
     inh0 = inhernet.inherit(teacher, budget=emb + int(args.fraction * t_counts["non_embedding"]), heads=args.heads,
-                            seed=args.seed, progress=False)
+                            seed=args.seed, progress=False, **init)
     inherit_s = time.perf_counter() - t0
     inherit_info = {"seconds": inherit_s, **rank_summary(get_plan(inh0))}
     inh_counts = param_counts(inh0, t_counts["non_embedding"])
