@@ -190,7 +190,9 @@ def main(argv=None) -> None:
         torch.save(teacher.state_dict(), tpath)
         tpath.with_suffix(".json").write_text(json.dumps({"curve": tcurve}))
     teacher.eval()
-    teacher_logits = predict_logits(teacher, data["train"], args)  # eval-mode teacher: the same logits every epoch
+    # an eval-mode teacher gives the same logits every epoch: compute them once, for the KD runs only
+    teacher_logits = (predict_logits(teacher, data["train"], args)
+                      if any(m.endswith("_kd") for m in args.methods) else None)
     print(f"teacher: test acc {100 * tcurve[-1]:.2f} ({tpath})")
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -282,8 +284,8 @@ def write(results: dict, args) -> None:
              f"order per seed; KD: Hinton, alpha 0.9, T 4, on the fine-tuned teacher's logits. Student: teacher blocks "
              f"0, 2, 4 + embeddings + head (DistilBERT recipe). InherNet: the fine-tuned teacher inherited with the "
              f"spectral budget = the student's parameter count, H = {s['heads']}. Accuracy: last epoch, mean ± sample "
-             f"std over seeds {s['seeds']}. Latency: batch 1, 1 thread, first 100 test glosses, median of 5 "
-             f"interleaved rounds.")
+             f"std over seeds {s['seeds']}. Latency: batch 1, {s['threads']} thread(s), first "
+             f"{args.latency_sentences} test glosses, median of {args.latency_rounds} interleaved rounds.")
     (args.out / "results.md").write_text(f"# {results['name']}\n\n{table}\n\n{setup}\n\n"
                                          f"Command: `{results['command']}`  \n"
                                          f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min "

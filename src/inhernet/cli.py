@@ -231,20 +231,36 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
     return 0
 
 
+def _number(v: str) -> int | float | None:
+    """``v`` as an int, else a float, else None."""
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return None
+
+
 def _parse_budget(v: Optional[str], num_classes: int, in_channels: int) -> Any:
+    """``--budget``: a parameter count, a fraction of the teacher, or a zoo model name."""
     if v is None:
         return None
-    try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        return float(v)
-    except ValueError:
-        pass
+    number = _number(v)
+    if number is not None:
+        return number
     from inhernet.models import create_model
 
     return create_model(v, num_classes=num_classes, in_channels=in_channels)
+
+
+def _inherit_config(a: argparse.Namespace, budget: Any) -> Any:
+    """The InheritConfig of the ``inherit`` command's options."""
+    import inhernet
+
+    return inhernet.InheritConfig(
+        rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy, budget=budget,
+        budget_mode=a.budget_mode, rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
+        gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -257,14 +273,11 @@ def _inherit_hf_checkpoint(a: argparse.Namespace) -> int:
     import inhernet
     from inhernet.hf.streaming import inherit_checkpoint
 
-    if a.budget is not None and not a.budget.replace(".", "", 1).isdigit():
+    budget = None if a.budget is None else _number(a.budget)
+    if a.budget is not None and budget is None:
         raise inhernet.config.ConfigError(
             f"--budget {a.budget!r}: a Hugging Face checkpoint takes a parameter count or a fraction of the teacher")
-    cfg = inhernet.InheritConfig(
-        rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy,
-        budget=_parse_budget(a.budget, 0, 0), budget_mode=a.budget_mode, rank_multiple=a.rank_multiple,
-        head_scale=a.head_scale, init=a.init, gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
-    out = inherit_checkpoint(a.teacher, a.out, cfg, max_shard_size=a.max_shard_size)
+    out = inherit_checkpoint(a.teacher, a.out, _inherit_config(a, budget), max_shard_size=a.max_shard_size)
     print(f"saved -> {out} (load it with inhernet.load({str(out)!r}))")
     return 0
 
@@ -278,12 +291,8 @@ def cmd_inherit(a: argparse.Namespace) -> int:
     teacher, info = load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
     if info.get("inherited"):
         raise inhernet.config.ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")
-    cfg = inhernet.InheritConfig(
-        rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy,
-        budget=_parse_budget(a.budget, info["num_classes"], info["in_channels"]), budget_mode=a.budget_mode,
-        rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init, gate=a.gate, structure=a.structure,
-        svd=a.svd, seed=a.inherit_seed)
-    model = inhernet.inherit(teacher, cfg)
+    budget = _parse_budget(a.budget, info["num_classes"], info["in_channels"])
+    model = inhernet.inherit(teacher, _inherit_config(a, budget))
     save_model(model, a.out, arch=info["arch"], num_classes=info["num_classes"], in_channels=info["in_channels"])
     print(inhernet.layer_report(model))
     print(f"saved -> {a.out}")

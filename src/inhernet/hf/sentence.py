@@ -38,8 +38,7 @@ def pad_batches(ids: Sequence[Sequence[int]], labels: Sequence[int], batch_size:
                 order: Sequence[int] | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """``(input_ids, attention_mask, labels)`` batches over ``order`` (default: as given), each padded
     on the right to its longest sequence."""
-    order = range(len(ids)) if order is None else order
-    order = list(order)
+    order = list(range(len(ids)) if order is None else order)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = max(len(ids[i]) for i in idx)
