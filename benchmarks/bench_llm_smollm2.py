@@ -300,28 +300,40 @@ def fine_tune(model, corpus: dict, args, *, teacher=None, label: str, start_curv
 
 
 # ---------------------------------------------------------------------------------------- report
-def plot_curves(results: dict, teacher_curve_ppl: float, path: Path) -> None:
+def plot_perplexity(series: dict[str, tuple[list, list]], teacher_ppl: float, path: Path, *, title: str,
+                    ylabel: str = "held-out perplexity", log_x: bool = False) -> None:
+    """Perplexity against fine-tuning tokens, one line per ``name: (tokens, ppl)``, log y, with the
+    teacher and teacher + 10 % (the issue's limit) as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in results.items():
-        if r.get("curve"):
-            ax.plot([p["tokens"] for p in r["curve"]], [p["ppl"] for p in r["curve"]], marker="o", label=name)
-    ax.axhline(teacher_curve_ppl, color="k", ls="--", label="teacher")
-    ax.axhline(1.1 * teacher_curve_ppl, color="k", ls=":", label="teacher + 10 %")
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.axhline(teacher_ppl, color="k", ls="--", label="teacher")
+    ax.axhline(1.1 * teacher_ppl, color="k", ls=":", label="teacher + 10 %")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("fine-tuning tokens")
-    ax.set_ylabel("held-out perplexity (curve slice)")
-    ax.set_title("SmolLM2-135M: fine-tuning at ~60 % of the non-embedding parameters")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_curves(results: dict, teacher_curve_ppl: float, path: Path) -> None:
+    """The perplexity curves recorded during fine-tuning (on the curve slice of the held-out blocks)."""
+    series = {name: ([p["tokens"] for p in r["curve"]], [p["ppl"] for p in r["curve"]])
+              for name, r in results.items() if r.get("curve")}
+    plot_perplexity(series, teacher_curve_ppl, path, ylabel="held-out perplexity (curve slice)",
+                    title="SmolLM2-135M: fine-tuning at ~60 % of the non-embedding parameters")
 
 
 def fmt_ppl(x: float) -> str:
