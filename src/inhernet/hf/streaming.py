@@ -244,7 +244,8 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
     cfg = _merge(config, overrides)
     if cfg.init == "whitened":
         raise ConfigError("init='whitened' needs calibration activations, which a streaming pass cannot collect; "
-                          "use inherit(model, ..., calibration=batches) on a loaded model, or init='svd'.")
+                          "use inherit(model, ..., calibration=batches) on a loaded model (from the command line: "
+                          "`inhernet inherit FOLDER --init whitened --calibration TEXT_FILE`), or init='svd'.")
     max_bytes = parse_size(max_shard_size)
     hf_config = AutoConfig.from_pretrained(str(src))
     arch = architecture or (hf_config.architectures or [None])[0]
