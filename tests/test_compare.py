@@ -177,3 +177,40 @@ def test_cli_compare_and_report_on_finished_runs(finished, capsys):
     assert [m["test_acc_mean"] for m in after["methods"]] == [m["test_acc_mean"] for m in before["methods"]]
     assert [m["latency_ms"] for m in after["methods"]] == [m["latency_ms"] for m in before["methods"]]
     assert main(["report", str(tmp / "nowhere")]) == 2
+
+
+def test_whitened_method_calibrates_on_training_images(tmp_path):
+    """``inherit: {init: whitened}`` in a method: the teacher is calibrated on the first training
+    images; the inherited network then tracks the teacher on them better than plain SVD's."""
+    import torch
+
+    from inhernet.compare.runner import build_method_model, load_data
+    from inhernet.models import create_model
+
+    methods = [{"name": n, "kind": "inhernet", "inherit": {"rank_fraction": 0.25, "heads": 2, **extra}}
+               for n, extra in [("svd", {}), ("white", {"init": "whitened", "calibration_images": 64})]]
+    cfg = CompareConfig.from_dict(tiny_config(tmp_path, methods=methods))
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    teacher = create_model("resnet14", num_classes=data.num_classes, in_channels=data.in_channels).eval()
+    x = data.train.x[:64]
+    with torch.no_grad():
+        ref = teacher(x)
+        err = {}
+        for m in cfg.methods:
+            model, meta = build_method_model(m, 0, cfg, teacher, data.num_classes, data.in_channels, data.train)
+            err[m.name] = ((model.eval()(x) - ref).norm() / ref.norm()).item()
+    assert meta["inherit"]["init"] == "whitened"
+    assert err["white"] < 0.8 * err["svd"], err
+    with pytest.raises(Exception, match="needs the training split"):
+        build_method_model(cfg.methods[1], 0, cfg, teacher, data.num_classes, data.in_channels)
+
+
+@pytest.mark.parametrize("inherit, message", [
+    ({"rank": 4, "calibration_images": 64}, "only applies to init: whitened"),
+    ({"rank": 4, "init": "whitened", "calibration_images": 0}, "must be a positive int"),
+])
+def test_calibration_images_is_checked(inherit, message, tmp_path):
+    methods = [{"name": "w", "kind": "inhernet", "inherit": inherit}]
+    with pytest.raises(CompareConfigError, match=message):
+        CompareConfig.from_dict(tiny_config(tmp_path, methods=methods))

@@ -63,9 +63,56 @@ def test_whitened_errors_name_the_fix():
     with pytest.raises(ConfigError, match="never reached"):
         inhernet.inherit(nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 2)}), init="whitened",
                          calibration=[], rank=2, target_modules=["a"], progress=False)
-    conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
-    with pytest.raises(ConfigError, match="not Conv2d"):
-        inhernet.inherit(conv, init="whitened", calibration=[torch.randn(2, 3, 6, 6)], rank=2, progress=False)
+
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 8, 3),
+    nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=2),
+    nn.Conv2d(3, 8, (3, 2), padding="same", padding_mode="reflect"),
+    nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular", bias=False),
+])
+def test_conv2d_layer_inputs_are_the_patches_its_weight_multiplies(conv):
+    from inhernet.calibrate import layer_inputs
+
+    x = torch.randn(2, 3, 7, 9)
+    with torch.no_grad():
+        ref = conv(x) - (0 if conv.bias is None else conv.bias[:, None, None])
+        rows = layer_inputs(conv, x) @ conv.weight.reshape(8, -1).T  # (N·L, C_out)
+    torch.testing.assert_close(rows.view(2, -1, 8).transpose(1, 2).reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, stride=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 5)).eval()
+
+
+def _images(n=64, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g) * torch.tensor([3.0, 0.3, 0.03])[None, :, None, None]
+
+
+def test_whitened_conv2d_full_rank_equals_the_teacher_and_truncation_beats_plain_svd():
+    teacher, x = _cnn(), _images()
+    full = inhernet.inherit(teacher, init="whitened", calibration=[x[:32], x[32:]], rank=10_000, heads=2,
+                            dense_at_full_rank=False, progress=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), teacher(x), rtol=1e-4, atol=1e-4)
+    first = dict(target_modules=["0"], rank=3, heads=1, progress=False)
+    plain = inhernet.inherit(teacher, **first)
+    aware = inhernet.inherit(teacher, init="whitened", calibration=[x], **first)
+    with torch.no_grad():
+        ref = teacher[0](x)
+        err_plain = (plain[0](x) - ref).pow(2).mean().item()
+        err_aware = (aware[0](x) - ref).pow(2).mean().item()
+    # the optimum on these inputs: the mean squared output error is the Eckart–Young tail of W·L
+    from inhernet.calibrate import cholesky_factor, input_second_moments
+
+    L = cholesky_factor(input_second_moments(teacher, {"0": teacher[0]}, [x])["0"])
+    tail = torch.linalg.svdvals(teacher[0].weight.detach().reshape(16, -1).double() @ L)[3:].pow(2).sum().item()
+    assert err_aware == pytest.approx(tail / 16, rel=1e-2)
+    assert err_aware < 0.8 * err_plain
 
 
 def test_whitened_on_a_hugging_face_decoder_with_dict_batches():

@@ -93,7 +93,7 @@ class InheritConfig:
                       (activation-aware: the SVD of ``W·L`` with ``L`` the Cholesky factor of the
                       layer's input second moment on calibration batches, so the kept rank minimises
                       the output error on real inputs, as in SVD-LLM; needs
-                      ``inherit(..., calibration=batches)``; Linear / Conv1D layers) or ``"random"``
+                      ``inherit(..., calibration=batches)``; for a Conv2d the inputs are its patches) or ``"random"``
                       (the paper's "w.o. SVD" ablation: factors random, everything else inherited).
       gate:           ``"softmax"`` (learned gate on the pooled compressed features) or ``"none"``
                       (fixed equal weights: the "w.o. gate" ablation).

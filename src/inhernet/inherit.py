@@ -241,7 +241,7 @@ def _spec(name: str, module: nn.Module, kind: str, with_spectrum: bool, whiten: 
     return layer_spec(name, kind, module.weight, module.bias is not None, with_spectrum, whiten)
 
 
-def _whitening(teacher: nn.Module, eligible: list[tuple[str, nn.Module]], kinds: dict[str, str],
+def _whitening(teacher: nn.Module, eligible: list[tuple[str, nn.Module]],
                cfg: InheritConfig, calibration: Any) -> dict[str, torch.Tensor]:
     """The Cholesky factors of every eligible layer's input second moment (``init="whitened"``)."""
     if cfg.init != "whitened":
@@ -251,10 +251,6 @@ def _whitening(teacher: nn.Module, eligible: list[tuple[str, nn.Module]], kinds:
     if calibration is None:
         raise ConfigError("init='whitened' needs calibration data: inherit(model, ..., calibration=batches), "
                           "a few batches of real inputs (a dict is passed as model(**batch)).")
-    convs = [name for name, _ in eligible if kinds[name] == "Conv2d"]
-    if convs:
-        raise ConfigError(f"init='whitened' supports Linear and Conv1D layers, not Conv2d ({convs[0]!r}); "
-                          "use init='svd' for CNNs or exclude the convolutions.")
     moments = input_second_moments(teacher, dict(eligible), calibration)
     return {name: cholesky_factor(g) for name, g in moments.items()}
 
@@ -337,7 +333,7 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     eligible, skipped = select_layers(teacher, cfg)
     _check_finite(eligible)
     kinds = {name: _kind(m) for name, m in eligible}
-    whiten = _whitening(teacher, eligible, kinds, cfg, calibration)
+    whiten = _whitening(teacher, eligible, cfg, calibration)
     specs = [_spec(name, m, kinds[name], needs_spectrum(cfg), whiten.get(name)) for name, m in eligible]
     budget = _resolve_budget(cfg, teacher_params)
     budget_left = None

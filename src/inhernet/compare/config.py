@@ -214,7 +214,9 @@ class MethodConfig:
     ``loss``: :class:`inhernet.train.DistillLoss` options (alpha, beta, temperature, ce_weight, ...).
     ``inherit``: :class:`inhernet.InheritConfig` fields; ``budget: student`` = as many parameters as
     the student, ``budget: teacher`` = as many as the teacher (otherwise an int count or a float
-    fraction of the teacher). ``seed`` defaults to the run's seed.
+    fraction of the teacher). ``seed`` defaults to the run's seed. With ``init: whitened``,
+    ``calibration_images`` (default 256) says on how many training images (the first ones, no
+    augmentation) the teacher's layer inputs are measured.
     """
 
     name: str = ""
@@ -278,6 +280,12 @@ class MethodConfig:
         from inhernet import InheritConfig
 
         d = dict(self.inherit)
+        images = d.pop("calibration_images", None)
+        if images is not None:
+            _check(d.get("init") == "whitened", f"method {self.name!r}: inherit.calibration_images only applies "
+                                                "to init: whitened")
+            _check(isinstance(images, int) and not isinstance(images, bool) and images > 0,
+                   f"method {self.name!r}: inherit.calibration_images={images!r} must be a positive int")
         if d.get("budget") in ("student", "teacher"):
             d["budget"] = 1000  # placeholder: resolved against the models at run time
         elif isinstance(d.get("budget"), str):

@@ -170,9 +170,20 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
     return model, {**info, "path": str(model_dir)}
 
 
+#: training images the teacher is calibrated on for ``init: whitened`` unless the method says
+CALIBRATION_IMAGES = 256
+
+
+def calibration_batches(train: Any, images: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """The first ``images`` training images (no augmentation) in batches, for ``init: whitened``."""
+    x = train.x[:images]
+    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+
+
 def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teacher: nn.Module, num_classes: int,
-                       in_channels: int) -> tuple[nn.Module, dict]:
-    """The untrained model of a method: a fresh student, or the teacher inherited with its config."""
+                       in_channels: int, train: Any = None) -> tuple[nn.Module, dict]:
+    """The untrained model of a method: a fresh student, or the teacher inherited with its config.
+    ``train`` (the training split) is needed by ``init: whitened``, which calibrates on it."""
     import lightning as L
 
     import inhernet
@@ -184,13 +195,19 @@ def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teac
         return model, {"arch": cfg.student.arch, "num_classes": num_classes, "in_channels": in_channels,
                        "inherited": False}
     d = dict(method.inherit)
+    images = d.pop("calibration_images", CALIBRATION_IMAGES)
     d.setdefault("seed", seed)
     if d.get("budget") == "student":
         d["budget"] = create_model(cfg.student.arch, num_classes=num_classes, in_channels=in_channels)
     elif d.get("budget") == "teacher":
         d["budget"] = teacher
     icfg = inhernet.InheritConfig.from_dict(d)
-    model = inhernet.inherit(teacher, icfg)
+    calibration = None
+    if icfg.init == "whitened":
+        if train is None:
+            raise CompareError(f"method {method.name!r}: init: whitened needs the training split to calibrate on")
+        calibration = calibration_batches(train, images)
+    model = inhernet.inherit(teacher, icfg, calibration=calibration)
     return model, {"arch": cfg.teacher.arch, "num_classes": num_classes, "in_channels": in_channels,
                    "inherited": True, "inherit": icfg.to_dict()}
 
@@ -249,7 +266,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         _write_json(d / "run.json", {"key": r["key"], **r["identity"]})
     ck = d / "checkpoints" / "last.ckpt"
     log(f"{tag}: {'resuming' if ck.exists() else 'training'} ({m.kind}, loss {m.loss_kind})")
-    model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels)
+    model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels, data.train)
     loss = DistillLoss.from_dict(m.loss_spec())
     s = cfg.schedule
     t0 = time.perf_counter()
