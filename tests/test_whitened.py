@@ -31,15 +31,19 @@ def test_full_rank_whitened_equals_the_teacher():
         torch.testing.assert_close(model(x), teacher(x), rtol=1e-4, atol=1e-4)
 
 
-def test_whitened_truncation_has_less_error_on_the_calibration_inputs_than_plain_svd():
-    teacher, x = _mlp(), _anisotropic()
-    first = dict(target_modules=["0"], rank=3, heads=1, progress=False)
+def _first_layer_errors(teacher, x, rank=3):
+    """Mean squared output error of ``teacher[0]`` inherited at ``rank`` on ``x``: plain SVD, whitened."""
+    first = dict(target_modules=["0"], rank=rank, heads=1, progress=False)
     plain = inhernet.inherit(teacher, **first)
     aware = inhernet.inherit(teacher, init="whitened", calibration=[x], **first)
     with torch.no_grad():
         ref = teacher[0](x)
-        err_plain = (plain[0](x) - ref).pow(2).mean().item()
-        err_aware = (aware[0](x) - ref).pow(2).mean().item()
+        return tuple((m[0](x) - ref).pow(2).mean().item() for m in (plain, aware))
+
+
+def test_whitened_truncation_has_less_error_on_the_calibration_inputs_than_plain_svd():
+    teacher, x = _mlp(), _anisotropic()
+    err_plain, err_aware = _first_layer_errors(teacher, x)
     assert err_aware < 0.5 * err_plain  # the optimum for these inputs, far better on anisotropic data
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), _mlp().state_dict().values()))
 
@@ -99,13 +103,7 @@ def test_whitened_conv2d_full_rank_equals_the_teacher_and_truncation_beats_plain
                             dense_at_full_rank=False, progress=False).eval()
     with torch.no_grad():
         torch.testing.assert_close(full(x), teacher(x), rtol=1e-4, atol=1e-4)
-    first = dict(target_modules=["0"], rank=3, heads=1, progress=False)
-    plain = inhernet.inherit(teacher, **first)
-    aware = inhernet.inherit(teacher, init="whitened", calibration=[x], **first)
-    with torch.no_grad():
-        ref = teacher[0](x)
-        err_plain = (plain[0](x) - ref).pow(2).mean().item()
-        err_aware = (aware[0](x) - ref).pow(2).mean().item()
+    err_plain, err_aware = _first_layer_errors(teacher, x)
     # the optimum on these inputs: the mean squared output error is the Eckart–Young tail of W·L
     from inhernet.calibrate import cholesky_factor, input_second_moments
 
