@@ -130,3 +130,17 @@ def test_whitened_on_a_hugging_face_decoder_with_dict_batches():
     from inhernet.hf.streaming import inherit_checkpoint
     with pytest.raises(ConfigError, match="streaming pass"):
         inherit_checkpoint("src-unused", "dst-unused", init="whitened", rank=4)
+
+
+def test_whitened_factors_are_balanced_and_keep_the_product():
+    """Each rank-one component's up column and down row get the same norm (as a plain SVD's do)."""
+    from inhernet.calibrate import cholesky_factor, input_second_moments
+    from inhernet.svd import truncated_svd
+
+    teacher, x = _mlp(), _anisotropic()
+    L = cholesky_factor(input_second_moments(teacher, {"0": teacher[0]}, [x])["0"])
+    fact = truncated_svd(teacher[0].weight.detach(), 5, whiten=L)
+    down, up = fact.factors()
+    torch.testing.assert_close(up.norm(dim=0), down.norm(dim=1))
+    torch.testing.assert_close(up @ down, (fact.U * fact.S) @ fact.Vh)
+    assert (fact.Vh.norm(dim=1) - 1).abs().max() > 0.1  # whitened rows are not unit: balancing mattered

@@ -62,9 +62,13 @@ class Factorisation:
         return float((self.S.double() ** 2).sum() / self.total_energy) if self.total_energy > 0 else 1.0
 
     def factors(self) -> tuple[Tensor, Tensor]:
-        """``(down, up)`` with the singular values split evenly: ``up @ down = U_r Σ_r V_rᵀ``."""
-        root = self.S.sqrt()
-        return root[:, None] * self.Vh, self.U * root[None, :]
+        """``(down, up)`` with ``up @ down = U_r Σ_r Vh``, balanced: column i of ``up`` and row i of
+        ``down`` get the same norm. For a plain SVD (orthonormal rows of ``Vh``) that is the even
+        split ``√σ_i`` on each side; for a whitened one (rows ``v_iᵀL⁻¹``, of norm ``n_i ≠ 1``) it is
+        ``√(σ_i n_i) u_i`` and ``√(σ_i / n_i) v_iᵀL⁻¹``. Unbalanced factors (up to 35× apart on a CNN)
+        train worse with SGD, whose step on one factor scales with the other's norm."""
+        norms = self.Vh.norm(dim=1).clamp_min(torch.finfo(self.Vh.dtype).tiny)
+        return (self.S / norms).sqrt()[:, None] * self.Vh, self.U * (self.S * norms).sqrt()[None, :]
 
 
 def _whitened(weight: Tensor, whiten: Tensor | None) -> Tensor:
