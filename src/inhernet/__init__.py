@@ -12,6 +12,7 @@ up-projection heads, initialised from the truncated SVD (Zhou et al., ICLR 2026)
 
 from . import models
 from .config import InheritConfig
+from .export import export_onnx
 from .inherit import inherit
 from .io import load, save
 from .layers import InherConv2d, InherLinear
@@ -25,6 +26,7 @@ __all__ = [
     "InherLinear",
     "count_flops",
     "count_parameters",
+    "export_onnx",
     "inherit",
     "layer_report",
     "load",

@@ -27,6 +27,7 @@ EPILOG = """examples:
   inhernet inherit runs/teacher --budget resnet20 --out runs/inh_as_rn20   # as many params as a resnet20
   inhernet finetune runs/inh_r8 --data fashion_mnist --epochs 10 --teacher runs/teacher --loss kd --out runs/ft
   inhernet evaluate runs/ft --data fashion_mnist --latency
+  inhernet export runs/ft --input-shape 1 28 28 --out runs/ft.onnx   # checked with ONNX Runtime
   inhernet compare configs/demo.yaml            # resumable; --force retrains
   inhernet report runs/demo                      # rebuild table and plots
   # several processes / machines (PyTorch DDP through Lightning):
@@ -166,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency", action="store_true", help="also measure CPU latency per image (batch 1)")
     s.add_argument("--json", action="store_true", help="print JSON")
     _add_data_args(s)
+
+    s = sub.add_parser("export", help="export a saved model to ONNX, checked against PyTorch with ONNX Runtime",
+                       description="Write a saved model (InherNet or dense) as an ONNX file with a dynamic batch "
+                                   "dimension; the file is run in ONNX Runtime and compared with PyTorch before "
+                                   "it is kept. Needs pip install 'inhernet[export]'.")
+    s.add_argument("model", metavar="MODEL", help="saved model folder, run folder or .ckpt")
+    s.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    s.add_argument("--input-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                   help="one input image's shape (default: the model's channels × 32 × 32)")
+    s.add_argument("--dynamic-size", action="store_true", help="also make height and width dynamic")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    s.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX Runtime comparison")
+    s.add_argument("--arch", default=None, help="architecture (only for bare state-dict files)")
+    s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
 
     s = sub.add_parser("compare", help="run a whole comparison from a YAML config (resumable)",
                        description="Train (or reuse) the teacher, then every method x seed under one schedule; "
@@ -390,6 +405,24 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    import torch
+
+    import inhernet
+    from inhernet.train import load_model
+
+    in_channels = a.input_shape[0] if a.input_shape else None
+    model, info = load_model(a.model, arch=a.arch, num_classes=a.num_classes, in_channels=in_channels)
+    shape = tuple(a.input_shape) if a.input_shape else (info["in_channels"], 32, 32)
+    res = inhernet.export_onnx(model, a.out, torch.randn(1, *shape), dynamic_spatial=a.dynamic_size,
+                               check=a.check, opset=a.opset)
+    checked = (f"ONNX Runtime matches PyTorch to {res['max_abs_diff']:.2g}" if res["max_abs_diff"] is not None
+               else "not checked")
+    print(f"saved -> {res['path']} ({res['bytes'] / 2**20:.2f} MiB, opset {res['opset']}, input N×{'×'.join(map(str, shape))}; "
+          f"{checked})")
+    return 0
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     from inhernet.compare import load_config, run_compare
 
@@ -423,7 +456,8 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train-teacher": cmd_train_teacher, "inherit": cmd_inherit, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "models": cmd_models}
+            "evaluate": cmd_evaluate, "export": cmd_export, "compare": cmd_compare, "report": cmd_report,
+            "models": cmd_models}
 
 
 def _known_errors() -> tuple[type, ...]:
@@ -446,6 +480,9 @@ def _known_errors() -> tuple[type, ...]:
         errs.append(InherNetLoadError)
     except ImportError:  # pragma: no cover
         pass
+    from inhernet.export import ExportDependencyError
+
+    errs.append(ExportDependencyError)
     from inhernet.compare import CompareConfigError, CompareError
     from inhernet.train import ModelLoadError
 

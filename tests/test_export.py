@@ -1,0 +1,74 @@
+"""ONNX export: InherNets and dense zoo models run in ONNX Runtime as they do in PyTorch."""
+
+import pytest
+import torch
+
+import inhernet
+from inhernet.config import ConfigError
+from inhernet.models import create_model
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (requirements.txt)")
+
+
+def _inherited():
+    torch.manual_seed(0)
+    teacher = create_model("resnet8", num_classes=10, in_channels=1)
+    return inhernet.inherit(teacher, rank=4, heads=3, progress=False)
+
+
+def _run(path, x):
+    from inhernet.export import OnnxModule
+
+    return OnnxModule(path, threads=1)(x)
+
+
+def test_inhernet_exports_with_dynamic_batch_and_size_and_matches_pytorch(tmp_path):
+    model = _inherited().train()
+    res = inhernet.export_onnx(model, tmp_path / "inh.onnx", torch.randn(1, 1, 16, 16), dynamic_spatial=True)
+    assert model.training  # the caller's mode is restored
+    assert res["max_abs_diff"] < 1e-4 and res["bytes"] > 0 and res["opset"] >= 17
+    x = torch.randn(4, 1, 20, 12)  # another batch size and image size
+    with torch.no_grad():
+        torch.testing.assert_close(_run(tmp_path / "inh.onnx", x), model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_wrong_export_is_refused_and_not_kept(tmp_path, monkeypatch):
+    import inhernet.export as export
+
+    monkeypatch.setattr(export, "CHECK_TOLERANCE", -1.0)  # nothing can pass
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        inhernet.export_onnx(create_model("resnet8", num_classes=10, in_channels=1), tmp_path / "m.onnx",
+                             torch.randn(1, 1, 16, 16))
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(ConfigError, match="one input tensor"):
+        inhernet.export_onnx(_inherited(), tmp_path / "m.onnx", [torch.randn(1, 1, 16, 16)])
+    with pytest.raises(ConfigError, match="N×C×H×W"):
+        inhernet.export_onnx(torch.nn.Linear(4, 2), tmp_path / "m.onnx", torch.randn(1, 4), dynamic_spatial=True)
+
+
+def test_cli_exports_a_saved_inhernet(tmp_path, capsys):
+    from inhernet.cli import main
+    from inhernet.train import save_model
+
+    save_model(_inherited(), tmp_path / "model", arch="resnet8", num_classes=10, in_channels=1)
+    assert main(["export", str(tmp_path / "model"), "--input-shape", "1", "16", "16",
+                 "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX Runtime matches PyTorch" in out and "N×1×16×16" in out
+    assert (tmp_path / "m.onnx").is_file()
+
+
+def test_folded_heads_export_as_plain_convolutions(tmp_path):
+    """Without a gate the heads fold into one up-projection, exported as a 1×1 Conv (what ONNX
+    Runtime runs fastest) instead of the Expand + MatMul the eager path uses."""
+    import onnx
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet8", num_classes=10, in_channels=1)
+    model = inhernet.inherit(teacher, rank=4, heads=3, gate="none", progress=False)
+    res = inhernet.export_onnx(model, tmp_path / "wo_gate.onnx", torch.randn(1, 1, 16, 16))
+    ops = [n.op_type for n in onnx.load(res["path"]).graph.node]
+    inherited = sum(isinstance(m, inhernet.InherConv2d) for m in model.modules())
+    dense = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert inherited > 0 and ops.count("Conv") == 2 * inherited + dense and "MatMul" not in ops
+    assert res["max_abs_diff"] < 1e-4
