@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("teacher", metavar="TEACHER",
                    help="saved teacher: a model folder, a run folder, a .ckpt, or a Hugging Face checkpoint folder")
     s.add_argument("--max-shard-size", default="1GB",
-                   help="largest output shard for a Hugging Face checkpoint (default 1GB; bounds peak memory)")
+                   help="largest output shard when a Hugging Face checkpoint is streamed (default 1GB; bounds "
+                        "peak memory; --init whitened loads the model and writes one file)")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder for the InherNet")
     s.add_argument("--arch", default=None, help="teacher architecture (only for bare state-dict files)")
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
@@ -418,8 +419,8 @@ def cmd_export(a: argparse.Namespace) -> int:
                                check=a.check, opset=a.opset)
     checked = (f"ONNX Runtime matches PyTorch to {res['max_abs_diff']:.2g}" if res["max_abs_diff"] is not None
                else "not checked")
-    print(f"saved -> {res['path']} ({res['bytes'] / 2**20:.2f} MiB, opset {res['opset']}, input N×{'×'.join(map(str, shape))}; "
-          f"{checked})")
+    size = "×".join(map(str, shape))
+    print(f"saved -> {res['path']} ({res['bytes'] / 2**20:.2f} MiB, opset {res['opset']}, input N×{size}; {checked})")
     return 0
 
 
