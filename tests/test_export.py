@@ -36,10 +36,12 @@ def test_a_wrong_export_is_refused_and_not_kept(tmp_path, monkeypatch):
     import inhernet.export as export
 
     monkeypatch.setattr(export, "CHECK_TOLERANCE", -1.0)  # nothing can pass
+    (tmp_path / "m.onnx").write_bytes(b"an earlier export")
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
         inhernet.export_onnx(create_model("resnet8", num_classes=10, in_channels=1), tmp_path / "m.onnx",
                              torch.randn(1, 1, 16, 16))
-    assert not (tmp_path / "m.onnx").exists()
+    assert (tmp_path / "m.onnx").read_bytes() == b"an earlier export"  # left as it was
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]  # no partial file left behind
     with pytest.raises(ConfigError, match="one input tensor"):
         inhernet.export_onnx(_inherited(), tmp_path / "m.onnx", [torch.randn(1, 1, 16, 16)])
     with pytest.raises(ConfigError, match="N×C×H×W"):

@@ -79,7 +79,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
     ``example`` is one input tensor (its batch size is made dynamic; with ``dynamic_spatial`` also
     its height and width). With ``check`` (default) the file is run in ONNX Runtime on a new random
     input with a different batch size and compared with PyTorch; a difference above
-    ``CHECK_TOLERANCE`` × max |output| raises RuntimeError and the file is removed. Returns
+    ``CHECK_TOLERANCE`` × max |output| raises RuntimeError. The file is written beside ``path`` and
+    moved there only once checked, so a failed export leaves an existing ``path`` as it was. Returns
     ``{"path", "bytes", "opset", "max_abs_diff"}`` (``max_abs_diff`` None without the check).
     """
     _require("onnx", "onnxscript", *(["onnxruntime"] if check else []))
@@ -87,6 +88,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
         raise ConfigError(f"example must be one input tensor, got {type(example).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
     was_training = model.training
     model.eval()
     try:
@@ -94,12 +96,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=_dynamic_shapes(example, dynamic_spatial),
                                         input_names=["input"], output_names=["output"], verbose=False)
-        program.save(str(path))
-        diff = _check(model, path, example) if check else None
-    except Exception:
-        path.unlink(missing_ok=True)
-        raise
+        program.save(str(partial))
+        diff = _check(model, partial, example) if check else None
+        os.replace(partial, path)
     finally:
+        partial.unlink(missing_ok=True)
         model.train(was_training)
     import onnx
 
@@ -140,5 +141,5 @@ def _check(model: nn.Module, path: Path, example: Tensor) -> float:
     scale = float(ref.abs().max().clamp_min(1e-12))
     if not diff <= CHECK_TOLERANCE * scale:
         raise RuntimeError(f"the exported ONNX model differs from PyTorch by {diff:.3g} (outputs up to "
-                           f"{scale:.3g}) on a batch of {x.shape[0]}; the file was not kept")
+                           f"{scale:.3g}) on a batch of {x.shape[0]}; nothing was written")
     return diff
