@@ -169,12 +169,17 @@ def build_corpus(tok, args) -> dict:
     if len(held) < n_eval or len(train) == 0:
         raise SystemExit(f"corpus too small: {len(train)} training and {len(held)}/{n_eval} held-out blocks")
     n_curve = max(1, min(n_eval, args.curve_tokens // args.seq_len))
-    sizes = {**packed["counts"], "train_blocks_available": len(train),
-             "train_blocks": n_train, "train_tokens": n_train * args.seq_len,
-             "train_epochs": n_train / len(train),
+    sizes = {**packed["counts"], "train_blocks_available": len(train), **budget_sizes(args, len(train)),
              "eval_blocks": n_eval, "eval_tokens_scored": n_eval * (args.seq_len - 1),
              "curve_blocks": n_curve, "curve_tokens_scored": n_curve * (args.seq_len - 1)}
     return {"train": train, "eval": held, "curve": held[:n_curve], "sizes": sizes}
+
+
+def budget_sizes(args, available: int) -> dict:
+    """What ``--steps`` × ``--batch-size`` blocks of ``--seq-len`` amount to, against the
+    ``available`` training blocks (fine-tuning cycles through them)."""
+    blocks = args.steps * args.batch_size
+    return {"train_blocks": blocks, "train_tokens": blocks * args.seq_len, "train_epochs": blocks / available}
 
 
 def save_corpus(tok, args) -> None:
@@ -489,9 +494,7 @@ def main(argv=None) -> None:
         per_step = seconds_per_step(inh0, teacher, corpus, args)
         asked, args.steps = args.steps, max(1, min(args.steps, int(60 * args.max_train_minutes / per_step)))
         log(f"probe: {per_step:.3f} s per InherNet LM + KD step; --steps {asked} → {args.steps}")
-        corpus["sizes"].update(train_blocks=args.steps * args.batch_size,
-                               train_tokens=args.steps * args.batch_size * args.seq_len,
-                               train_epochs=args.steps * args.batch_size / len(corpus["train"]),
+        corpus["sizes"].update(**budget_sizes(args, len(corpus["train"])),
                                probe_seconds_per_step=per_step, steps_asked=asked)
 
     command = [os.path.relpath(__file__, ROOT), *sys.argv[1:]]

@@ -102,10 +102,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
     finally:
         partial.unlink(missing_ok=True)
         model.train(was_training)
-    import onnx
-
-    opset_used = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-                       if o.domain in ("", "ai.onnx")), None)
+    opset_used = program.model.opset_imports.get("", program.model.opset_imports.get("ai.onnx"))
     return {"path": str(path), "bytes": path.stat().st_size, "opset": opset_used, "max_abs_diff": diff}
 
 

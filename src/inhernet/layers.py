@@ -177,6 +177,15 @@ class _InherBase(nn.Module):
     def _mixed_bias(self, g: Tensor) -> Tensor | None:
         return None if self.bias is None else g @ self.bias
 
+    def _folded_heads(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(up, bias)`` of the one up-projection the heads amount to when no gate is needed — one
+        head, or fixed 1/H weights on a shared down — else None (the gate must run)."""
+        if self.heads == 1:
+            return self.up[0], None if self.bias is None else self.bias[0]
+        if self.gate is None and self.structure == "asymmetric":
+            return self.up.mean(0), None if self.bias is None else self.bias.mean(0)
+        return None
+
     @torch.no_grad()
     def effective_weight(self, gate_weights: Tensor | None = None) -> Tensor:
         """The dense weight this layer computes for given head weights (default: uniform), in the
@@ -208,12 +217,10 @@ class InherLinear(_InherBase):
 
     def forward(self, x: Tensor) -> Tensor:
         z = F.linear(x, self.down)
-        if self.heads == 1:
-            return F.linear(z, self.up[0], None if self.bias is None else self.bias[0])
+        folded = self._folded_heads()
+        if folded is not None:
+            return F.linear(z, *folded)
         g = self.gate_weights(z)
-        if self.gate is None and self.structure == "asymmetric":  # fixed 1/H: one mixed head
-            bias = None if self.bias is None else self.bias.mean(0)
-            return F.linear(z, self.up.mean(0), bias)
         y = F.linear(self._mix_input(z, g, feature_dim=-1), self._heads_concat())
         bias = self._mixed_bias(g)
         return y if bias is None else y + bias
@@ -253,10 +260,9 @@ class InherConv2d(_InherBase):
         z = F.conv2d(x, self.down, None, self.stride, self.padding, self.dilation)
         n, _, h, w = z.shape
         flat = z.flatten(2)  # (N, R, L)
-        if self.heads == 1 or (self.gate is None and self.structure == "asymmetric"):
-            # one head, or fixed 1/H weights on a shared down: the heads fold into one up-projection
-            up = self.up[0] if self.heads == 1 else self.up.mean(0)
-            bias = None if self.bias is None else (self.bias[0] if self.heads == 1 else self.bias.mean(0))
+        folded = self._folded_heads()
+        if folded is not None:
+            up, bias = folded
             if torch.onnx.is_in_onnx_export():  # ONNX Runtime runs a 1×1 Conv faster than Expand + MatMul
                 return F.conv2d(z, up[:, :, None, None], bias)
             # eager PyTorch on CPU: a batched product is ~2× faster than a 1×1 conv at batch 64

@@ -65,8 +65,9 @@ class Factorisation:
         """``(down, up)`` with ``up @ down = U_r Σ_r Vh``, balanced: column i of ``up`` and row i of
         ``down`` get the same norm. For a plain SVD (orthonormal rows of ``Vh``) that is the even
         split ``√σ_i`` on each side; for a whitened one (rows ``v_iᵀL⁻¹``, of norm ``n_i ≠ 1``) it is
-        ``√(σ_i n_i) u_i`` and ``√(σ_i / n_i) v_iᵀL⁻¹``. Unbalanced factors (up to 35× apart on a CNN)
-        train worse with SGD, whose step on one factor scales with the other's norm."""
+        ``√(σ_i n_i) u_i`` and ``√(σ_i / n_i) v_iᵀL⁻¹``. Unbalanced factors (34× apart on resnet56,
+        docs/benchmarks/whitened_init.md) train worse with SGD, whose step on one factor scales with
+        the other's norm."""
         norms = self.Vh.norm(dim=1).clamp_min(torch.finfo(self.Vh.dtype).tiny)
         return (self.S / norms).sqrt()[:, None] * self.Vh, self.U * (self.S * norms).sqrt()[None, :]
 
