@@ -42,13 +42,26 @@ def test_dense_reference_counts(name):
 @pytest.mark.parametrize("name,rank,params,factorised", INHERITED)
 def test_inherited_reference_counts(name, rank, params, factorised):
     teacher = inhernet.models.create_model(name, num_classes=100)
-    model = inherit(teacher, rank=rank, heads=3, progress=False)
+    # the paper's counts factorise every conv, even the stem that grows (min_saving=None)
+    model = inherit(teacher, rank=rank, heads=3, min_saving=None, progress=False)
     assert count_parameters(model) == params
     rows = inhernet.layer_report(model).rows
     assert sum(r.rank is not None for r in rows) == factorised
     assert sum(r.params_after for r in rows) + sum(
         p.numel() for n, p in model.named_parameters() if not any(n.startswith(r.name + ".") for r in rows)
     ) == params
+
+
+def test_default_keeps_layers_dense_that_would_grow():
+    """resnet56 at rank 8, H = 3: the 16×3×3×3 stem (432 params) would need 627 and the 1×1
+    downsample conv (512) 923, so by default both stay dense and the network is smaller than the
+    paper's count by exactly the difference."""
+    teacher = inhernet.models.create_model("resnet56", num_classes=100)
+    model = inherit(teacher, rank=8, heads=3, progress=False)
+    dense = {r.name: r.skipped for r in inhernet.layer_report(model).rows if r.rank is None}
+    assert set(dense) == {"conv1", "layer2.0.downsample.0", "fc"}
+    assert "627" in dense["conv1"] and "no smaller than dense" in dense["conv1"]
+    assert count_parameters(model) == 205_663 - (627 - 432) - (923 - 512)
 
 
 def test_tied_weights_are_counted_once():

@@ -74,3 +74,21 @@ def test_folded_heads_export_as_plain_convolutions(tmp_path):
     dense = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     assert inherited > 0 and ops.count("Conv") == 2 * inherited + dense and "MatMul" not in ops
     assert res["max_abs_diff"] < 1e-4
+
+
+def test_unusable_opsets_and_inputs_are_config_errors_and_write_nothing(tmp_path, capsys):
+    model = create_model("resnet8", num_classes=10, in_channels=1)
+    x = torch.randn(1, 1, 16, 16)
+    for opset in (5, 10**3, "18"):
+        with pytest.raises(ConfigError, match="give an ONNX opset from 7 to"):
+            inhernet.export_onnx(model, tmp_path / "m.onnx", x, opset=opset)
+    # in range, but the converter cannot bring this model down to it: refused, not silently opset 18
+    with pytest.raises(ConfigError, match=r"opset=11: the exporter could not convert this model to opset 11.*"
+                                          r"stayed at 18"):
+        inhernet.export_onnx(model, tmp_path / "m.onnx", x, opset=11)
+    assert "Traceback" not in capsys.readouterr().err  # the converter's own logged trace is silenced
+    with pytest.raises(ConfigError, match="every size must be at least 1"):
+        inhernet.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 0, 8))
+    with pytest.raises(ConfigError, match=r"cannot run on an input of shape \(1, 3, 16, 16\).*--input-shape"):
+        inhernet.export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 16, 16))  # 3 channels for a 1-channel model
+    assert list(tmp_path.iterdir()) == []

@@ -73,7 +73,7 @@ def test_target_and_exclude_modules_names_suffixes_and_regex():
 
 
 def test_classifier_can_be_targeted_explicitly():
-    model = inherit(small_cnn(), rank=4, target_modules=["11"], progress=False)
+    model = inherit(small_cnn(), rank=4, target_modules=["11"], min_saving=None, progress=False)
     assert isinstance(model[11], InherLinear)
 
 
@@ -163,3 +163,82 @@ def test_randomized_svd_matches_exact_on_a_low_rank_matrix():
     exact = inherit(teacher, rank=6, progress=False)
     fast = inherit(teacher, rank=6, svd="randomized", progress=False)
     torch.testing.assert_close(fast[0].effective_weight(), exact[0].effective_weight(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [{}, {"init": "random"}, {"svd": "randomized"}])
+def test_inherit_leaves_global_rng_alone_and_repeats_across_threads(extra):
+    """Every draw (gate, random factors, randomized SVD) comes from a per-layer generator: the
+    global RNG state is unchanged, and 24 calls from 6 threads at once give the sequential result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    teacher = small_cnn()
+    cfg = InheritConfig(rank=3, heads=3, seed=5, min_saving=None, **extra)
+    state = torch.get_rng_state()
+    reference = inherit(teacher, cfg, progress=False).state_dict()
+    assert torch.equal(torch.get_rng_state(), state)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        models = list(pool.map(lambda _: inherit(teacher, cfg, progress=False).state_dict(), range(24)))
+    assert torch.equal(torch.get_rng_state(), state)
+    for sd in models:
+        assert sd.keys() == reference.keys()
+        assert all(torch.equal(sd[k], reference[k]) for k in sd)
+    other = inherit(teacher, InheritConfig(rank=3, heads=3, seed=6, min_saving=None, **extra), progress=False)
+    gate = next(k for k in reference if k.endswith("gate.weight"))
+    assert not torch.equal(other.state_dict()[gate], reference[gate])  # the seed matters
+
+
+def test_inherited_parameters_are_trainable_whatever_the_teacher_flags():
+    teacher = small_cnn().eval().requires_grad_(False)
+    model = inherit(teacher, rank=3, heads=2, progress=False)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())  # the teacher keeps its own flags
+
+
+def test_energy_policy_never_grows_the_network():
+    """energy=0.9 once gave 141 % of the teacher on an MLP: now a layer whose factorised form would
+    not be smaller stays dense, with the reason."""
+    teacher = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    model = inherit(teacher, energy=0.9, heads=3, progress=False)
+    assert inhernet.count_parameters(model) <= inhernet.count_parameters(teacher)
+    for r in inhernet.layer_report(model).rows:
+        assert r.params_after <= r.params_before
+        if r.rank is None and r.name != "4":
+            assert "no smaller than dense" in r.skipped
+
+
+@pytest.mark.parametrize("budget", [1.0, 10**9, "teacher"])
+def test_budget_at_or_above_the_teacher_is_an_error(budget):
+    teacher = small_cnn()
+    b = teacher if budget == "teacher" else budget
+    with pytest.raises(ConfigError, match="at or above the teacher's size"):
+        inherit(teacher, budget=b, progress=False)
+
+
+def test_a_bare_linear_says_it_is_the_excluded_classifier_and_how_to_include_it():
+    with pytest.raises(ConfigError, match=r"only layer to inherit.*is the final classifier.*exclude_classifier=True"
+                                          r".*exclude_classifier=False.*target it by name") as err:
+        inherit(nn.Linear(64, 10), progress=False)
+    assert "selects no layer" not in str(err.value) and "Candidate layers" not in str(err.value)
+    # included, a bare layer cannot replace itself: the error says to wrap it, and wrapped it works
+    with pytest.raises(ConfigError, match=r"wrap it: inhernet.inherit\(nn.Sequential\(layer\)"):
+        inherit(nn.Linear(64, 10), rank=4, exclude_classifier=False, progress=False)
+    assert isinstance(inherit(nn.Sequential(nn.Linear(64, 10)), rank=4, exclude_classifier=False,
+                              min_saving=None, progress=False)[0], InherLinear)
+    # inside a network, the message names the layer and the target_modules spelling
+    with pytest.raises(ConfigError, match=r"'1', is the final classifier.*target_modules=\['1'\]"):
+        inherit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), progress=False)
+
+
+def test_a_teacher_on_the_meta_device_is_a_clear_error():
+    with torch.device("meta"):
+        teacher = small_cnn()
+    with pytest.raises(ConfigError, match=r"meta device \(e.g. '0.weight'\).*Load the real weights first.*"
+                                          r"inhernet.hf.inherit_checkpoint"):
+        inherit(teacher, rank=4, progress=False)
+
+
+@pytest.mark.parametrize("budget", [1, 2, 99])
+def test_a_tiny_int_budget_says_an_int_is_a_count(budget):
+    with pytest.raises(ConfigError, match=rf"budget={budget}: an int is a parameter count.*1.0 for the whole teacher"):
+        InheritConfig(budget=budget)
+    InheritConfig(budget=100)  # the smallest count accepted

@@ -112,7 +112,7 @@ def test_rank_r_init_is_the_truncated_svd_with_eckart_young_error(rank):
 def test_paper_head_scale_gives_truncation_over_heads():
     lin = nn.Linear(20, 12)
     teacher = nn.Sequential(lin, nn.ReLU(), nn.Linear(12, 2))
-    model = inherit(teacher, rank=5, heads=3, head_scale="paper", progress=False)
+    model = inherit(teacher, rank=5, heads=3, head_scale="paper", min_saving=None, progress=False)
     U, S, Vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
     W_r = U[:, :5] @ torch.diag(S[:5]) @ Vh[:5]
     x = torch.randn(4, 20)
@@ -140,7 +140,7 @@ def test_default_gate_breaks_head_symmetry():
 def test_without_a_gate_heads_never_diverge():
     """Why the gate matters: with fixed equal weights every head gets the same gradient."""
     teacher = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
-    model = inherit(teacher, rank=2, heads=3, gate="none", exclude_classifier=False, progress=False)
+    model = inherit(teacher, rank=2, heads=3, gate="none", exclude_classifier=False, min_saving=None, progress=False)
     _train_steps(model, torch.randn(16, 6))
     torch.testing.assert_close(model[2].up[0], model[2].up[2])
 

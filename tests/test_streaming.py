@@ -115,3 +115,23 @@ def test_cli_inherit_streams_a_hugging_face_folder(llama_checkpoint, tmp_path, c
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     assert main(["inherit", str(llama_checkpoint), "--budget", "resnet20", "--out", str(tmp_path / "bad")]) == 2
     assert "parameter count or a fraction" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_streaming_into_a_folder_holding_a_model_refuses_unless_overwrite(llama_checkpoint, tmp_path):
+    from inhernet.io import ModelExistsError
+
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "README.txt").write_text("notes")
+    inherit_checkpoint(llama_checkpoint, dst, rank=4, max_shard_size="30KB", progress=False)
+    shards = sorted(p.name for p in dst.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1
+    with pytest.raises(ModelExistsError, match="overwrite=True"):
+        inherit_checkpoint(llama_checkpoint, dst, rank=6, progress=False)
+    assert sorted(p.name for p in dst.glob("model-*-of-*.safetensors")) == shards
+    inherit_checkpoint(llama_checkpoint, dst, rank=6, max_shard_size="1GB", progress=False, overwrite=True)
+    assert not list(dst.glob("model-*-of-*.safetensors"))  # the old model's shards went with it
+    assert not (dst / INDEX_NAME).exists()
+    assert (dst / "README.txt").read_text() == "notes"
+    assert json.loads((dst / "inhernet_config.json").read_text())["plan"]["config"]["rank"] == 6
+    inhernet.load(dst)

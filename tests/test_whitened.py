@@ -65,8 +65,127 @@ def test_whitened_errors_name_the_fix():
     with pytest.raises(ConfigError, match="only used by init='whitened'"):
         inhernet.inherit(teacher, rank=4, calibration=[x], progress=False)
     with pytest.raises(ConfigError, match="never reached"):
-        inhernet.inherit(nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 2)}), init="whitened",
-                         calibration=[], rank=2, target_modules=["a"], progress=False)
+        inhernet.inherit(_SkipsA(), init="whitened", calibration=[torch.randn(3, 4)], rank=2, target_modules=["a"],
+                         progress=False)
+
+
+class _SkipsA(nn.Module):
+    """A model whose forward never runs its layer ``a``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(x)
+
+
+def _whitened_first_layer(teacher, calibration):
+    model = inhernet.inherit(teacher, init="whitened", calibration=calibration, rank=3, heads=1,
+                             target_modules=["0"], progress=False)
+    return model[0].state_dict()
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_calibration_accepts_a_dataloader_of_pairs_a_list_one_tensor_and_moves_batches_to_the_model():
+    """What users pass: a DataLoader of (x, y) pairs (labels ignored), a list of tensors, one tensor,
+    a list of (x, y) tuples, dicts of keyword inputs: all give the same statistics, so the same model."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    teacher, x = _mlp(), _anisotropic(256)
+    y = torch.randint(0, 5, (256,))
+    ref = _whitened_first_layer(teacher, [x[:128], x[128:]])
+    loader = DataLoader(TensorDataset(x, y), batch_size=128)  # yields [x, y] lists
+    assert _same(_whitened_first_layer(teacher, loader), ref)
+    assert _same(_whitened_first_layer(teacher, [(x[:128], y[:128]), (x[128:], y[128:])]), ref)
+    assert _same(_whitened_first_layer(teacher, x), ref)  # one tensor: one batch, not 256 rows
+    # one-hot float targets: the model's forward takes one input, so the pair is still (input, target)
+    onehot = nn.functional.one_hot(y, 5).float()
+    assert _same(_whitened_first_layer(teacher, DataLoader(TensorDataset(x, onehot), batch_size=128)), ref)
+
+    class Keywords(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, features, scale=None):
+            return self.inner(features)
+
+    kw = Keywords(teacher)
+    model = inhernet.inherit(kw, init="whitened", calibration=[{"features": x[:128]}, {"features": x[128:]}],
+                             rank=3, heads=1, target_modules=["inner.0"], progress=False)
+    assert _same(model.inner[0].state_dict(), ref)
+    # an optional second positional input: integer class labels are labels, a float tensor is an input
+    assert _same(inhernet.inherit(kw, init="whitened", calibration=loader, rank=3, heads=1,
+                                  target_modules=["inner.0"], progress=False).inner[0].state_dict(), ref)
+
+
+def test_calibration_rule_for_two_element_batches():
+    from inhernet.calibrate import model_inputs
+
+    x, labels, other = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.randn(4, 3)
+
+    class One(nn.Module):
+        def forward(self, x):
+            return x
+
+    class Optional(nn.Module):
+        def forward(self, x, mask=None):
+            return x
+
+    class Two(nn.Module):
+        def forward(self, x, y):
+            return x + y
+
+    assert model_inputs(One(), (x, other))[0] == (x,)
+    assert model_inputs(Optional(), (x, labels))[0] == (x,)
+    assert len(model_inputs(Optional(), (x, other))[0]) == 2  # a float tensor: the second input
+    assert len(model_inputs(Two(), (x, labels))[0]) == 2  # two required inputs get both
+    assert model_inputs(One(), {"x": x}) == ((), {"x": x})
+    assert len(model_inputs(One(), (x, labels, labels))[0]) == 3  # not a pair: positional
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_calibration_batches_are_a_calibration_error(bad):
+    teacher, x = _mlp(), _anisotropic(64)
+    broken = x.clone()
+    broken[3, 2] = bad
+    with pytest.raises(ConfigError, match=r"calibration batch 1 has 1 non-finite value\(s\) \(NaN/Inf\) in its "
+                                          r"positional input 0.*drop or repair"):
+        inhernet.inherit(teacher, init="whitened", calibration=[x, broken], rank=3, progress=False)
+    with pytest.raises(ConfigError, match="calibration batch 0 has .* non-finite"):  # in a dict, for HF-style models
+        inhernet.inherit(_DictInput(teacher), init="whitened", calibration=[{"x": broken}], rank=3, progress=False)
+
+
+def test_a_teacher_that_overflows_on_the_calibration_data_is_a_calibration_error():
+    teacher, x = _mlp(), _anisotropic(64)
+    with torch.no_grad():
+        teacher[0].weight.mul_(1e38)  # finite weights whose activations overflow float32 to inf
+    with pytest.raises(ConfigError, match=r"calibration batch 0: the input of layer '2' is non-finite.*preprocessed"):
+        inhernet.inherit(teacher, init="whitened", calibration=[x], rank=3, progress=False)
+
+
+class _DictInput(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("calibration,match", [
+    ([], "calibration data is empty"),
+    (iter([]), "calibration data is empty"),
+    (42, "not a collection of batches"),
+    ([["not", "tensors"]], "calibration batch 0 .* cannot be run through the model"),
+])
+def test_empty_or_unusable_calibration_is_a_clear_error(calibration, match):
+    with pytest.raises(ConfigError, match=match):
+        inhernet.inherit(_mlp(), init="whitened", calibration=calibration, rank=3, progress=False)
 
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, Union
 
@@ -31,6 +32,9 @@ LAYER_TYPES = ("Linear", "Conv2d", "Conv1D")
 ALL_LINEAR = "all-linear"
 
 Budget = Union[int, float, nn.Module, None]
+#: the smallest ``int`` budget accepted: no network worth inheriting fits in fewer parameters, so a
+#: smaller int (``budget=1``) is almost surely a fraction written without its decimal point
+MIN_BUDGET_COUNT = 100
 
 
 class ConfigError(ValueError):
@@ -57,7 +61,9 @@ class InheritConfig:
       rank:           one rank for every factorised layer (the paper).
       rank_fraction:  a fraction of each layer's full rank ``min(d_out, d_in)``.
       energy:         the smallest rank keeping this fraction of each layer's spectrum energy.
-      budget:         a parameter budget for the whole inherited network: an ``int`` count, a
+      budget:         a parameter budget for the whole inherited network: an ``int`` count (at
+                      least ``MIN_BUDGET_COUNT`` = 100: a smaller int such as ``budget=1`` is taken
+                      for a mistyped fraction and refused), a
                       ``float`` in (0, 1] as a fraction of the teacher, or a ``nn.Module`` meaning
                       "as many parameters as that model". ``budget_mode`` picks how it is spent:
                       ``"uniform"`` (the largest single rank that fits, as the paper would pick) or
@@ -66,8 +72,14 @@ class InheritConfig:
                       wins); it applies on top of the policy above, not under a budget.
       rank_multiple:  round each rank down to a multiple of this (at least the multiple itself).
       dense_at_full_rank: a layer whose rank reaches ``min(d_out, d_in)`` stays dense (the paper's
-                      rule; default). ``False`` factorises it at full rank instead (ranks above
-                      full are clamped): the exact-reconstruction check.
+                      rule; default). ``False`` factorises every selected layer at its rank, full
+                      rank included (ranks above full are clamped) and whatever its size: the
+                      exact-reconstruction check.
+      min_saving:     a layer stays dense unless its factorised form has fewer than
+                      ``(1 - min_saving)`` × its dense parameters (default 0.0: it must be strictly
+                      smaller, so ``energy=0.9`` cannot grow a network past its teacher). ``None``
+                      turns the rule off (the paper's parameter counts factorise a 16×3×3×3 stem
+                      conv into a larger layer). The report names the layers it keeps dense.
 
     Selection:
       target_modules: layer names to factorise: a list of names / name suffixes, or one regex
@@ -115,6 +127,7 @@ class InheritConfig:
     rank_pattern: dict[str, int] = field(default_factory=dict)
     rank_multiple: int = 1
     dense_at_full_rank: bool = True
+    min_saving: float | None = 0.0
     target_modules: str | Sequence[str] | None = None
     exclude_modules: str | Sequence[str] | None = None
     layer_types: Sequence[str] = LAYER_TYPES
@@ -128,6 +141,7 @@ class InheritConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._validate_types()
         self.target_modules = _as_name_list(self.target_modules)
         self.exclude_modules = _as_name_list(self.exclude_modules)
         self.layer_types = tuple(self.layer_types)
@@ -135,6 +149,37 @@ class InheritConfig:
         self._validate()
 
     # ------------------------------------------------------------------ validation
+    def _validate_types(self) -> None:
+        """Types first, so a wrong type is a ``ConfigError`` naming the option, not a ``TypeError``
+        from deep inside ``inherit`` (found by tests/test_properties.py)."""
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                _regex(name, value)
+            elif not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name}={value!r} must be a list of layer names / name suffixes, or one regex string.")
+        if isinstance(self.layer_types, str) or not isinstance(self.layer_types, (list, tuple)):
+            raise ConfigError(f"layer_types={self.layer_types!r} must be a list of {', '.join(LAYER_TYPES)}.")
+        if not isinstance(self.rank_pattern, dict):
+            raise ConfigError(f"rank_pattern={self.rank_pattern!r} must be a dict {{regex: rank}}.")
+        for pattern in self.rank_pattern:
+            if isinstance(pattern, str):
+                _regex(f"rank_pattern key {pattern!r}", pattern)
+        for name in ("dense_at_full_rank", "exclude_classifier"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false.")
+        for name in ("rank_fraction", "energy"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ConfigError(f"{name}={value!r} must be a number in (0, 1].")
+        for name in ("budget_mode", "head_scale", "init", "gate", "structure", "svd"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a string.")
+        _positive_int("seed", self.seed, allow_zero=True)
+
     def _validate(self) -> None:
         policies = [n for n in ("rank", "rank_fraction", "energy", "budget") if getattr(self, n) is not None]
         if len(policies) > 1:
@@ -144,6 +189,11 @@ class InheritConfig:
             )
         if self.rank is not None:
             _positive_int("rank", self.rank)
+        if self.min_saving is not None and (isinstance(self.min_saving, bool)
+                                            or not isinstance(self.min_saving, (int, float))
+                                            or not 0 <= self.min_saving < 1):
+            raise ConfigError(f"min_saving={self.min_saving!r} must be a fraction in [0, 1) (or None to turn "
+                              "the rule off).")
         if self.rank_fraction is not None and not (0 < self.rank_fraction <= 1):
             raise ConfigError(f"rank_fraction={self.rank_fraction} must lie in (0, 1].")
         if self.energy is not None and not (0 < self.energy <= 1):
@@ -183,6 +233,12 @@ class InheritConfig:
                 raise ConfigError(f"budget={b} as a float is a fraction of the teacher and must lie in (0, 1].")
         elif b <= 0:
             raise ConfigError(f"budget={b} must be a positive parameter count.")
+        elif b < MIN_BUDGET_COUNT:
+            raise ConfigError(
+                f"budget={b}: an int is a parameter count (here {b} parameter{'s' if b != 1 else ''}), not a "
+                f"fraction; use a float for a fraction of the teacher (1.0 for the whole teacher, 0.25 for a "
+                f"quarter of it), or a count of at least {MIN_BUDGET_COUNT} parameters."
+            )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -223,6 +279,13 @@ class InheritConfig:
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown InheritConfig option(s): {', '.join(hints)}. Valid options: {', '.join(valid)}.")
         return cls(**dict(data))
+
+
+def _regex(name: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ConfigError(f"{name}={value!r} is not a valid regular expression ({err}).") from None
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:

@@ -30,10 +30,13 @@ from torch import Tensor, nn
 
 from .config import ConfigError
 
-__all__ = ["ExportDependencyError", "OnnxModule", "export_onnx"]
+__all__ = ["ExportDependencyError", "OnnxModule", "check_opset", "export_onnx"]
 
 #: largest |ONNX Runtime − PyTorch| accepted by the check, relative to max |PyTorch output|
 CHECK_TOLERANCE = 1e-4
+#: the lowest ONNX opset asked for that is tried at all: the exporter writes opset 18 and converts
+#: down from there; below 7 (2018) no converter path exists for these models
+MIN_OPSET = 7
 
 
 class ExportDependencyError(ImportError):
@@ -51,15 +54,19 @@ def _require(*modules: str) -> None:
 def _quiet_exporter():
     """Silence what the exporter logs that is not about the user's model: notices that torchvision
     (not a dependency) is missing, and pytree deprecation warnings raised inside torch."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # torch.onnx: notices about torchvision; onnxscript's version converter: a warning with a full
+    # traceback when it cannot convert to the asked opset (export_onnx reports that itself)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript.version_converter")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _dynamic_shapes(example: Tensor, dynamic_spatial: bool) -> tuple[dict[int, Any], ...]:
@@ -72,6 +79,38 @@ def _dynamic_shapes(example: Tensor, dynamic_spatial: bool) -> tuple[dict[int, A
     return (dims,)
 
 
+def check_opset(opset: Any) -> None:
+    """ConfigError unless ``opset`` is an int between :data:`MIN_OPSET` and the newest opset the
+    installed ``onnx`` knows (whether the model converts to it is only known after the export)."""
+    newest = _newest_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not (MIN_OPSET <= opset <= newest):
+        raise ConfigError(f"opset={opset!r} cannot be written: give an ONNX opset from {MIN_OPSET} to {newest} (the "
+                          "installed onnx's newest), or leave it out for the exporter's default (18).")
+
+
+def _newest_opset() -> int:
+    try:
+        import onnx
+
+        return int(onnx.defs.onnx_opset_version())
+    except ImportError:  # the export itself reports the missing package
+        return 10**6
+
+
+def _check_example(model: nn.Module, example: Tensor) -> None:
+    """ConfigError when the example input is empty or the model cannot run on it, before exporting
+    (the exporter would fail with a long trace far from the cause)."""
+    if example.numel() == 0 or any(d < 1 for d in example.shape):
+        raise ConfigError(f"the example input has shape {tuple(example.shape)}: every size must be at least 1.")
+    try:
+        with torch.no_grad():
+            model(example)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ConfigError(f"the model cannot run on an input of shape {tuple(example.shape)} ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); give the input shape the model takes "
+                          "(on the command line: --input-shape C H W).") from err
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, dynamic_spatial: bool = False,
                 check: bool = True, opset: int | None = None) -> dict[str, Any]:
     """Write ``model`` (evaluated in eval mode; its own mode is restored) to the ONNX file ``path``.
@@ -82,28 +121,43 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
     ``CHECK_TOLERANCE`` × max |output| raises RuntimeError. The file is written beside ``path`` and
     moved there only once checked, so a failed export leaves an existing ``path`` as it was. Returns
     ``{"path", "bytes", "opset", "max_abs_diff"}`` (``max_abs_diff`` None without the check).
+
+    ``opset`` outside :func:`check_opset`'s range, an opset the model cannot be converted to, an
+    empty example and an example the model cannot run on raise ``ConfigError``; nothing is written.
     """
     _require("onnx", "onnxscript", *(["onnxruntime"] if check else []))
     if not isinstance(example, Tensor):
         raise ConfigError(f"example must be one input tensor, got {type(example).__name__}")
+    if opset is not None:
+        check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     was_training = model.training
     model.eval()
     try:
+        _check_example(model, example)
         with _quiet_exporter():
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=_dynamic_shapes(example, dynamic_spatial),
                                         input_names=["input"], output_names=["output"], verbose=False)
+        opset_used = _opset_of(program)
+        if opset is not None and opset_used != opset:
+            raise ConfigError(f"opset={opset}: the exporter could not convert this model to opset {opset} (some of "
+                              f"its operators have no opset-{opset} form; it stayed at {opset_used}); give a higher "
+                              f"opset ({opset_used} works) or leave it out. Nothing was written.")
         program.save(str(partial))
         diff = _check(model, partial, example) if check else None
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
         model.train(was_training)
-    opset_used = program.model.opset_imports.get("", program.model.opset_imports.get("ai.onnx"))
     return {"path": str(path), "bytes": path.stat().st_size, "opset": opset_used, "max_abs_diff": diff}
+
+
+def _opset_of(program: Any) -> int | None:
+    """The default-domain opset an ONNX program was written in."""
+    return program.model.opset_imports.get("", program.model.opset_imports.get("ai.onnx"))
 
 
 class OnnxModule(nn.Module):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import re
 import warnings
 from collections import Counter
@@ -41,6 +42,8 @@ _TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
 _LINEAR_KINDS = ("Linear", CONV1D)
 #: candidate names listed in full in the "selects no layer" error below this count, summarised above
 _LIST_ALL = 40
+#: the skip reason of an output layer kept dense by ``exclude_classifier``
+CLASSIFIER_REASON = "final classifier / output layer (exclude_classifier=True)"
 
 
 @dataclass
@@ -145,6 +148,13 @@ def select_layers(model: nn.Module, cfg: InheritConfig) -> tuple[list[tuple[str,
         for entry in cfg.target_modules:
             if not any(_matches(n, (entry,)) for n, _, _, _ in found):
                 warnings.warn(f"target_modules entry {entry!r} matches no Linear/Conv2d/Conv1D layer", stacklevel=3)
+    if any(name == "" for name, _ in eligible):
+        raise ConfigError(
+            f"the teacher is itself a single nn.{_kind(model)}, not a network containing one, and a model cannot "
+            "replace itself; wrap it: inhernet.inherit(nn.Sequential(layer), exclude_classifier=False, ...) "
+            "(the InherNet layer is then the wrapper's element '0').")
+    if not eligible and skipped and all(r.skipped == CLASSIFIER_REASON for r in skipped):
+        raise ConfigError(_only_classifier_message(skipped))
     if not eligible:
         names = _candidates([n for n, _, _, _ in found]) or "(the model has no Linear, Conv2d or Conv1D layer)"
         raise ConfigError(
@@ -153,6 +163,22 @@ def select_layers(model: nn.Module, cfg: InheritConfig) -> tuple[list[tuple[str,
             f"layer_types={list(cfg.layer_types)}). Candidate layers: {names}"
         )
     return eligible, skipped
+
+
+def _only_classifier_message(skipped: list[LayerRecord]) -> str:
+    """Why nothing is inherited when the model's only eligible layers are its output layers."""
+    if len(skipped) == 1 and skipped[0].name == "":
+        what = f"the model itself (an nn.{skipped[0].kind} {'×'.join(map(str, skipped[0].shape))})"
+        return (f"the only layer to inherit, {what}, is the final classifier, which stays dense by default "
+                "(exclude_classifier=True), so nothing is left to factorise. To factorise it, include it with "
+                "exclude_classifier=False (or target it by name) — and since a model cannot replace itself, wrap "
+                "a bare layer first: inhernet.inherit(nn.Sequential(layer), exclude_classifier=False, ...).")
+    one = len(skipped) == 1
+    what = ", ".join(repr(r.name) for r in skipped)
+    return (f"the only {'layer' if one else 'layers'} to inherit, {what}, {'is' if one else 'are'} the final "
+            f"classifier / output layer, which stays dense by default (exclude_classifier=True), so nothing is left "
+            f"to factorise. To factorise {'it' if one else 'them'}, pass exclude_classifier=False, or target "
+            f"{'it' if one else 'them'} by name (target_modules={[r.name for r in skipped]!r}).")
 
 
 def _candidates(names: list[str]) -> str:
@@ -212,7 +238,7 @@ def _skip_reason(name, module, kind, parent, cfg: InheritConfig, outputs: set[st
     if cfg.exclude_modules is not None and _matches(name, cfg.exclude_modules):
         return "in exclude_modules"
     if cfg.exclude_classifier and name in outputs and not targeted:
-        return "final classifier / output layer (exclude_classifier=True)"
+        return CLASSIFIER_REASON
     if isinstance(parent, nn.MultiheadAttention):
         return "inside nn.MultiheadAttention, which reads the weight directly"
     if kind == "Conv2d":
@@ -270,6 +296,23 @@ def _check_finite(eligible: list[tuple[str, nn.Module]]) -> None:
             check_finite(name, pname, p)
 
 
+def check_materialised(teacher: nn.Module) -> None:
+    """ConfigError when a parameter or buffer of ``teacher`` lives on the ``meta`` device: such a
+    tensor has a shape but no values, so there is nothing to factorise (and copying or running the
+    teacher would fail obscurely). Models built under ``init_empty_weights`` / ``device="meta"``
+    must get their real weights first."""
+    tensors = [*teacher.named_parameters(remove_duplicate=False), *teacher.named_buffers(remove_duplicate=False)]
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        raise ConfigError(
+            f"the teacher has {len(meta)} tensor(s) on the meta device (e.g. {meta[0]!r}): they have a shape but "
+            "no values, so there is nothing to inherit. Load the real weights first (e.g. from_pretrained "
+            "without device_map='meta', or model.to_empty(device='cpu') then load_state_dict), or, for a "
+            "Hugging Face checkpoint on disk, use inhernet.hf.inherit_checkpoint(src, dst, ...), which reads "
+            "its tensors from the files one at a time."
+        )
+
+
 def _resolve_budget(cfg: InheritConfig, teacher_params: int) -> int | None:
     from .report import count_parameters
 
@@ -277,19 +320,35 @@ def _resolve_budget(cfg: InheritConfig, teacher_params: int) -> int | None:
     if b is None:
         return None
     if isinstance(b, nn.Module):
-        return count_parameters(b)
-    if isinstance(b, float):
-        return int(b * teacher_params)
-    return int(b)
+        n, what = count_parameters(b), f"the budget model's {count_parameters(b):,} parameters"
+    elif isinstance(b, float):
+        n, what = int(b * teacher_params), f"budget={b} × the teacher = {int(b * teacher_params):,} parameters"
+    else:
+        n, what = int(b), f"budget={b:,} parameters"
+    if n >= teacher_params:
+        raise ConfigError(
+            f"{what} is at or above the teacher's size ({teacher_params:,}): nothing would be compressed. "
+            "Give a smaller budget (a float below 1.0 is a fraction of the teacher, e.g. budget=0.5).")
+    return n
+
+
+def layer_generator(seed: int, name: str) -> torch.Generator:
+    """The CPU generator one layer's random draws come from (gate, random factors, randomized SVD):
+    seeded from ``(seed, layer name)``, so a layer's draws depend on neither the order layers are
+    processed in, nor which other layers are inherited, nor the global RNG — the in-memory and the
+    streaming paths agree by construction, and concurrent ``inherit`` calls cannot disturb each other."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def build_layer(module: nn.Module, kind: str, rank: int, cfg: InheritConfig, *,
-                device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
-    """An empty (randomly initialised) inherited layer with the structure of ``module``, on
-    ``module``'s device and dtype unless given (``module`` may be a meta-device skeleton)."""
+                device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                generator: torch.Generator | None = None) -> nn.Module:
+    """An empty (randomly initialised, from ``generator``) inherited layer with the structure of
+    ``module``, on ``module``'s device and dtype unless given (``module`` may be a meta-device skeleton)."""
     common = dict(bias=module.bias is not None, gate=cfg.gate, structure=cfg.structure,
                   device=module.weight.device if device is None else device,
-                  dtype=module.weight.dtype if dtype is None else dtype)
+                  dtype=module.weight.dtype if dtype is None else dtype, generator=generator)
     if kind == "Linear":
         return InherLinear(module.in_features, module.out_features, rank, cfg.heads, **common)
     if kind == CONV1D:
@@ -309,16 +368,24 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
 
     Args:
         teacher: any ``nn.Module``; it is deep-copied first (unless ``inplace=True``) and never changed.
+            Every parameter of the result is trainable (``requires_grad=True``), whatever flags the
+            teacher's carry: freeze parts of the InherNet afterwards if you want them frozen.
         config: an :class:`InheritConfig`; ``overrides`` (e.g. ``rank=16``) are applied on top, so
             ``inherit(teacher, rank=8, heads=3)`` works too.
         inplace: replace the layers of ``teacher`` itself (saves memory on very large models).
         progress: show a progress bar over the factorised layers.
-        calibration: for ``init="whitened"`` only: an iterable of input batches the teacher is run
-            on (``model(**batch)`` for a dict, ``model(*batch)`` for a tuple, else ``model(batch)``)
-            to measure each layer's input statistics.
+        calibration: for ``init="whitened"`` only: the input batches the teacher is run on to
+            measure each layer's input statistics: a list of tensors, a ``DataLoader`` (of tensors,
+            or of ``(x, y)`` pairs, whose labels ``y`` a plain module is not given), dicts passed as
+            ``model(**batch)``, or one tensor as one batch (the rule:
+            :func:`inhernet.calibrate.model_inputs`). Batches with NaN/Inf are refused.
 
     Returns:
         the inherited model, with ``model.inhernet_plan`` describing every Linear/Conv2d/Conv1D.
+
+    Deterministic without global state: every random draw comes from a per-layer
+    :func:`layer_generator` seeded by ``config.seed``; the global RNG is left as it was, and calls
+    from several threads at once give the same models as one after the other.
 
     On a Hugging Face ``PreTrainedModel``, ``target_modules=None`` selects the architecture's
     attention and MLP projections (:func:`resolve_config`); the plan records the resolved regex.
@@ -326,6 +393,7 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     cfg = resolve_config(teacher, _merge(config, overrides))
     if any(isinstance(m, INHER_LAYERS) for m in teacher.modules()):
         raise ConfigError("the model already contains inherited layers; inherit from the original teacher.")
+    check_materialised(teacher)
     from .report import count_parameters
 
     teacher_params = count_parameters(teacher)
@@ -342,13 +410,13 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     decisions = choose_ranks(specs, cfg, budget_left=budget_left)
 
     model = teacher if inplace else copy.deepcopy(teacher)
+    # trainable whatever flags the teacher carries (a frozen teacher, e.g. one used for KD)
+    model.requires_grad_(True)
     records = list(skipped)
     modules = dict(eligible)
     todo = [(s, modules[s.name], decisions[s.name]) for s in specs]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        for spec, module, decision in tqdm(todo, desc="inheriting", unit="layer", disable=not progress, leave=False, delay=1.0):
-            records.append(_surgery(model, spec, module, decision, cfg, whiten.get(spec.name)))
+    for spec, module, decision in tqdm(todo, desc="inheriting", unit="layer", disable=not progress, leave=False, delay=1.0):
+        records.append(_surgery(model, spec, module, decision, cfg, whiten.get(spec.name)))
     records.sort(key=lambda r: order[r.name])
     plan = InheritPlan(config=cfg.to_dict(), layers=records, teacher_params=teacher_params, budget=budget)
     setattr(model, PLAN_ATTR, plan)
@@ -372,10 +440,13 @@ def inherit_layer(module: nn.Module, spec: LayerSpec, rank: int, weight: torch.T
 
     ``module`` gives the structure (it may be a meta-device skeleton); ``weight`` (as stored: a
     Conv1D's is ``in × out``) and ``bias`` give the values. The new layer lives on ``weight``'s
-    device and dtype. Draws from the global RNG (the random factors and the gate), so callers seed it.
+    device and dtype. Its random draws (the random factors, the gate, a randomized SVD) come from
+    :func:`layer_generator` ``(cfg.seed, spec.name)``; the global RNG is not touched.
     ``whiten``: the layer's input Cholesky factor, required by ``init="whitened"``.
     """
-    new = build_layer(module, spec.kind, rank, cfg, device=weight.device, dtype=weight.dtype)  # random factors: the "w.o. SVD" init
+    gen = layer_generator(cfg.seed, spec.name)
+    # random factors (the "w.o. SVD" init) and the gate
+    new = build_layer(module, spec.kind, rank, cfg, device=weight.device, dtype=weight.dtype, generator=gen)
     weight = weight.detach()
     bias = None if bias is None else bias.detach()
     energy_kept = None
@@ -384,7 +455,7 @@ def inherit_layer(module: nn.Module, spec: LayerSpec, rank: int, weight: torch.T
             raise ConfigError(f"{spec.name}: init={cfg.init!r} {'needs' if whiten is None else 'takes no'} "
                               "input whitening factor")
         matrix = weight_matrix(weight, spec.kind)
-        fact = truncated_svd(matrix, rank, method=cfg.svd, niter=cfg.svd_niter, seed=cfg.seed, whiten=whiten)
+        fact = truncated_svd(matrix, rank, method=cfg.svd, niter=cfg.svd_niter, whiten=whiten, generator=gen)
         down, up = fact.factors()
         new.set_factors(down.to(weight.dtype), up.to(weight.dtype), bias, cfg.head_scale)
         energy_kept = fact.energy_kept

@@ -5,7 +5,12 @@ Linear/Conv2d/Conv1D of the teacher: rank, heads, or why it stayed dense) and th
 of each weights file. ``load`` rebuilds the inherited structure on a freshly constructed base model
 from the plan — no SVD — then loads the weights strictly. A base model of another architecture, a
 missing or damaged file, or a weights file that does not fit the structure is an error that says
-what is wrong; a model is never returned half-loaded.
+what is wrong; a model is never returned half-loaded. The JSON is checked key by key
+(:func:`check_meta`) before anything reads it, so a damaged file is an :class:`InherNetLoadError`
+naming the key, never a KeyError or TypeError.
+
+``save`` refuses a folder that already holds a model (:class:`ModelExistsError`) unless
+``overwrite=True``; it writes only the model's own files, and leaves anything else in the folder.
 
 Hugging Face models (``transformers.PreTrainedModel``): ``save`` also writes the base model's
 ``config.json`` (with ``architectures`` set to the model's class), its ``generation_config.json``
@@ -20,6 +25,7 @@ parameters are stored once and tied again on load.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,8 +38,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __name__ as _pkg
-from .config import InheritConfig
-from .inherit import PLAN_ATTR, InheritPlan, build_layer, set_submodule
+from .config import ConfigError, InheritConfig
+from .hf.conv1d import is_conv1d
+from .inherit import PLAN_ATTR, InheritPlan, LayerRecord, build_layer, set_submodule
 from .layers import INHER_LAYERS
 from .report import count_parameters, get_plan
 
@@ -46,6 +53,43 @@ FORMAT_VERSION = 2
 
 class InherNetLoadError(ValueError):
     """A saved InherNet cannot be loaded as asked; the message names the cause and the fix."""
+
+
+class ModelExistsError(FileExistsError):
+    """``save`` was asked to write into a folder that already holds a saved model; the message names
+    the folder and the way out (``overwrite=True``, ``--overwrite`` on the command line, or another
+    folder). Nothing was written."""
+
+
+#: the shard index of a sharded safetensors model
+SHARD_INDEX_NAME = "model.safetensors.index.json"
+#: files whose presence means a folder already holds a saved model (InherNet, dense model, or a
+#: Hugging Face checkpoint); besides these, any ``*.safetensors`` weights file counts
+MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, "model_config.json", SHARD_INDEX_NAME, "pytorch_model.bin")
+
+
+def holds_model(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` already holds a saved model: an ``inhernet_config.json``, a dense
+    ``model_config.json``, or model weights (``*.safetensors``, ``pytorch_model.bin``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    return any((folder / name).exists() for name in MODEL_FILES) or any(folder.glob("*.safetensors"))
+
+
+def check_save_target(folder: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse (:class:`ModelExistsError`) to save into ``folder`` when it already holds a model,
+    unless ``overwrite``; also refuse a ``folder`` that is an existing file. Called by every saving
+    entry point before any work, so a refusal costs nothing and changes nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ModelExistsError(f"{folder} is a file, not a folder; give a folder to save the model into.")
+    if not overwrite and holds_model(folder):
+        raise ModelExistsError(
+            f"{folder} already holds a saved model; pass overwrite=True (on the command line: --overwrite) to "
+            "replace it (only the model's own files are rewritten; other files in the folder are left alone), "
+            "or save into another folder."
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -63,7 +107,7 @@ def _write_atomically(path: Path, write) -> None:
 
 
 def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] | None = None,
-         tokenizer: Any = None) -> Path:
+         tokenizer: Any = None, overwrite: bool = False) -> Path:
     """Write ``model`` (returned by ``inherit`` or ``load``) to ``folder``.
 
     ``extra`` is stored under ``"extra"`` in the JSON (e.g. the base architecture's name and
@@ -71,9 +115,16 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
     ``config.json`` (+ ``generation_config.json``), and ``tokenizer`` (a tokenizer or processor,
     anything with ``save_pretrained``) writes its files there too; ``load(folder)`` then needs no
     base model. Returns the folder's path.
+
+    A folder that already holds a saved model (:func:`holds_model`) is refused with
+    :class:`ModelExistsError` unless ``overwrite=True``, so a model is never replaced by accident.
+    Overwriting rewrites the model's own files (and removes weight shards of the old model that the
+    new one does not use); any other file in the folder is left as it is.
     """
     plan = get_plan(model)
     folder = Path(folder)
+    check_save_target(folder, overwrite=overwrite)
+    old_weights = recorded_weight_files(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = None
     from .hf import is_hf_model
@@ -88,7 +139,23 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
     _write_atomically(weights, lambda p: save_file(_state_once(model), str(p), metadata={"format": "inhernet"}))
     write_meta(folder, plan, [WEIGHTS_NAME], base_model_class=f"{type(model).__module__}.{type(model).__qualname__}",
                extra=extra, hf=hf)
+    for name in old_weights - {WEIGHTS_NAME}:  # shards of an overwritten model
+        (folder / name).unlink(missing_ok=True)
+    if len(old_weights) > 1:  # and its shard index
+        (folder / SHARD_INDEX_NAME).unlink(missing_ok=True)
     return folder
+
+
+def recorded_weight_files(folder: Path) -> set[str]:
+    """The weights files an existing ``inhernet_config.json`` in ``folder`` lists (plain file names
+    ending in ``.safetensors`` only; nothing when there is no readable config)."""
+    try:
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        entries = weight_files(meta)
+        names = {e["file"] for e in entries}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".safetensors")}
 
 
 def _state_once(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -141,16 +208,136 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise InherNetLoadError(f"{path} not found: {folder} is not a folder written by inhernet.save.")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InherNetLoadError(f"{path} is not valid JSON ({err}); the file is damaged, save the model again.") from err
+    check_meta(meta, path)
+    return meta
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    for kind, name in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"), (int, "number"),
+                       (float, "number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+_HEX = frozenset("0123456789abcdef")
+_LAYER_FIELDS = {f.name for f in dataclasses.fields(LayerRecord)}
+_LAYER_DIMS = {"Linear": 2, "Conv1D": 2, "Conv2d": 4}
+
+
+def check_meta(meta: Any, path: str | os.PathLike = CONFIG_NAME) -> None:
+    """Check the structure of a decoded ``inhernet_config.json`` before anything reads it: the
+    format and version, the weights entries (plain file names inside the folder, sizes, SHA-256),
+    the plan (its config a valid :class:`InheritConfig`, each layer record's fields and types), and
+    the ``extra`` / ``hf`` objects. The first problem found raises :class:`InherNetLoadError`
+    naming the key and what it holds, so a damaged file never surfaces as a KeyError or TypeError."""
+
+    def damaged(what: str) -> InherNetLoadError:
+        return InherNetLoadError(f"{path} is damaged: {what}. Save the model again, or restore the file from a copy.")
+
+    def need(obj: dict, key: str, where: str, kind: type, kind_name: str) -> Any:
+        if key not in obj:
+            raise damaged(f"{where} has no {key!r} key")
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool) and kind is not bool:
+            raise damaged(f"{where}[{key!r}] is a JSON {_json_type(obj[key])}, not {kind_name}")
+        return obj[key]
+
+    if not isinstance(meta, dict):
+        raise damaged(f"it holds a JSON {_json_type(meta)}, not the object inhernet.save writes")
     if meta.get("format") != "inhernet":
         raise InherNetLoadError(f"{path} is not an InherNet config (format={meta.get('format')!r}).")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version")
+    if not _is_int(version, 1):
+        raise damaged(f"'format_version' is {version!r}, not an integer >= 1")
+    if version > FORMAT_VERSION:
         raise InherNetLoadError(
-            f"{path} has format version {meta['format_version']}, newer than this inhernet "
+            f"{path} has format version {version}, newer than this inhernet "
             f"({_version()}, version {FORMAT_VERSION}); upgrade inhernet."
         )
-    return meta
+    weights = need(meta, "weights", "the config", dict, "an object")
+    entries = weights.get("files", [weights]) if "files" in weights else [weights]
+    if not isinstance(entries, list) or not entries:
+        raise damaged(f"'weights'['files'] is {entries!r}, not a non-empty list of weights files")
+    for i, entry in enumerate(entries):
+        where = f"'weights'['files'][{i}]" if "files" in weights else "'weights'"
+        if not isinstance(entry, dict):
+            raise damaged(f"{where} is a JSON {_json_type(entry)}, not an object")
+        name = need(entry, "file", where, str, "a file name")
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise damaged(f"{where}['file'] is {name!r}, not the name of a file inside the folder")
+        if not _is_int(need(entry, "bytes", where, int, "a byte count")):
+            raise damaged(f"{where}['bytes'] is negative")
+        sha = need(entry, "sha256", where, str, "a SHA-256 hex digest")
+        if len(sha) != 64 or not set(sha) <= _HEX:
+            raise damaged(f"{where}['sha256'] is {sha!r}, not a 64-digit SHA-256 hex digest")
+    plan = need(meta, "plan", "the config", dict, "an object")
+    _saved_config(need(plan, "config", "'plan'", dict, "an object"), path)
+    if not _is_int(need(plan, "teacher_params", "'plan'", int, "a parameter count")):
+        raise damaged("'plan'['teacher_params'] is negative")
+    if plan.get("budget") is not None and not _is_int(plan["budget"]):
+        raise damaged(f"'plan'['budget'] is {plan['budget']!r}, not a parameter count or null")
+    for i, row in enumerate(need(plan, "layers", "'plan'", list, "a list of layer records")):
+        _check_layer_record(row, f"'plan'['layers'][{i}]", damaged, need)
+    for key in ("extra", "hf"):
+        if key in meta and not isinstance(meta[key], dict) and not (key == "extra" and meta[key] is None):
+            raise damaged(f"{key!r} is a JSON {_json_type(meta[key])}, not an object")
+    hf = meta.get("hf") or {}
+    for key in ("architecture", "attn_implementation", "dtype", "model_type", "transformers_version"):
+        if hf.get(key) is not None and not isinstance(hf[key], str):
+            raise damaged(f"'hf'[{key!r}] is a JSON {_json_type(hf[key])}, not a string")
+    if hf.get("dtype") is not None and not isinstance(getattr(torch, hf["dtype"], None), torch.dtype):
+        raise damaged(f"'hf'['dtype'] is {hf['dtype']!r}, not a torch dtype name")
+
+
+def _check_layer_record(row: Any, where: str, damaged, need) -> None:
+    """One ``plan.layers`` entry: the fields of :class:`LayerRecord` with their types."""
+    if not isinstance(row, dict):
+        raise damaged(f"{where} is a JSON {_json_type(row)}, not an object")
+    unknown = sorted(set(row) - _LAYER_FIELDS)
+    if unknown:
+        raise damaged(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}")
+    need(row, "name", where, str, "a layer name")
+    kind = need(row, "kind", where, str, "a layer kind")
+    if kind not in _LAYER_DIMS:
+        raise damaged(f"{where}['kind'] is {kind!r}, not one of {', '.join(map(repr, _LAYER_DIMS))}")
+    shape = need(row, "shape", where, list, "a weight shape")
+    if len(shape) != _LAYER_DIMS[kind] or not all(_is_int(d, 1) for d in shape):
+        raise damaged(f"{where}['shape'] is {shape!r}, not the {_LAYER_DIMS[kind]} positive sizes of a {kind} weight")
+    for key in ("rank", "heads"):
+        if row.get(key) is not None and not _is_int(row[key], 1):
+            raise damaged(f"{where}[{key!r}] is {row[key]!r}, not an integer >= 1 or null")
+    if row.get("rank") is not None and row.get("heads") is None:
+        raise damaged(f"{where} has a rank but no 'heads'")
+    for key in ("params_before", "params_after"):
+        if key in row and not _is_int(row[key]):
+            raise damaged(f"{where}[{key!r}] is {row[key]!r}, not a parameter count")
+    energy = row.get("energy_kept")
+    if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float))):
+        raise damaged(f"{where}['energy_kept'] is {energy!r}, not a number or null")
+    if "skipped" in row and not isinstance(row["skipped"], str):
+        raise damaged(f"{where}['skipped'] is a JSON {_json_type(row['skipped'])}, not a string")
+
+
+def _saved_config(data: dict[str, Any], path: str | os.PathLike) -> InheritConfig:
+    """The :class:`InheritConfig` a plan records, as ``load`` needs it: the structure (heads, gate,
+    structure, ...). The plan already holds every layer's rank, so the rank policy is not applied
+    again and the budget is not re-validated (a model budget is stored as its parameter count,
+    which may be smaller than an int budget may be). A config this version cannot read raises
+    :class:`InherNetLoadError`."""
+    try:
+        return InheritConfig.from_dict({**data, "budget": None})
+    except (ConfigError, TypeError, ValueError) as err:
+        raise InherNetLoadError(
+            f"{path} is damaged or from another inhernet version: its 'plan'['config'] is not a valid "
+            f"InheritConfig ({err}). Save the model again with this version."
+        ) from err
 
 
 def load(folder: str | os.PathLike, base_model: nn.Module | None = None, *,
@@ -173,7 +360,7 @@ def load(folder: str | os.PathLike, base_model: nn.Module | None = None, *,
     files = weight_files(meta)
     for info in files:
         _check_weights_file(folder / info["file"], info)
-    plan = InheritPlan.from_dict(meta["plan"])
+    plan = InheritPlan.from_dict(meta["plan"])  # checked by read_config
     rebuilt = base_model is None
     if rebuilt:
         if "hf" not in meta:
@@ -187,7 +374,7 @@ def load(folder: str | os.PathLike, base_model: nn.Module | None = None, *,
     elif any(isinstance(m, INHER_LAYERS) for m in base_model.modules()):
         raise InherNetLoadError("base_model already contains inherited layers; pass a freshly constructed teacher architecture.")
     _check_architecture(base_model, plan, meta)
-    cfg = InheritConfig.from_dict(plan.config)
+    cfg = _saved_config(plan.config, folder / CONFIG_NAME)
     for record in plan.inherited:
         module = base_model.get_submodule(record.name)
         set_submodule(base_model, record.name, build_layer(module, record.kind, record.rank, cfg))
@@ -291,6 +478,8 @@ def _check_architecture(base: nn.Module, plan: InheritPlan, meta: dict[str, Any]
         shape = list(getattr(getattr(module, "weight", None), "shape", []))
         if shape != record.shape:
             problems.append(f"layer {record.name!r} has weight shape {shape}, expected {record.shape}")
+        elif not _is_kind(module, record.kind):
+            problems.append(f"layer {record.name!r} is a {type(module).__name__}, the plan records a {record.kind}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise InherNetLoadError(
@@ -298,6 +487,13 @@ def _check_architecture(base: nn.Module, plan: InheritPlan, meta: dict[str, Any]
             f"({saved_from}): {shown}. Construct the teacher's architecture (same model name and "
             "num_classes / in_channels) and pass that."
         )
+
+
+def _is_kind(module: nn.Module, kind: str) -> bool:
+    """Whether ``module`` is of the layer kind a plan record names."""
+    if kind == "Conv1D":
+        return is_conv1d(module)
+    return isinstance(module, {"Linear": nn.Linear, "Conv2d": nn.Conv2d}[kind])
 
 
 def _device_of(model: nn.Module) -> str:

@@ -39,6 +39,17 @@ from torch.utils._pytree import tree_map
 from .config import GATES, STRUCTURES, ConfigError
 
 
+@torch.no_grad()
+def _uniform_(tensor: Tensor, fan_in: int, generator: torch.Generator | None) -> None:
+    """``tensor ← U(-1/√fan_in, 1/√fan_in)``, what ``kaiming_uniform_(a=√5)`` gives ``nn.Linear``,
+    drawn on the CPU (a generator is tied to one device) and copied to ``tensor``'s device."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    if tensor.is_meta:
+        return
+    draw = torch.empty(tensor.shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+    tensor.copy_(draw)
+
+
 class EffectiveWeight(Tensor):
     """Read-only stand-in for the ``weight`` of an inherited layer.
 
@@ -102,6 +113,7 @@ class _InherBase(nn.Module):
         structure: str = "asymmetric",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if rank < 1 or heads < 1:
@@ -115,16 +127,24 @@ class _InherBase(nn.Module):
         self.down = nn.Parameter(torch.empty(down_rows, *d_in_shape, **factory))
         self.up = nn.Parameter(torch.empty(heads, d_out, rank, **factory))
         self.bias = nn.Parameter(torch.zeros(heads, d_out, **factory)) if bias else None
-        self.gate = nn.Linear(down_rows, heads, **factory) if (gate == "softmax" and heads > 1) else None
-        self.reset_parameters()
+        # skip_init: nn.Linear's own initialisation would draw from the global RNG
+        self.gate = (torch.nn.utils.skip_init(nn.Linear, down_rows, heads, device=self.up.device, dtype=self.up.dtype)
+                     if (gate == "softmax" and heads > 1) else None)
+        self.reset_parameters(generator)
 
-    def reset_parameters(self) -> None:
-        """Random factors (the "w.o. SVD" ablation), initialised like ``nn.Linear``/``nn.Conv2d``."""
-        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random factors (the "w.o. SVD" ablation) and gate, initialised like ``nn.Linear`` /
+        ``nn.Conv2d`` (uniform in ±1/√fan_in). The values are drawn on the CPU from ``generator``
+        (default: the global RNG) and copied, so one seed gives the same layer on every device."""
+        _uniform_(self.down, self.down[0].numel(), generator)
         for head in self.up:  # each head gets its own random draw
-            nn.init.kaiming_uniform_(head, a=math.sqrt(5))
+            _uniform_(head, self.rank, generator)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        if self.gate is not None:
+            fan_in = self.gate.in_features
+            _uniform_(self.gate.weight, fan_in, generator)
+            _uniform_(self.gate.bias, fan_in, generator)
 
     @property
     def dense_shape(self) -> tuple[int, ...]:

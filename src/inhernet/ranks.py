@@ -13,8 +13,11 @@ Policy only — no module surgery. Each selected layer is described by a :class:
   whatever their scale). Beyond the paper.
 
 Afterwards ``rank_pattern`` overrides single layers, ranks are rounded down to ``rank_multiple``,
-and a layer whose rank reaches ``min(d_out, d_in)`` stays dense (the paper's rule; with
-``dense_at_full_rank=False`` it is factorised at full rank instead).
+a layer whose rank reaches ``min(d_out, d_in)`` stays dense (the paper's rule), and so does a layer
+whose factorised form would not save at least ``min_saving`` of its dense parameters (default 0:
+it must be strictly smaller — a factorisation that grows the layer compresses nothing; ``None``
+turns this off, as the paper's parameter counts need). With ``dense_at_full_rank=False`` every
+selected layer is factorised at its (clamped) rank instead: the exact-reconstruction check.
 """
 
 from __future__ import annotations
@@ -79,16 +82,27 @@ class RankDecision:
     reason: str = ""
 
 
+def too_large(spec: LayerSpec, rank: int, cfg: InheritConfig) -> bool:
+    """Whether factorising ``spec`` at ``rank`` fails to save ``cfg.min_saving`` of its dense
+    parameters (never, with ``min_saving=None`` or ``dense_at_full_rank=False``)."""
+    if cfg.min_saving is None or not cfg.dense_at_full_rank:
+        return False
+    n = inherited_params(spec, rank, cfg.heads, cfg.structure, cfg.gate)
+    return n >= (1.0 - cfg.min_saving) * spec.dense_params
+
+
 class _Cost:
-    """Parameter cost of a layer at a rank, with the paper's "rank ≥ full → dense" rule."""
+    """Parameter cost of a layer at a rank, with the rules that keep it dense (rank ≥ full, or a
+    factorised form that does not save ``min_saving``)."""
 
     def __init__(self, cfg: InheritConfig) -> None:
-        self.heads, self.structure, self.gate = cfg.heads, cfg.structure, cfg.gate
+        self.cfg = cfg
 
     def __call__(self, spec: LayerSpec, rank: int | None) -> int:
-        if rank is None or rank >= spec.full_rank:
+        cfg = self.cfg
+        if rank is None or rank >= spec.full_rank or too_large(spec, rank, cfg):
             return spec.dense_params
-        return inherited_params(spec, rank, self.heads, self.structure, self.gate)
+        return inherited_params(spec, rank, cfg.heads, cfg.structure, cfg.gate)
 
 
 def needs_spectrum(cfg: InheritConfig) -> bool:
@@ -121,6 +135,11 @@ def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int
             decisions[s.name] = RankDecision(None, "the budget allocation keeps it dense (no dearer, exact)")
         elif r >= s.full_rank and cfg.dense_at_full_rank:
             decisions[s.name] = RankDecision(None, f"rank {r} >= min(d_out, d_in) = {s.full_rank}: stays dense")
+        elif too_large(s, r, cfg):
+            n = inherited_params(s, r, cfg.heads, cfg.structure, cfg.gate)
+            need = "no smaller than" if not cfg.min_saving else f"not {cfg.min_saving:.0%} smaller than"
+            decisions[s.name] = RankDecision(
+                None, f"rank {r} would need {n:,} params, {need} dense ({s.dense_params:,}): stays dense")
         else:
             decisions[s.name] = RankDecision(min(r, s.full_rank))
     return decisions

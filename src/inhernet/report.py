@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .inherit import PLAN_ATTR, InheritPlan, LayerRecord
+from .utils import eval_mode
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -27,19 +28,14 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, *, e
             raise ValueError("give input_shape (e.g. (1, 3, 32, 32)) or example_input.")
         ref = next(iter(model.parameters()), None)
         example_input = torch.zeros(*input_shape, device=None if ref is None else ref.device)
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            if isinstance(example_input, dict):
-                model(**example_input)
-            elif isinstance(example_input, tuple):
-                model(*example_input)
-            else:
-                model(example_input)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model), counter:
+        if isinstance(example_input, dict):
+            model(**example_input)
+        elif isinstance(example_input, tuple):
+            model(*example_input)
+        else:
+            model(example_input)
     return int(counter.get_total_flops())
 
 

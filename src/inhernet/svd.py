@@ -11,6 +11,7 @@ precision teachers factorise accurately; the factors are cast back to the weight
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -25,17 +26,24 @@ OVERSAMPLE = 10
 SINGLE_THREAD_NUMEL = 1 << 20
 
 
+_THREADS_LOCK = threading.Lock()
+
+
 @contextmanager
 def _lapack_threads(matrix: Tensor) -> Iterator[None]:
+    """Run a small CPU SVD on one thread. ``torch.set_num_threads`` is process-wide, so the switch
+    and its undo happen under a lock: concurrent calls (threads) serialise their small SVDs instead
+    of restoring each other's thread count wrongly."""
     if matrix.is_cuda or matrix.numel() >= SINGLE_THREAD_NUMEL:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def as_matrix(weight: Tensor) -> Tensor:
@@ -88,16 +96,20 @@ def singular_values(weight: Tensor, whiten: Tensor | None = None) -> Tensor:
 
 
 def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: int = 4, seed: int = 0,
-                  whiten: Tensor | None = None) -> Factorisation:
+                  whiten: Tensor | None = None, generator: torch.Generator | None = None) -> Factorisation:
     """Top-``rank`` SVD of a layer weight.
 
-    ``method="exact"`` uses ``torch.linalg.svd``; ``"randomized"`` uses ``torch.svd_lowrank`` with
-    ``rank + OVERSAMPLE`` columns and ``niter`` power iterations, seeded so results repeat.
+    ``method="exact"`` uses ``torch.linalg.svd``; ``"randomized"`` is Halko et al.'s range finder
+    with ``rank + OVERSAMPLE`` columns and ``niter`` power iterations, its Gaussian test matrix drawn
+    from ``generator`` (a CPU ``torch.Generator``; default one seeded with ``seed``), never from the
+    global RNG, so results repeat and concurrent calls do not disturb each other.
     With ``whiten=L`` (lower-triangular, :func:`inhernet.calibrate.cholesky_factor`) it factorises
     ``W·L`` and returns ``Vh·L⁻¹`` as ``Vh``: ``U_r Σ_r Vh`` is then the rank-r map with the least
     output error on inputs of second moment ``L Lᵀ``, and the energies are those of ``W·L``.
     """
-    fact = _truncated_svd(_whitened(weight, whiten), rank, method, niter, seed)
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    fact = _truncated_svd(_whitened(weight, whiten), rank, method, niter, generator)
     if whiten is not None:
         L = whiten.double()
         vh = torch.linalg.solve_triangular(L.T, fact.Vh.double().T, upper=True).T  # Vh·L⁻¹
@@ -105,7 +117,7 @@ def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: in
     return fact
 
 
-def _truncated_svd(matrix: Tensor, rank: int, method: str, niter: int, seed: int) -> Factorisation:
+def _truncated_svd(matrix: Tensor, rank: int, method: str, niter: int, generator: torch.Generator) -> Factorisation:
     full = min(matrix.shape)
     if not 1 <= rank <= full:
         raise ValueError(f"rank {rank} is outside 1..{full} for a {tuple(matrix.shape)} matrix.")
@@ -116,10 +128,23 @@ def _truncated_svd(matrix: Tensor, rank: int, method: str, niter: int, seed: int
         return Factorisation(U[:, :rank], S[:rank], Vh[:rank], total)
     if method != "randomized":
         raise ValueError(f"unknown SVD method {method!r}; use 'exact' or 'randomized'.")
-    with torch.random.fork_rng(devices=[matrix.device] if matrix.is_cuda else []), _lapack_threads(matrix):
-        torch.manual_seed(seed)
-        U, S, V = torch.svd_lowrank(matrix, q=min(rank + OVERSAMPLE, full), niter=niter)
-    return Factorisation(U[:, :rank], S[:rank], V[:, :rank].T, total)
+    with _lapack_threads(matrix):
+        U, S, Vh = randomized_svd(matrix, min(rank + OVERSAMPLE, full), niter, generator)
+    return Factorisation(U[:, :rank], S[:rank], Vh[:rank], total)
+
+
+def randomized_svd(matrix: Tensor, q: int, niter: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``(U, S, Vh)`` of the top ``q`` singular triplets, approximately (Halko, Martinsson & Tropp
+    2011, Alg. 4.4: a Gaussian range finder with ``niter`` QR-stabilised power iterations), as
+    ``torch.svd_lowrank`` computes them but with the test matrix drawn on the CPU from ``generator``."""
+    a = matrix
+    omega = torch.randn(a.shape[1], q, generator=generator, dtype=torch.float64).to(a.device, a.dtype)
+    basis = torch.linalg.qr(a @ omega).Q
+    for _ in range(niter):
+        basis = torch.linalg.qr(a.mT @ basis).Q
+        basis = torch.linalg.qr(a @ basis).Q
+    u_small, S, Vh = torch.linalg.svd(basis.mT @ a, full_matrices=False)
+    return basis @ u_small, S, Vh
 
 
 def tail_error(S_all: Tensor, rank: int) -> float:

@@ -51,7 +51,7 @@ from ..inherit import (
     resolve_config,
     select_layers,
 )
-from ..io import CONFIG_NAME, WEIGHTS_NAME, _shared_names, write_meta
+from ..io import CONFIG_NAME, WEIGHTS_NAME, _shared_names, check_save_target, recorded_weight_files, write_meta
 from ..ranks import choose_ranks
 from ..report import count_parameters
 from ..svd import singular_values
@@ -220,7 +220,7 @@ class _Writer:
 
 def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: InheritConfig | None = None, *,
                        max_shard_size: int | str = "1GB", architecture: str | None = None,
-                       progress: bool = True, **overrides: Any) -> Path:
+                       progress: bool = True, overwrite: bool = False, **overrides: Any) -> Path:
     """Inherit the Hugging Face checkpoint in ``src`` into ``dst`` without loading the teacher.
 
     Args:
@@ -233,6 +233,8 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
             the output side of the peak memory.
         architecture: the transformers model class to build (default: ``config.architectures[0]``).
         progress: show a progress bar over the eligible layers.
+        overwrite: replace a model already saved in ``dst`` (refused otherwise, with
+            :class:`inhernet.io.ModelExistsError`, before any work); other files there are kept.
 
     Returns the path of ``dst``.
     """
@@ -241,6 +243,8 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ConfigError("dst must differ from src: the source checkpoint is read while dst is written.")
+    check_save_target(dst, overwrite=overwrite)
+    old_weights = recorded_weight_files(dst)
     cfg = _merge(config, overrides)
     if cfg.init == "whitened":
         raise ConfigError("init='whitened' needs calibration activations, which a streaming pass cannot collect; "
@@ -287,23 +291,22 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
     done: set[str] = set()
     bar = tqdm(total=len(eligible), desc="inheriting", unit="layer", disable=not progress, leave=False, delay=1.0)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # the same draws, in the same order, as inherit()
-            for key, tensor in skeleton.state_dict(keep_vars=True).items():
-                name = layer_of.get(key)
-                if name is not None:
-                    if name not in done:
-                        done.add(name)
-                        records.append(_inherit_one(name, modules[name], specs[name], decisions, reader, writer, cfg))
-                        bar.update()
-                elif key in reader:
-                    writer.add(key, reader.get(key))
-                elif any(other in reader for other in shared.get(key, [])):
-                    continue  # tied: stored once, under the name the checkpoint uses
-                elif not tensor.is_meta:
-                    writer.add(key, tensor)  # a persistent buffer the checkpoint leaves out: the architecture's own value
-                else:
-                    raise ConfigError(f"{src} has no tensor {key!r}, which {arch} built from its config.json needs.")
+        # every layer draws from its own generator (inherit_layer), as in inherit()
+        for key, tensor in skeleton.state_dict(keep_vars=True).items():
+            name = layer_of.get(key)
+            if name is not None:
+                if name not in done:
+                    done.add(name)
+                    records.append(_inherit_one(name, modules[name], specs[name], decisions, reader, writer, cfg))
+                    bar.update()
+            elif key in reader:
+                writer.add(key, reader.get(key))
+            elif any(other in reader for other in shared.get(key, [])):
+                continue  # tied: stored once, under the name the checkpoint uses
+            elif not tensor.is_meta:
+                writer.add(key, tensor)  # a persistent buffer the checkpoint leaves out: the architecture's own value
+            else:
+                raise ConfigError(f"{src} has no tensor {key!r}, which {arch} built from its config.json needs.")
         files = writer.finish()
     finally:
         bar.close()
@@ -314,6 +317,10 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
     hf = hf_meta(skeleton)
     hf["dtype"] = _checkpoint_dtype(src, index)
     write_meta(dst, plan, files, base_model_class=f"{type(skeleton).__module__}.{type(skeleton).__qualname__}", hf=hf)
+    for name in old_weights - set(files):  # shards of an overwritten model
+        (dst / name).unlink(missing_ok=True)
+    if len(old_weights) > 1 and len(files) == 1:  # and its shard index
+        (dst / INDEX_NAME).unlink(missing_ok=True)
     return dst
 
 
