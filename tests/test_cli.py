@@ -86,3 +86,200 @@ def test_budget_argument_parsing():
     m = _parse_budget("resnet8", 10, 1)
     assert sum(p.numel() for p in m.parameters()) > 0
     assert build_parser().parse_args(["compare", "x.yaml", "--force"]).force
+
+
+# ------------------------------------------------------------------- no silent reuse of an old run
+TINY = ["--data", "digits", "--subset", "120", "--test-subset", "60", "--progress", "none", "--threads", "1"]
+
+
+def _stamp(run):
+    """What a second command must not touch: the checkpoint's bytes and the metrics file."""
+    return (run / "checkpoints" / "last.ckpt").read_bytes(), (run / "metrics.jsonl").read_text()
+
+
+def test_train_teacher_never_silently_reuses_a_run(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    t = tmp_path / "teacher"
+    base = ["train-teacher", "--arch", "resnet8", "--out", str(t), *TINY]
+    assert main([*base, "--epochs", "1"]) == 0
+    record = json.loads((t / "run.json").read_text())
+    assert record["finished"] and record["identity"]["schedule"]["epochs"] == 1
+    capsys.readouterr()
+    before = _stamp(t)
+    # the same settings: skipped, and the output says so
+    assert main([*base, "--epochs", "1"]) == 0
+    assert "finished run with the same settings" in capsys.readouterr().out
+    assert _stamp(t) == before
+    # other settings: refused, nothing changed, the message says what differs and what to do
+    for flags in (["--epochs", "2"], ["--epochs", "1", "--lr", "0.1"], ["--epochs", "1", "--seed", "1"],
+                  ["--epochs", "1", "--resume", "--subset", "100"]):
+        assert main([*base, *flags]) == 2
+        err = capsys.readouterr().err
+        assert "other settings" in err and "--force" in err and "Traceback" not in err
+        assert _stamp(t) == before
+    assert main([*base, "--epochs", "2"]) == 2
+    assert "schedule.epochs: 1 -> 2" in capsys.readouterr().err
+    # --force retrains with the new settings; files that are not the run's are kept
+    (t / "notes.txt").write_text("mine")
+    assert main([*base, "--epochs", "2", "--force"]) == 0
+    assert "--force" in capsys.readouterr().out
+    assert len((t / "metrics.jsonl").read_text().splitlines()) == 2 and (t / "notes.txt").read_text() == "mine"
+    assert json.loads((t / "run.json").read_text())["identity"]["schedule"]["epochs"] == 2
+
+
+def test_train_teacher_run_without_a_record(tmp_path, capsys):
+    """A run folder from before run.json: its settings are unknown, so only --resume or --force use it."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    t = tmp_path / "teacher"
+    base = ["train-teacher", "--arch", "resnet8", "--epochs", "1", "--out", str(t), *TINY]
+    assert main(base) == 0
+    (t / "run.json").unlink()
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "run.json" in err and "--resume" in err and "--force" in err
+    assert not (t / "run.json").exists()
+    assert main([*base, "--resume"]) == 0  # taken as a run of these settings: resumed (nothing left to train)
+    assert "same settings" in capsys.readouterr().out
+    assert json.loads((t / "run.json").read_text())["finished"]
+
+
+def test_finetune_never_silently_reuses_a_run(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    t, t2, inh, ft = (tmp_path / n for n in ("teacher", "teacher2", "inh", "ft"))
+    assert main(["train-teacher", "--arch", "resnet8", "--epochs", "1", "--out", str(t), *TINY]) == 0
+    assert main(["train-teacher", "--arch", "resnet8", "--epochs", "1", "--seed", "1", "--out", str(t2), *TINY]) == 0
+    assert main(["inherit", str(t), "--rank", "2", "--heads", "2", "--out", str(inh)]) == 0
+    base = ["finetune", str(inh), "--out", str(ft), "--epochs", "1", "--loss", "kd", *TINY]
+    assert main([*base, "--teacher", str(t)]) == 0
+    identity = json.loads((ft / "run.json").read_text())["identity"]
+    assert identity["model"]["sha256"] and identity["teacher"]["sha256"] and identity["loss"]["kind"] == "kd"
+    capsys.readouterr()
+    before = _stamp(ft)
+    assert main([*base, "--teacher", str(t)]) == 0
+    assert "finished run with the same settings" in capsys.readouterr().out
+    # another loss, another teacher (same architecture, other weights), another starting model: refused
+    for cmd in ([*base, "--teacher", str(t), "--temperature", "2"], [*base, "--teacher", str(t2)],
+                ["finetune", str(t), "--out", str(ft), "--epochs", "1", "--loss", "kd", "--teacher", str(t), *TINY]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "other settings" in err and "--force" in err
+        assert _stamp(ft) == before
+    assert main([*base, "--teacher", str(t2)]) == 2
+    assert "teacher.sha256" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ user errors: one line, no traceback
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and ": error: " in lines[0], err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def dense_teacher(tmp_path):
+    from inhernet.models import create_model
+    from inhernet.train.store import save_model
+
+    folder = tmp_path / "teacher"
+    save_model(create_model("resnet8", num_classes=10, in_channels=1), folder, arch="resnet8", num_classes=10,
+               in_channels=1)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "finetune", "compare"])
+def test_accelerator_gpu_without_cuda_is_a_one_line_error(command, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = {"train-teacher": ["--arch", "resnet8", "--data", "digits", "--out", str(tmp_path / "t")],
+            "finetune": ["model-unused", "--data", "digits", "--out", str(tmp_path / "f")],
+            "compare": ["config-unused.yaml"]}[command]
+    assert main([command, *args, "--accelerator", "gpu"]) == 2
+    _one_error_line(capsys, "--accelerator gpu", "no CUDA GPU", "cpu")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--input-shape", "1", "0", "8"], ["--input-shape 1 0 8", "at least 1"]),
+    (["--opset", "5"], ["opset=5", "from 7 to"]),
+])
+def test_export_bad_input_shape_or_opset_is_a_one_line_error(dense_teacher, tmp_path, capsys, extra, needles):
+    assert main(["export", str(dense_teacher), "--out", str(tmp_path / "m.onnx"), *extra]) == 2
+    _one_error_line(capsys, *needles)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_inherit_refuses_an_out_holding_a_model_unless_overwrite(dense_teacher, tmp_path, capsys):
+    out = tmp_path / "inh"
+    out.mkdir()
+    (out / "README.txt").write_text("notes")
+    base = ["inherit", str(dense_teacher), "--rank", "2", "--heads", "2", "--out", str(out)]
+    assert main(base) == 0
+    config = (out / "inhernet_config.json").read_text()
+    capsys.readouterr()
+    assert main([*base[:3], "3", *base[4:]]) == 2
+    _one_error_line(capsys, "already holds a saved model", "--overwrite")
+    assert (out / "inhernet_config.json").read_text() == config and (out / "README.txt").read_text() == "notes"
+    assert main([*base[:3], "3", *base[4:], "--overwrite"]) == 0
+    assert json.loads((out / "inhernet_config.json").read_text())["plan"]["config"]["rank"] == 3
+    assert (out / "README.txt").read_text() == "notes"
+    assert main(["inherit", str(dense_teacher), "--rank", "2", "--out", str(dense_teacher)]) == 2  # the teacher's own
+    _one_error_line(capsys, "already holds a saved model")
+
+
+def test_read_only_out_is_a_one_line_error(dense_teacher, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod does not deny root writes (see the simulated variant below)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["inherit", str(dense_teacher), "--rank", "2", "--out", str(ro / "inh")]) == 2
+        _one_error_line(capsys, "permission denied", str(ro / "inh"), "--out")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_an_unwritable_out_is_a_one_line_error_simulated(dense_teacher, tmp_path, capsys, monkeypatch):
+    """The same path as a read-only folder, for runs as root: the folder cannot be created."""
+    from pathlib import Path
+
+    def deny(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", deny)
+    assert main(["inherit", str(dense_teacher), "--rank", "2", "--out", str(tmp_path / "inh")]) == 2
+    _one_error_line(capsys, "permission denied", str(tmp_path / "inh"), "--out")
+
+
+def test_a_bare_state_dict_error_names_only_options_the_command_has(tmp_path, capsys):
+    import torch
+
+    from inhernet.models import create_model
+
+    bare = tmp_path / "weights.pt"
+    torch.save(create_model("resnet8", num_classes=10, in_channels=1).state_dict(), bare)
+    assert main(["evaluate", str(bare), "--data", "digits"]) == 2
+    _one_error_line(capsys, "bare state dict", "--arch NAME")
+    assert main(["finetune", str(bare), "--data", "digits", "--out", str(tmp_path / "ft")]) == 2
+    line = _one_error_line(capsys, "bare state dict", "saved model folder")
+    assert "--arch" not in line  # finetune has no --arch option
+
+
+def test_a_damaged_saved_config_is_a_one_line_error(dense_teacher, tmp_path, capsys):
+    out = tmp_path / "inh"
+    assert main(["inherit", str(dense_teacher), "--rank", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    (out / "inhernet_config.json").write_text("[]")
+    assert main(["export", str(out), "--out", str(tmp_path / "m.onnx")]) == 2
+    _one_error_line(capsys, "is damaged", "JSON array")

@@ -79,7 +79,7 @@ def test_outputs(finished):
     assert inh["params"] <= saved["student_params"]  # budget: student
     assert saved["teacher"]["params"] > saved["student_params"]
     table = (out / "results.md").read_text()
-    assert "| method |" in table and "inh" in table and "± " in table
+    assert "| method |" in table and "inh" in table and "(n = 1)" in table and "± 0.00" not in table
     assert (out / "acc_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
     # per run: metrics, checkpoint, final model, done marker
     run = out / "runs" / "inh" / "seed0"
@@ -214,3 +214,132 @@ def test_calibration_images_is_checked(inherit, message, tmp_path):
     methods = [{"name": "w", "kind": "inhernet", "inherit": inherit}]
     with pytest.raises(CompareConfigError, match=message):
         CompareConfig.from_dict(tiny_config(tmp_path, methods=methods))
+
+
+def _weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def _order_cfg(tmp: Path, out: str, methods: list[dict]) -> Path:
+    cfg = tiny_config(tmp, methods=methods)
+    cfg["out_dir"] = str(tmp / out)
+    return write_cfg(tmp, cfg, name=f"{out}.yaml")
+
+
+KD = {"name": "student_kd", "kind": "student_kd", "loss": {"temperature": 2.0}}
+INH = {"name": "inh", "kind": "inhernet", "kd": False, "inherit": {"rank": 4, "heads": 2}}
+
+
+def test_method_results_do_not_depend_on_order_or_on_a_kill(tmp_path, monkeypatch):
+    """A KD method once froze the shared teacher, and every InherNet inherited after it trained with
+    the teacher's BatchNorm and classifier frozen. Now the InherNet's final weights are the same
+    bit for bit whether it runs first, after a KD method, or is killed after one epoch and resumed."""
+    import torch
+
+    import inhernet.train
+
+    first = run_compare(load_config(_order_cfg(tmp_path, "inh_first", [INH, KD])), log=lambda m: None)
+    after = run_compare(load_config(_order_cfg(tmp_path, "kd_first", [KD, INH])), log=lambda m: None)
+    w_first = _weights(tmp_path / "inh_first" / "runs" / "inh" / "seed0")
+    w_after = _weights(tmp_path / "kd_first" / "runs" / "inh" / "seed0")
+    assert w_first.keys() == w_after.keys()
+    for k in w_first:
+        assert torch.equal(w_first[k], w_after[k]), k
+    acc = {m["name"]: m["test_acc_mean"] for m in first["methods"]}
+    assert acc == {m["name"]: m["test_acc_mean"] for m in after["methods"]}
+    # the BatchNorm and classifier parameters moved away from the teacher's (they were frozen before)
+    teacher_dir = next((tmp_path / "cache" / "teachers").glob("resnet14-*/model"))
+    from safetensors.torch import load_file
+
+    t = load_file(str(teacher_dir / "model.safetensors"))
+    assert not torch.equal(w_after["fc.weight"], t["fc.weight"])
+    assert not torch.equal(w_after["bn1.weight"], t["bn1.weight"])
+
+    # killed at the start of the InherNet's second epoch (after a KD run), then resumed
+    class Killed(Exception):
+        pass
+
+    from lightning.pytorch.callbacks import Callback
+
+    class KillAtEpoch1(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise Killed()
+
+    real_fit = inhernet.train.fit
+
+    def fit_killed_in_inh(model, data, **kw):
+        if Path(kw["out_dir"]).parts[-2] == "inh":
+            kw["callbacks"] = [KillAtEpoch1()]
+        return real_fit(model, data, **kw)
+
+    path = _order_cfg(tmp_path, "killed", [KD, INH])
+    monkeypatch.setattr(inhernet.train, "fit", fit_killed_in_inh)
+    with pytest.raises(Killed):
+        run_compare(load_config(path), log=lambda m: None)
+    run = tmp_path / "killed" / "runs" / "inh" / "seed0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "done.json").exists()
+    monkeypatch.setattr(inhernet.train, "fit", real_fit)
+    logs: list[str] = []
+    run_compare(load_config(path), log=logs.append)
+    assert any("inh seed 0: resuming" in line for line in logs)
+    w_resumed = _weights(run)
+    for k in w_first:
+        assert torch.equal(w_first[k], w_resumed[k]), k
+
+
+def test_a_diverging_run_is_reported_failed_and_the_cli_exits_nonzero(tmp_path, capsys):
+    """At an absurd learning rate the losses turn non-finite: each run stops with the step and the
+    fixes, results.json/.md mark it FAILED (not a 9.9 % "result"), the runner goes on to the next
+    run after a failure, and `inhernet compare` exits 1. A re-run skips them (same settings
+    diverge again)."""
+    from inhernet.cli import main
+
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"},
+                                         {"name": "inh_kd", "kind": "inhernet", "kd": True,
+                                          "inherit": {"rank": 4, "heads": 2}}])
+    cfg["schedule"]["lr"] = 1e6
+    path = write_cfg(tmp_path, cfg)
+    rc = main(["compare", str(path)])
+    out = capsys.readouterr()
+    assert rc == 1
+    assert "run(s) failed" in out.err
+    assert "inh_kd/seed0: training diverged at step" in out.out and "lower the learning rate" in out.out
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    by = {m["name"]: m for m in res["methods"]}
+    assert [f["seed"] for f in by["inh_kd"]["failed"]] == [0] and by["inh_kd"]["seeds"] == []
+    assert "test_acc_mean" not in by["inh_kd"]
+    assert [f["method"] for f in res["failed_runs"]] == ["student", "inh_kd"]
+    assert all("diverged at step" in f["reason"] for f in res["failed_runs"])
+    for name in ("student", "inh_kd"):  # the first failure did not stop the second run
+        run = tmp_path / "out" / "runs" / name / "seed0"
+        assert (run / "failed.json").is_file() and not (run / "done.json").exists() and not (run / "model").exists()
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "FAILED" in table
+    # a re-run does not silently retrain nor report it as a result
+    assert main(["compare", str(path)]) == 1
+    assert "failed earlier" in capsys.readouterr().out
+
+
+def test_report_works_from_any_working_directory(tmp_path, monkeypatch, capsys):
+    """out_dir and cache_dir relative to where `compare` ran; `report` then runs from elsewhere."""
+    from inhernet.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"}])
+    cfg["out_dir"], cfg["cache_dir"] = "out", "cache"
+    cfg["schedule"]["epochs"] = 1
+    path = write_cfg(tmp_path, cfg)
+    monkeypatch.chdir(work)
+    assert main(["compare", str(path)]) == 0
+    tinfo = json.loads((work / "out" / "teacher.json").read_text())
+    assert not Path(tinfo["path"]).is_absolute() and (work / "out" / tinfo["path"] / "model.safetensors").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["report", str(work / "out"), "--no-latency"]) == 0
+    assert "| student |" in capsys.readouterr().out

@@ -127,14 +127,16 @@ def test_resume_matches_uninterrupted(tmp_path):
 
 def test_distillation_keeps_teacher_frozen_and_out_of_checkpoint(tmp_path):
     data = _data()
-    teacher = _net(seed=7)
+    teacher = _net(seed=7)  # in train mode, every parameter trainable: left exactly so
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     res = fit(_net(), data, out_dir=tmp_path, teacher=teacher, loss={"kind": "dkd", "temperature": 2.0}, epochs=1,
               batch_size=16, progress=False)
     assert math.isfinite(res.final["train/loss"])
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k  # BN running stats too: the teacher ran in eval mode
-    assert not teacher.training
+    # the caller's teacher object is not changed: its mode and its requires_grad flags are as given
+    assert teacher.training and all(m.training for m in teacher.modules())
+    assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
     ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert all(k.startswith("model.") for k in ck["state_dict"])
     assert len(ck["state_dict"]) == len(res.model.state_dict())
@@ -226,3 +228,29 @@ def test_save_and_load_models(tmp_path):
     m2, info2 = load_model(tmp_path / "i")
     assert info2["inherited"] and info2["params"] == inhernet.count_parameters(inh)
     torch.testing.assert_close(m2(x), inh.eval()(x))
+
+
+def test_non_finite_loss_stops_the_run_with_step_and_fixes(tmp_path):
+    from inhernet.train import TrainingDivergedError
+
+    data = _data()
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(_net(), data, out_dir=tmp_path / "r", epochs=2, batch_size=16, lr=1e8, progress=False,
+            run_name="absurd-lr")
+    err = info.value
+    msg = str(err)
+    assert msg.startswith("run absurd-lr: training diverged at step ")
+    assert "lower the learning rate" in msg and "without KD" in msg and "check the teacher" in msg
+    assert err.step >= 1 and err.lr == pytest.approx(1e8)
+    # no step was taken from the non-finite gradients: the model's weights are all finite
+    assert not (tmp_path / "r" / "model").exists()
+
+
+def test_non_finite_teacher_logits_name_the_teacher(tmp_path):
+    from inhernet.train import TrainingDivergedError
+
+    teacher = _net(seed=7)
+    with torch.no_grad():
+        teacher[5].weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="teacher's logits are non-finite"):
+        fit(_net(), _data(), out_dir=tmp_path, teacher=teacher, loss="kd", epochs=1, batch_size=16, progress=False)

@@ -58,8 +58,14 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
     g.add_argument("--augment", default="default", choices=["default", "none", "crop_flip", "crop", "flip"],
                    help="training augmentation (default: the data set's own)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    g.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start over even if OUT/checkpoints/last.ckpt exists (default: resume from it)")
+    g = p.add_argument_group("an OUT that already holds a run (its settings are in OUT/run.json)")
+    r = g.add_mutually_exclusive_group()
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT; refused if it was made with other settings (the default: a run "
+                        "with the same settings is resumed, or skipped when finished; other settings are an error)")
+    r.add_argument("--force", action="store_true",
+                   help="delete the run in OUT (checkpoint, metrics, model, run.json) and train again")
+    r.add_argument("--no-resume", dest="force", action="store_true", help="the same as --force")
     _add_dist_args(p)
 
 
@@ -139,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest output shard when a Hugging Face checkpoint is streamed (default 1GB; bounds "
                         "peak memory; --init whitened loads the model and writes one file)")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder for the InherNet")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a model already saved in --out (refused otherwise); other files there are kept")
     s.add_argument("--arch", default=None, help="teacher architecture (only for bare state-dict files)")
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
     s.add_argument("--in-channels", type=int, default=None, help="(only for bare state-dict files)")
@@ -222,10 +230,44 @@ def _setup(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
 
 
-def _fit_common(a: argparse.Namespace) -> dict:
+def _schedule(a: argparse.Namespace) -> dict:
+    """The training schedule given on the command line (checked, part of the run identity, passed to fit)."""
     return dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
-                weight_decay=a.weight_decay, milestones=a.milestones, augment=a.augment, seed=a.seed,
-                resume=a.resume, **_dist_kwargs(a))
+                weight_decay=a.weight_decay, milestones=a.milestones)
+
+
+def _check_schedule(a: argparse.Namespace) -> None:
+    """Reject a bad schedule (``--epochs 0``, ``--lr nan``, ...) before anything is loaded or written."""
+    from inhernet.train.validate import check_training_options, cli_option
+
+    check_training_options(**_schedule(a), option=cli_option)
+
+
+def _fit_common(a: argparse.Namespace, plan: Any) -> dict:
+    return dict(**_schedule(a), augment=a.augment, seed=a.seed, resume=not plan.fresh, **_dist_kwargs(a))
+
+
+def _run_identity(a: argparse.Namespace, **source: Any) -> dict:
+    """The settings that decide a train-teacher / finetune run's result (see inhernet.train.identity):
+    what it starts from (``source``), the data, the schedule and the seed. Where the data lies
+    (``--data-root``) and how it is run (devices, threads, progress bar) are not part of it."""
+    data = {"name": a.data, "subset": a.subset, "test_subset": a.test_subset, "val_fraction": a.val_fraction,
+            "seed": a.data_seed}
+    return {"command": a.command, **source, "data": data, "schedule": {**_schedule(a), "augment": a.augment},
+            "seed": a.seed}
+
+
+def _claim_out(a: argparse.Namespace, identity: dict) -> Any:
+    """What to do with ``--out`` (new run, resume, skip a finished one, or retrain with --force); says
+    so, and on rank zero deletes the old run (--force) and records this run's settings. Raises
+    RunConflictError, before anything is written, when --out holds a run of other settings."""
+    from inhernet.train.identity import claim_run, record_run
+
+    plan = claim_run(a.out, identity, force=a.force, resume=a.resume, command=f"inhernet {a.command}")
+    if _rank0():
+        print(plan.message, flush=True)
+        record_run(plan)
+    return plan
 
 
 def _rank0() -> bool:
@@ -234,22 +276,87 @@ def _rank0() -> bool:
     return global_rank() == 0
 
 
+def _load_model(path: str, **kwargs: Any) -> tuple[Any, dict]:
+    """``inhernet.train.load_model`` for the commands that have an ``--arch`` option: a bare state
+    dict given without it is an error that names the option."""
+    from inhernet.train import ModelLoadError, load_model
+    from inhernet.train.store import ArchitectureUnknownError
+
+    try:
+        return load_model(path, **kwargs)
+    except ArchitectureUnknownError as err:
+        raise ModelLoadError(f"{err.path} is a bare state dict, which does not record its architecture; pass "
+                             "--arch NAME (see `inhernet models`), or give a saved model folder or .ckpt.") from err
+
+
+#: ``--accelerator`` values checked here; others (tpu, hpu, ...) are left to Lightning
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+def _check_accelerator(a: argparse.Namespace) -> None:
+    """Refuse an ``--accelerator`` this machine does not have before any data is loaded or any file
+    is written (Lightning would fail later, deep inside the trainer)."""
+    acc = getattr(a, "accelerator", None)
+    if acc is None:
+        return
+    from inhernet.config import ConfigError
+
+    name = acc.lower()
+    if name in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--accelerator {acc}: no CUDA GPU is usable here (no GPU, no driver, or a CPU-only "
+                              "torch build); drop the option (the default is cpu) or pass --accelerator auto.")
+    elif name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--accelerator {acc}: Apple's MPS is not available on this machine; drop the option "
+                              "(the default is cpu) or pass --accelerator auto.")
+    elif name not in ACCELERATORS and name not in ("tpu", "hpu", "xla"):
+        raise ConfigError(f"--accelerator {acc!r} is not known; choose one of {', '.join(ACCELERATORS)}.")
+
+
+def _user_message(err: BaseException) -> str:
+    """The one-line message for a user error: an OS error names the path and what to do."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        where = err.filename
+        if isinstance(err, PermissionError):
+            return (f"permission denied: {where}; choose an output path (--out) you can write to, or fix that "
+                    "folder's permissions")
+        if isinstance(err, IsADirectoryError):
+            return f"{where} is a folder; give a file path"
+        if isinstance(err, NotADirectoryError):
+            return f"a part of {where} is a file, not a folder; give another path"
+        if isinstance(err, FileExistsError):
+            return f"{where} already exists and is in the way; give another path"
+        return f"{err.strerror}: {where}"
+    return str(err)
+
+
 def cmd_train_teacher(a: argparse.Namespace) -> int:
     import lightning as L
 
     from inhernet.models import create_model
     from inhernet.train import evaluate, fit, save_model
+    from inhernet.train.identity import finish_run
 
     _setup(a)
+    _check_schedule(a)
     data = _load_data(a)
+    plan = _claim_out(a, _run_identity(a, arch=a.arch, loss="ce"))
+    if plan.action == "skip":
+        return 0
     L.seed_everything(a.seed, workers=True, verbose=False)
     model = create_model(a.arch, num_classes=data.num_classes, in_channels=data.in_channels)
     meta = {"arch": a.arch, "num_classes": data.num_classes, "in_channels": data.in_channels, "inherited": False}
-    res = fit(model, data, out_dir=a.out, loss="ce", model_meta=meta, **_fit_common(a))
+    res = fit(model, data, out_dir=a.out, loss="ce", model_meta=meta, **_fit_common(a, plan))
     if res.extra.get("is_global_zero", True) and _rank0():
         save_model(res.model, Path(a.out) / "model", arch=a.arch, num_classes=data.num_classes,
-                   in_channels=data.in_channels)
+                   in_channels=data.in_channels, overwrite=True)  # the run's own model (--force / --resume)
         ev = evaluate(res.model, data.test)
+        finish_run(plan, {"test_acc": ev["acc"], "epochs": len(res.metrics)})
         print(f"{a.arch}: test acc {100 * ev['acc']:.2f}% -> {Path(a.out) / 'model'}")
     return 0
 
@@ -307,7 +414,7 @@ def _inherit_hf_checkpoint(a: argparse.Namespace) -> int:
     else:
         from inhernet.hf.streaming import inherit_checkpoint
 
-        out = inherit_checkpoint(a.teacher, a.out, cfg, max_shard_size=a.max_shard_size)
+        out = inherit_checkpoint(a.teacher, a.out, cfg, max_shard_size=a.max_shard_size, overwrite=a.overwrite)
     print(f"saved -> {out} (load it with inhernet.load({str(out)!r}))")
     return 0
 
@@ -329,13 +436,15 @@ def _inherit_hf_whitened(a: argparse.Namespace, cfg: Any) -> Path:
                                seq_len=a.calibration_seq_len)
     model = inhernet.inherit(teacher, cfg, calibration=batches)
     print(inhernet.layer_report(model))
-    return inhernet.save(model, a.out, tokenizer=tokenizer)
+    return inhernet.save(model, a.out, tokenizer=tokenizer, overwrite=a.overwrite)
 
 
 def cmd_inherit(a: argparse.Namespace) -> int:
     import inhernet
-    from inhernet.train import load_model, save_model
+    from inhernet.io import check_save_target
+    from inhernet.train import save_model
 
+    check_save_target(a.out, overwrite=a.overwrite)  # before any work: a refusal costs nothing
     whitened, calibration = a.init == "whitened", a.calibration is not None
     if whitened != calibration:
         raise inhernet.config.ConfigError(
@@ -347,12 +456,13 @@ def cmd_inherit(a: argparse.Namespace) -> int:
         raise inhernet.config.ConfigError(
             "--init whitened from the command line takes a Hugging Face checkpoint folder; for other models call "
             "inhernet.inherit(model, init='whitened', calibration=batches) in Python")
-    teacher, info = load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
+    teacher, info = _load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
     if info.get("inherited"):
         raise inhernet.config.ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")
     budget = _parse_budget(a.budget, info["num_classes"], info["in_channels"])
     model = inhernet.inherit(teacher, _inherit_config(a, budget))
-    save_model(model, a.out, arch=info["arch"], num_classes=info["num_classes"], in_channels=info["in_channels"])
+    save_model(model, a.out, arch=info["arch"], num_classes=info["num_classes"], in_channels=info["in_channels"],
+               overwrite=a.overwrite)
     print(inhernet.layer_report(model))
     print(f"saved -> {a.out}")
     return 0
@@ -360,32 +470,42 @@ def cmd_inherit(a: argparse.Namespace) -> int:
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     from inhernet.train import DistillLoss, evaluate, fit, load_model, save_model
+    from inhernet.train.identity import file_digest, finish_run
 
     _setup(a)
+    _check_schedule(a)
     data = _load_data(a)
     model, info = load_model(a.model, num_classes=data.num_classes, in_channels=data.in_channels)
-    teacher = None
+    teacher, teacher_source = None, None
     if a.loss != "ce":
         if not a.teacher:
             raise ValueError(f"--loss {a.loss} distils from a teacher: give --teacher PATH")
-        teacher, _ = load_model(a.teacher, num_classes=data.num_classes, in_channels=data.in_channels)
+        teacher, tinfo = load_model(a.teacher, num_classes=data.num_classes, in_channels=data.in_channels)
+        teacher_source = {"arch": tinfo["arch"], "sha256": file_digest(tinfo["path"])}
     loss = DistillLoss(kind=a.loss, alpha=a.alpha, beta=a.beta, temperature=a.temperature)
+    # the files' hashes, not their paths, say which model and teacher the run starts from
+    model_source = {"arch": info["arch"], "inherited": bool(info["inherited"]), "sha256": file_digest(info["path"])}
+    source = {"model": model_source, "teacher": teacher_source, "loss": loss.resolved()}
+    plan = _claim_out(a, _run_identity(a, **source))
+    if plan.action == "skip":
+        return 0
     meta = {k: info[k] for k in ("arch", "num_classes", "in_channels", "inherited")}
-    res = fit(model, data, out_dir=a.out, teacher=teacher, loss=loss, model_meta=meta, **_fit_common(a))
+    res = fit(model, data, out_dir=a.out, teacher=teacher, loss=loss, model_meta=meta, **_fit_common(a, plan))
     if res.extra.get("is_global_zero", True) and _rank0():
         save_model(res.model, Path(a.out) / "model", arch=info["arch"], num_classes=data.num_classes,
-                   in_channels=data.in_channels)
+                   in_channels=data.in_channels, overwrite=True)  # the run's own model (--force / --resume)
         ev = evaluate(res.model, data.test)
+        finish_run(plan, {"test_acc": ev["acc"], "epochs": len(res.metrics)})
         print(f"test acc {100 * ev['acc']:.2f}% -> {Path(a.out) / 'model'}")
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     import inhernet
-    from inhernet.train import evaluate, load_model, measure_latency
+    from inhernet.train import evaluate, measure_latency
 
     data = _load_data(a)
-    model, info = load_model(a.model, arch=a.arch, num_classes=data.num_classes, in_channels=data.in_channels)
+    model, info = _load_model(a.model, arch=a.arch, num_classes=data.num_classes, in_channels=data.in_channels)
     split = getattr(data, a.split)
     ev = evaluate(model, split)
     shape = (1, data.in_channels, *data.image_size)
@@ -410,10 +530,17 @@ def cmd_export(a: argparse.Namespace) -> int:
     import torch
 
     import inhernet
-    from inhernet.train import load_model
+    from inhernet.config import ConfigError
 
+    if a.input_shape is not None and min(a.input_shape) < 1:
+        raise ConfigError(f"--input-shape {' '.join(map(str, a.input_shape))}: every size of one input image "
+                          "(C H W) must be at least 1, e.g. --input-shape 1 28 28.")
+    if a.opset is not None:
+        from inhernet.export import check_opset
+
+        check_opset(a.opset)  # before the model is loaded
     in_channels = a.input_shape[0] if a.input_shape else None
-    model, info = load_model(a.model, arch=a.arch, num_classes=a.num_classes, in_channels=in_channels)
+    model, info = _load_model(a.model, arch=a.arch, num_classes=a.num_classes, in_channels=in_channels)
     shape = tuple(a.input_shape) if a.input_shape else (info["in_channels"], 32, 32)
     res = inhernet.export_onnx(model, a.out, torch.randn(1, *shape), dynamic_spatial=a.dynamic_size,
                                check=a.check, opset=a.opset)
@@ -429,7 +556,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {k: v for k, v in (("out_dir", a.out_dir), ("cache_dir", a.cache_dir),
                                                     ("seeds", a.seeds)) if v}
-    if a.epochs:
+    if a.epochs is not None:  # --epochs 0 is refused by the config's validation, not dropped
         overrides["schedule"] = {"epochs": a.epochs}
     tr = {k: v for k, v in (("accelerator", a.accelerator), ("devices", a.devices and _devices(a.devices)),
                             ("num_nodes", a.num_nodes), ("strategy", a.strategy), ("threads", a.threads)) if v}
@@ -438,7 +565,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if tr:
         overrides["trainer"] = tr
     cfg = load_config(a.config, overrides)
-    run_compare(cfg, force=a.force)
+    results = run_compare(cfg, force=a.force)
+    failed = (results or {}).get("failed_runs", [])
+    if failed:  # the table is written, but a scheduler must not see success
+        print(f"error: {len(failed)} run(s) failed (listed above and in results.md); a diverged run "
+              "diverges again with the same settings: change them (e.g. a lower lr) and re-run with --force",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -488,7 +621,32 @@ def _known_errors() -> tuple[type, ...]:
     from inhernet.train import ModelLoadError
 
     errs += [CompareConfigError, CompareError, ModelLoadError, ValueError]
+    from inhernet.io import ModelExistsError
+
+    # an output path that cannot be written (read-only, a file in the way): printed by _user_message
+    errs += [ModelExistsError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError]
+    try:  # Lightning's own "your settings cannot work here" (e.g. more devices than the machine has)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        errs.append(MisconfigurationException)
+    except ImportError:  # pragma: no cover
+        pass
     return tuple(errs)
+
+
+#: commands that continue where an interrupted call stopped when they are run again
+RESUMABLE = ("train-teacher", "finetune", "compare")
+
+
+def _resume_hint(a: argparse.Namespace, argv: Optional[Sequence[str]]) -> str:
+    """How to go on after an interruption: the same command, less --force / --no-resume (which would
+    delete what was kept)."""
+    if a.command not in RESUMABLE:
+        return "run the same command again to redo it."
+    import shlex
+
+    args = [x for x in (sys.argv[1:] if argv is None else list(argv)) if x not in ("--force", "--no-resume")]
+    return f"to resume, run the same command again: inhernet {shlex.join(args)}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -503,15 +661,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from inhernet.train.signals import TrainingInterrupted, sigterm_as_interrupt
+
     try:
-        return COMMANDS[a.command](a)
+        with sigterm_as_interrupt():  # a scheduler's SIGTERM stops the command like Ctrl-C, never with rc 0
+            _check_accelerator(a)
+            return COMMANDS[a.command](a)
+    except TrainingInterrupted as err:
+        print(f"\ninhernet {a.command}: {err}.\n{_resume_hint(a, argv)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"\ninhernet {a.command}: interrupted.\n{_resume_hint(a, argv)}", file=sys.stderr)
         return 130
     except _known_errors() as err:
         if os.environ.get("INHERNET_DEBUG"):
             raise
-        print(f"inhernet {a.command}: error: {err}", file=sys.stderr)
+        print(f"inhernet {a.command}: error: {_user_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
+
+from inhernet.config import ConfigError
+from inhernet.train import validate
+from inhernet.utils import stable_hash
 
 __all__ = [
     "CompareConfig",
@@ -53,20 +54,17 @@ __all__ = [
 METHOD_KINDS = ("student", "student_kd", "student_dkd", "student_lskd", "inhernet")
 KD_CHOICES = (False, True, "kd", "dkd", "lskd")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "single_device")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-class CompareConfigError(ValueError):
-    """A comparison config is invalid; the message names the key and the fix."""
+class CompareConfigError(ConfigError):
+    """A comparison config is invalid; the message names the key and the fix.
+
+    A :class:`inhernet.config.ConfigError`, so every invalid option, whichever entry point it came
+    through (command line, YAML, Python), is one kind of error."""
 
 
 class ConfigKeyError(CompareConfigError):
     """A config key is unknown."""
-
-
-def stable_hash(obj: Any, n: int = 12) -> str:
-    """Short SHA-256 of a JSON-able object (sorted keys): the cache / run identity."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -143,6 +141,17 @@ def _check(cond: bool, msg: str) -> None:
         raise CompareConfigError(msg)
 
 
+def _validated(check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run a check of :mod:`inhernet.train.validate` (the rules every entry point shares); its
+    ``ConfigError`` is raised as a :class:`CompareConfigError` with the same message."""
+    try:
+        check(*args, **kwargs)
+    except CompareConfigError:
+        raise
+    except ConfigError as err:
+        raise CompareConfigError(str(err)) from err
+
+
 @dataclass
 class DataConfig:
     """The data set (see :func:`inhernet.data.load_dataset`) and the training augmentation."""
@@ -175,7 +184,12 @@ class TeacherConfig:
     batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"teacher.epochs={self.epochs} must be >= 1")
+        option = "teacher.{}".format
+        _validated(validate.check_count, "epochs", self.epochs, option=option, what="training epochs")
+        if self.lr is not None:
+            _validated(validate.check_learning_rate, "lr", self.lr, option=option)
+        if self.batch_size is not None:
+            _validated(validate.check_batch_size, "batch_size", self.batch_size, option=option)
 
 
 @dataclass
@@ -198,12 +212,10 @@ class ScheduleConfig:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"schedule.epochs={self.epochs} must be >= 1")
-        _check(self.batch_size >= 1, f"schedule.batch_size={self.batch_size} must be >= 1")
-        _check(self.lr > 0, f"schedule.lr={self.lr} must be > 0")
-        if self.milestones is not None:
-            _check(all(isinstance(m, int) and m > 0 for m in self.milestones),
-                   f"schedule.milestones={self.milestones} must be positive epoch numbers")
+        _validated(validate.check_training_options, epochs=self.epochs, batch_size=self.batch_size,
+                   eval_batch_size=self.eval_batch_size, lr=self.lr, momentum=self.momentum,
+                   weight_decay=self.weight_decay, milestones=self.milestones, gamma=self.gamma,
+                   option="schedule.{}".format)
 
 
 @dataclass
@@ -228,8 +240,8 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "every method needs a name")
-        _check(bool(_NAME_RE.match(self.name)),
-               f"method name {self.name!r} may only hold letters, digits and _ . + - (it names a folder)")
+        # the name is the run folder's name (out_dir/runs/<name>/): "..", "../x" or ".x" would escape or hide it
+        _validated(validate.check_folder_name, "method name", self.name)
         if self.kind not in METHOD_KINDS:
             close = difflib.get_close_matches(self.kind, METHOD_KINDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -323,6 +335,10 @@ class LatencyConfig:
     rounds: int = 5
     iters: int = 10
     threads: Optional[int] = 1
+
+    def __post_init__(self) -> None:
+        _validated(validate.check_latency_options, rounds=self.rounds, iters=self.iters, batch_size=self.batch_size,
+                   threads=self.threads, option="latency.{}".format)
 
 
 @dataclass

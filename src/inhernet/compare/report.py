@@ -45,15 +45,18 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
 
     shape = (1, data.in_channels, *data.image_size)
     by_method: dict[str, list[dict]] = {}
+    failed_by_method: dict[str, list[dict]] = {}
     for r in runs:
-        by_method.setdefault(r["method"], []).append(r)
+        (failed_by_method if r.get("failed") else by_method).setdefault(r["method"], []).append(r)
     methods = []
     models: dict[str, nn.Module] = {"teacher": teacher}
     for m in cfg.methods:
         rs = sorted(by_method.get(m.name, []), key=lambda r: r["seed"])
+        fails = sorted(failed_by_method.get(m.name, []), key=lambda r: r["seed"])
         entry: dict[str, Any] = {"name": m.name, "label": m.label or m.name, "kind": m.kind,
                                  "loss": m.loss_kind, "seeds": [r["seed"] for r in rs],
-                                 "complete": len(rs) == len(cfg.seeds)}
+                                 "complete": len(rs) == len(cfg.seeds),
+                                 "failed": [{"seed": r["seed"], "reason": r["reason"]} for r in fails]}
         if rs:
             accs = [r["final"].get("test/acc") for r in rs]
             vals = [r["final"].get("val/acc") for r in rs]
@@ -124,6 +127,7 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
         "student_params": student_params,
         "reference_kd_student": ref["name"] if ref else None,
         "methods": methods,
+        "failed_runs": [{"method": e["name"], **f} for e in methods for f in e["failed"]],
         "latency": {"batch_size": lat_cfg.batch_size, "threads": lat_cfg.threads or torch.get_num_threads(),
                     "measured": bool(measure and lat_cfg.enabled), "cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
@@ -146,15 +150,20 @@ def format_table(results: dict) -> str:
         head.append(f"epochs to {ref} acc")
     rows = []
     for e in [results["teacher"], *results["methods"]]:
+        n = len(e.get("seeds", []))
+        n_failed = len(e.get("failed", []))
         if e.get("test_acc_mean") is None:
-            acc = "–"
+            acc = "FAILED" if n_failed else "–"
         elif e["kind"] == "teacher":
             acc = _pct(e["test_acc_mean"])
+        elif n == 1:
+            acc = f"{_pct(e['test_acc_mean'])} (n = 1)"
         else:
             acc = f"{_pct(e['test_acc_mean'])} ± {_pct(e['test_acc_std'])}"
-        n = len(e.get("seeds", []))
-        row = [e.get("label", e["name"]), e["kind"], e.get("loss", ""), acc,
-               str(n) + ("" if e.get("complete", True) else " (incomplete)"),
+        seeds = str(n) + (f", {n_failed} FAILED" if n_failed else "")
+        if not e.get("complete", True) and not n_failed:
+            seeds += " (incomplete)"
+        row = [e.get("label", e["name"]), e["kind"], e.get("loss", ""), acc, seeds,
                f"{e['params']:,}" if e.get("params") else "–",
                f"{e['params'] / sp:.2f}" if e.get("params") and sp else "–",
                f"{e['flops'] / 1e6:.1f}" if e.get("flops") else "–",
@@ -179,6 +188,8 @@ def format_table(results: dict) -> str:
         f"interleaved rounds, batch {lat.get('batch_size')}, {lat.get('threads')} thread(s), torch "
         f"{lat.get('torch')}" + ("" if lat.get("measured", True) else " (from an earlier measurement)") + ".",
     ]
+    for f in results.get("failed_runs", []):
+        notes.append(f"FAILED: {f['method']} seed {f['seed']} — {f['reason']}; not counted in its mean.")
     if results.get("wall_time_s"):
         notes.append(f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min.")
     return "\n".join(lines + notes)

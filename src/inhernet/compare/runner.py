@@ -5,10 +5,15 @@ Layout of ``out_dir``::
     config.yaml                  the validated config of the last run (written after validation)
     teacher.json                 the teacher used: where it is, its accuracy, params, FLOPs
     runs/<method>/seed<k>/       one run: run.json (its identity), metrics.jsonl,
-                                 checkpoints/last.ckpt, model/ (final weights), done.json
+                                 checkpoints/last.ckpt, model/ (final weights), done.json —
+                                 or failed.json when training diverged (NaN/Inf loss or gradient)
     results.json  results.md  acc_vs_epoch.png  acc_vs_params.png
 
 A run with ``done.json`` is finished and skipped; a run with only a checkpoint resumes from it. A run
+that diverges is stopped (:class:`~inhernet.train.TrainingDivergedError`), recorded in ``failed.json``
+and shown as failed in the report, never as a result; the other runs go on, and the invocation
+reports the failures at the end (the CLI exits non-zero). A re-run skips it (it would diverge again)
+until ``force=True`` retrains it. A run
 folder whose identity (a hash of data, teacher, schedule, method and seed) differs from what the
 current config asks for is never overwritten silently: that is an error unless ``force=True``.
 Everything is validated (config, data, teacher) before anything is written.
@@ -28,8 +33,10 @@ import torch
 from torch import nn
 
 from inhernet.train.fit import global_rank
+from inhernet.train.identity import file_digest
+from inhernet.utils import stable_hash
 
-from .config import CompareConfig, MethodConfig, stable_hash
+from .config import CompareConfig, MethodConfig
 
 __all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model"]
 
@@ -54,20 +61,6 @@ def _read_json(path: Path) -> Optional[dict]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _sha_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and p.suffix in (".safetensors", ".json", ".ckpt", ".pt", ".pth"))
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:12]
 
 
 def _data_identity(cfg: CompareConfig) -> dict:
@@ -95,7 +88,7 @@ def _teacher_schedule(cfg: CompareConfig) -> dict:
 
 def teacher_key(cfg: CompareConfig) -> str:
     if cfg.teacher.path:
-        return "file-" + _sha_file(Path(cfg.teacher.path))
+        return "file-" + file_digest(cfg.teacher.path)
     return stable_hash({"data": _data_identity(cfg), "arch": cfg.teacher.arch, "seed": cfg.teacher.seed,
                         "schedule": _teacher_schedule(cfg)})
 
@@ -165,7 +158,7 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
             "curve": [r.get("test/acc") for r in res.metrics], "epochs": t.epochs,
             "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics)}
     if res.extra.get("is_global_zero", True) and global_rank() == 0:
-        save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic)
+        save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)  # the cache's own
         _write_json(folder / "done.json", info)
     return model, {**info, "path": str(model_dir)}
 
@@ -252,7 +245,7 @@ def _stale(runs: list[dict]) -> list[dict]:
 def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progress: Any, i: int, n: int,
              log: Callable[[str], None]) -> Optional[dict]:
     import inhernet
-    from inhernet.train import DistillLoss, fit, save_model
+    from inhernet.train import DistillLoss, TrainingDivergedError, fit, save_model
 
     m: MethodConfig = r["method"]
     seed, d = r["seed"], r["dir"]
@@ -261,6 +254,10 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     if done is not None and done.get("key") == r["key"]:
         log(f"{tag}: done, skipped (test acc {100 * done['final'].get('test/acc', float('nan')):.2f}%)")
         return done
+    failed = _read_json(d / "failed.json")
+    if failed is not None and failed.get("key") == r["key"]:
+        log(f"{tag}: failed earlier ({failed['reason']}); skipped — --force retrains it")
+        return failed
     rank0 = global_rank() == 0
     if rank0:
         _write_json(d / "run.json", {"key": r["key"], **r["identity"]})
@@ -270,12 +267,19 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     loss = DistillLoss.from_dict(m.loss_spec())
     s = cfg.schedule
     t0 = time.perf_counter()
-    res = fit(model, data, out_dir=d, teacher=teacher if loss.needs_teacher else None, loss=loss,
-              epochs=s.epochs, batch_size=s.batch_size, eval_batch_size=s.eval_batch_size, lr=s.lr,
-              momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov, milestones=s.milestones,
-              gamma=s.gamma, augment=cfg.data.augment, seed=seed, resume=True, model_meta=meta,
-              **_fit_kwargs(cfg, progress))
-    teacher.cpu()  # fit moved it to the training device
+    try:
+        res = fit(model, data, out_dir=d, teacher=teacher if loss.needs_teacher else None, loss=loss,
+                  epochs=s.epochs, batch_size=s.batch_size, eval_batch_size=s.eval_batch_size, lr=s.lr,
+                  momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov, milestones=s.milestones,
+                  gamma=s.gamma, augment=cfg.data.augment, seed=seed, resume=True, model_meta=meta,
+                  run_name=f"{m.name}/seed{seed}", **_fit_kwargs(cfg, progress))
+    except TrainingDivergedError as err:
+        out = {"key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "failed": True,
+               "reason": err.reason, "message": str(err), "step": err.step, "epoch": err.epoch}
+        if rank0:
+            _write_json(d / "failed.json", out)
+        log(f"{tag}: FAILED — {err}")
+        return out
     if not (res.extra.get("is_global_zero", True) and rank0):
         return None
     model = res.model.eval()
@@ -295,6 +299,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         except Exception:  # noqa: BLE001 - a report is a nicety
             pass
     save_model(model, d / "model", arch=meta["arch"], num_classes=data.num_classes, in_channels=data.in_channels,
+               overwrite=True,  # this run's own folder (a resumed run re-saves its model)
                extra={"method": m.name, "seed": seed})
     _write_json(d / "done.json", out)
     log(f"{tag}: test acc {100 * out['final'].get('test/acc', float('nan')):.2f}% "
@@ -350,9 +355,11 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
                 if r["dir"].exists():
                     shutil.rmtree(r["dir"])
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        # the teacher's path relative to out_dir, so `inhernet report` works from any directory
+        tinfo = {**tinfo, "path": os.path.relpath(Path(tinfo["path"]).resolve(), out.resolve())}
         _write_json(out / "teacher.json", tinfo)
 
-    # 3. every method x seed
+    # 3. every method x seed (a diverged run is recorded as failed; the others go on)
     results_per_run = []
     for i, r in enumerate(runs, 1):
         res = _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
@@ -360,6 +367,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
             results_per_run.append(res)
     if not rank0:
         return None
+    failed = [f"{r['method']}/seed{r['seed']}: {r['reason']}" for r in results_per_run if r.get("failed")]
     # 4. report
     results = build_results(cfg, data, teacher, tinfo, results_per_run, wall_time_s=time.perf_counter() - t_start)
     if report:
@@ -368,7 +376,18 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
         log(table)
         log(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}, {out / 'acc_vs_epoch.png'}, "
             f"{out / 'acc_vs_params.png'}")
+    if failed:
+        log(f"\n{len(failed)} run(s) FAILED and are reported as failed, not as results:\n  " + "\n  ".join(failed))
     return results
+
+
+def teacher_path(out_dir: Path, tinfo: dict) -> Path:
+    """Where ``teacher.json``'s teacher lies: its path is stored relative to ``out_dir`` (older runs
+    stored it relative to the directory `inhernet compare` ran in, tried second)."""
+    p = Path(tinfo["path"])
+    if p.is_absolute():
+        return p
+    return out_dir / p if (out_dir / p).exists() or not p.exists() else p
 
 
 def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Callable[[str], None] = _info) -> dict:
@@ -385,12 +404,15 @@ def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Cal
         raise CompareError(f"{cpath} not found: {out} is not the out_dir of an `inhernet compare` run.")
     cfg = CompareConfig.from_dict(yaml.safe_load(cpath.read_text()), where=str(cpath))
     cfg.out_dir = str(out)
-    tinfo = _read_json(out / "teacher.json") or {}
+    tinfo = _read_json(out / "teacher.json")
+    if not tinfo or "path" not in tinfo:
+        raise CompareError(f"{out / 'teacher.json'} is missing or damaged; re-run `inhernet compare` on the config "
+                           "to rebuild it (finished runs are reused).")
     data = load_data(cfg)
-    teacher, _ = load_model(tinfo["path"], expect_arch=cfg.teacher.arch)
+    teacher, _ = load_model(teacher_path(out, tinfo), expect_arch=cfg.teacher.arch)
     done = []
     for r in plan_runs(cfg, tinfo.get("key", teacher_key(cfg))):
-        d = _read_json(r["dir"] / "done.json")
+        d = _read_json(r["dir"] / "done.json") or _read_json(r["dir"] / "failed.json")
         if d is not None:
             done.append(d)
     previous = _read_json(out / "results.json") if not latency else None

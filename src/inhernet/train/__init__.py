@@ -25,6 +25,7 @@ from .store import (
     save_model,
 )
 from .evaluate import evaluate, measure_latency
+from .guard import NonFiniteGuard, TrainingDivergedError
 
 __all__ = [
     "LOSS_KINDS",
@@ -35,8 +36,10 @@ __all__ = [
     "FitResult",
     "JsonlMetrics",
     "ModelLoadError",
+    "NonFiniteGuard",
     "TensorDataModule",
     "TensorLoader",
+    "TrainingDivergedError",
     "ce_loss",
     "dkd_loss",
     "dkd_parts",

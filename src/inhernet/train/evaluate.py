@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -10,21 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import eval_mode
+
 __all__ = ["evaluate", "measure_latency"]
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Any, batch_size: int = 512) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` on a split with ``.x`` / ``.y``."""
-    was_training = model.training
-    model.eval()
     correct, loss_sum, n = 0, 0.0, len(data.y)
-    for i in range(0, n, batch_size):
-        x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
-        logits = model(x)
-        correct += int((logits.argmax(1) == y).sum())
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+            logits = model(x)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
     return {"acc": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
 
 
@@ -46,15 +47,19 @@ def measure_latency(
     measurement (restored afterwards). Returns ``{name: {"ms_per_image", "ms_per_batch", "batch",
     "threads"}}``.
     """
+    from .validate import check_latency_options
+
+    check_latency_options(rounds=rounds, iters=iters, batch_size=int(input_shape[0]), threads=threads)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    modes = contextlib.ExitStack()
     try:
         x = torch.randn(*input_shape)
         batch = int(input_shape[0])
         cpu = {}
         for name, m in models.items():
-            m = m.to("cpu").eval()
+            m = modes.enter_context(eval_mode(m.to("cpu")))
             cpu[name] = m
             for _ in range(warmup):
                 m(x)
@@ -72,4 +77,5 @@ def measure_latency(
                          "threads": torch.get_num_threads()}
         return out
     finally:
+        modes.close()
         torch.set_num_threads(old_threads)

@@ -30,8 +30,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from ..data.loader import TensorLoader
+from .guard import NonFiniteGuard
 from .losses import DistillLoss
 from .module import DistillModule
+from .signals import stop_cleanly
+from .validate import check_training_options
 
 __all__ = ["FitResult", "JsonlMetrics", "TensorDataModule", "fit", "global_rank", "read_metrics", "CHECKPOINT_NAME"]
 
@@ -210,6 +213,7 @@ def fit(
     precision: Any = None,
     progress: Union[bool, str] = True,
     callbacks: Iterable[Callback] = (),
+    run_name: Optional[str] = None,
     num_classes: Optional[int] = None,
     model_meta: Optional[dict] = None,
     limit_train_batches: Union[int, float, None] = None,
@@ -228,12 +232,23 @@ def fit(
             (the old checkpoint and metrics are replaced).
         progress: ``True``/``"tqdm"`` (Lightning's TQDM bar), ``"rich"``, or ``False``.
         callbacks: extra Lightning callbacks.
+        run_name: how errors name this run (default: ``out_dir``). A non-finite loss or gradient
+            stops training with a :class:`~inhernet.train.guard.TrainingDivergedError` naming the
+            run, the step and the likely fixes; the last epoch's checkpoint is kept.
         quiet: hide Lightning's info messages (warnings still show).
         deterministic: ``torch.use_deterministic_algorithms`` (off by default: on CPU it makes
             convolutions 5-10x slower, and CPU runs with the same thread count already repeat exactly).
     Returns:
         :class:`FitResult` with the trained model (the same object as ``model``, weights updated).
+    Raises:
+        inhernet.config.ConfigError: an invalid option (epochs < 1, lr <= 0, ...; see
+            :mod:`inhernet.train.validate`), raised before anything is written.
+        inhernet.train.signals.TrainingInterrupted: SIGTERM or Ctrl-C; the checkpoint of the last
+            finished epoch is kept and ``resume=True`` continues from it.
     """
+    # every bad option fails here, before anything is created or trained
+    check_training_options(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
+                           momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -269,8 +284,10 @@ def fit(
         weight_decay=weight_decay, nesterov=nesterov, milestones=milestones, gamma=gamma,
         eval_names=dm.eval_splits, model_meta=model_meta,
     )
+    module.run_name = run_name or str(out)
 
     cbs: list[Callback] = [
+        NonFiniteGuard(run_name or str(out)),  # a NaN/Inf loss or gradient stops the run: TrainingDivergedError
         JsonlMetrics(metrics_path),
         # monitor=None + save_top_k=1: the latest epoch's checkpoint, always under the same name
         ModelCheckpoint(dirpath=ckpt_dir, filename=CHECKPOINT_NAME[: -len(".ckpt")], monitor=None, save_top_k=1,
@@ -314,7 +331,9 @@ def fit(
         for lg in loggers:
             lg.setLevel(logging.WARNING)
     try:
-        trainer = _run_trainer(trainer_kwargs, module, dm, resume_from)
+        # SIGTERM / Ctrl-C: the checkpoint of the last finished epoch is kept, TrainingInterrupted is raised
+        with stop_cleanly(out, ckpt_path):
+            trainer = _run_trainer(trainer_kwargs, module, dm, resume_from)
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)

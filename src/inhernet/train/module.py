@@ -4,12 +4,18 @@ The paper's recipe (METHOD.md §5): SGD, momentum 0.9, weight decay 5e-4, lr 0.0
 150/180/210 of 240 -- the milestones are scaled to the epoch count of the run.
 
 The teacher is held outside the module's registered children: it is not wrapped by DDP, gets no
-gradients, stays in eval mode, and is not written into the checkpoint (the checkpoint's
-``state_dict`` holds the trained model only, under ``model.``).
+gradients (its forward runs under ``no_grad``), runs in eval mode, and is not written into the
+checkpoint (the checkpoint's ``state_dict`` holds the trained model only, under ``model.``).
+**The teacher object is never changed**: no ``requires_grad_``, no ``eval()`` that outlives its
+forward (:func:`inhernet.utils.eval_mode` restores every submodule's flag), no device move — on
+another device the module distils from a private copy. So one teacher can serve several methods in
+one process, in any order, with the same results (a KD method once froze the shared teacher's
+parameters, and every InherNet inherited after it trained with frozen BatchNorm and classifier).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict
 from typing import Any, Optional, Sequence, Union
@@ -20,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..utils import eval_mode
+from .guard import TrainingDivergedError
 from .losses import DistillLoss
 
 __all__ = ["DistillModule", "PAPER_MILESTONES", "PAPER_EPOCHS", "scaled_milestones", "make_loss"]
@@ -84,8 +92,7 @@ class DistillModule(L.LightningModule):
             raise ValueError(f"loss {self.loss_fn.kind!r} distils from a teacher, but no teacher was given")
         # a tuple keeps the teacher out of the registered children (no DDP, no checkpoint, no .train())
         self._teacher: tuple = (teacher,) if teacher is not None else ()
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
+        self.run_name = "(unnamed)"  # set by fit(): how errors name the run
         self.milestones = list(milestones) if milestones is not None else scaled_milestones(epochs)
         self.eval_names = list(eval_names)
         self.save_hyperparameters(
@@ -114,16 +121,30 @@ class DistillModule(L.LightningModule):
         return self.model(x)
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
-            self.teacher.to(self.device).eval().requires_grad_(False)
+        t = self.teacher
+        if t is None:
+            return
+        ref = next(iter(t.parameters()), None)
+        if ref is not None and ref.device != self.device:
+            # a private copy on the training device: the caller's teacher stays where it is
+            self._teacher = (copy.deepcopy(t).to(self.device),)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for ``x``: eval mode, no gradients, the teacher left as it was."""
+        with torch.no_grad(), eval_mode(self.teacher):
+            logits = self.teacher(x)
+        if not torch.isfinite(logits).all():
+            raise TrainingDivergedError(self.run_name, self.global_step, self.current_epoch,
+                                        "the teacher's logits are non-finite (NaN/Inf) on a training batch; "
+                                        "check the teacher's weights")
+        return logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
         t_logits = None
         if self.loss_fn.needs_teacher:
-            with torch.no_grad():
-                t_logits = self.teacher(x)
+            t_logits = self.teacher_logits(x)
         loss = self.loss_fn(logits, t_logits, y, progress=self._progress())
         n = y.shape[0]
         self.train_acc(logits.detach(), y)

@@ -22,8 +22,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["ArchitectureMismatchError", "ModelLoadError", "load_model", "save_model", "model_info",
-           "DENSE_CONFIG_NAME"]
+__all__ = ["ArchitectureMismatchError", "ArchitectureUnknownError", "ModelLoadError", "load_model", "save_model",
+           "model_info", "DENSE_CONFIG_NAME"]
 
 DENSE_CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,6 +38,15 @@ class ArchitectureMismatchError(ModelLoadError):
     """The saved model is not of the architecture it was expected to be."""
 
 
+class ArchitectureUnknownError(ModelLoadError):
+    """A bare state dict was given without ``arch=``: nothing says which architecture to build.
+    ``path`` is the file; a command line that has an ``--arch`` option says to use it."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def _is_inherited(model: nn.Module) -> bool:
     from inhernet.layers import INHER_LAYERS
 
@@ -45,18 +54,24 @@ def _is_inherited(model: nn.Module) -> bool:
 
 
 def save_model(model: nn.Module, folder: Union[str, os.PathLike], *, arch: str, num_classes: int,
-               in_channels: int, extra: Optional[dict] = None) -> Path:
+               in_channels: int, extra: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Save a dense model (``arch`` = its registry name) or an inherited one (``arch`` = the teacher's).
 
-    Writes are atomic per file (temporary name, then rename).
+    A folder that already holds a model is refused (:class:`inhernet.io.ModelExistsError`) unless
+    ``overwrite=True``: the CLI's ``--overwrite``, or a run folder that training itself rewrites.
+    Only the model's files are written (or, when a dense model replaces an inherited one or the
+    reverse, removed); other files in the folder are left alone. Writes are atomic per file
+    (temporary name, then rename).
     """
     import inhernet
+    from inhernet.io import check_save_target
 
     folder = Path(folder)
+    check_save_target(folder, overwrite=overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     info = {"arch": arch, "num_classes": int(num_classes), "in_channels": int(in_channels), **(extra or {})}
     if _is_inherited(model):
-        inhernet.save(model, folder, extra=info)
+        inhernet.save(model, folder, extra=info, overwrite=True)  # the folder was checked above
         stale = folder / DENSE_CONFIG_NAME
         if stale.exists():
             stale.unlink()
@@ -82,15 +97,18 @@ def model_info(path: Union[str, os.PathLike]) -> dict:
     p = _resolve(Path(path))
     if p.is_dir():
         if (p / INHERIT_CONFIG_NAME).is_file():
-            meta = json.loads((p / INHERIT_CONFIG_NAME).read_text())
-            extra = meta.get("extra", {}) or {}
-            return {"kind": "inherited", "path": str(p), **{k: extra.get(k) for k in ("arch", "num_classes",
-                                                                                        "in_channels")},
-                    "plan": meta.get("plan", {})}
+            from inhernet.io import read_config
+
+            meta = read_config(p)  # checked: a damaged file is an InherNetLoadError naming the problem
+            extra = meta.get("extra") or {}
+            info = {k: extra.get(k) for k in ("arch", "num_classes", "in_channels")}
+            _check_info(info, p / INHERIT_CONFIG_NAME, "'extra'")
+            return {"kind": "inherited", "path": str(p), **info, "plan": meta["plan"]}
         if (p / DENSE_CONFIG_NAME).is_file():
-            meta = json.loads((p / DENSE_CONFIG_NAME).read_text())
-            return {"kind": "dense", "path": str(p), **{k: meta.get(k) for k in ("arch", "num_classes",
-                                                                                   "in_channels")}}
+            meta = _read_dense_config(p / DENSE_CONFIG_NAME)
+            info = {k: meta.get(k) for k in ("arch", "num_classes", "in_channels")}
+            _check_info(info, p / DENSE_CONFIG_NAME, "the config")
+            return {"kind": "dense", "path": str(p), **info}
         raise ModelLoadError(f"{p} holds no saved model (no {INHERIT_CONFIG_NAME} or {DENSE_CONFIG_NAME}).")
     if p.suffix == ".ckpt":
         ck = _torch_load(p)
@@ -99,6 +117,28 @@ def model_info(path: Union[str, os.PathLike]) -> dict:
                                                                                     "in_channels")},
                 "inherited": bool(meta.get("inherited"))}
     return {"kind": "state_dict", "path": str(p), "arch": None, "num_classes": None, "in_channels": None}
+
+
+def _read_dense_config(path: Path) -> dict:
+    """A dense model's ``model_config.json``: a JSON object, else a ModelLoadError naming the damage."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path} is not valid JSON ({err}); the file is damaged, save the model again.") from err
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path} is damaged: it holds a JSON {type(meta).__name__}, not an object; save the "
+                             "model again.")
+    return meta
+
+
+def _check_info(info: dict, path: Path, where: str) -> None:
+    """The architecture fields a saved model records: ``arch`` a string, the sizes positive ints."""
+    if info["arch"] is not None and not isinstance(info["arch"], str):
+        raise ModelLoadError(f"{path} is damaged: {where}['arch'] is {info['arch']!r}, not a model name.")
+    for key in ("num_classes", "in_channels"):
+        v = info[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ModelLoadError(f"{path} is damaged: {where}[{key!r}] is {v!r}, not a positive integer.")
 
 
 def _resolve(p: Path) -> Path:
@@ -171,7 +211,9 @@ def load_model(
     _check_expected(found_arch, expect_arch, p)
     arch = found_arch or arch or expect_arch
     if not arch:
-        raise ModelLoadError(f"{p} does not record its architecture; pass arch= (--arch).")
+        raise ArchitectureUnknownError(
+            f"{p} is a bare state dict, which does not record its architecture; give a saved model folder or "
+            "training checkpoint instead, or name the architecture (load_model(..., arch=NAME)).", path=p)
     for key, given in (("num_classes", num_classes), ("in_channels", in_channels)):
         if info.get(key) is not None and given is not None and int(info[key]) != int(given):
             raise ArchitectureMismatchError(f"{p} was saved with {key}={info[key]}, but {key}={given} was expected.")
