@@ -8,6 +8,7 @@ from torch import nn
 
 import inhernet
 from inhernet import InheritConfig, InherConv2d, InherLinear, inherit
+from inhernet.config import ConfigError
 from inhernet.svd import as_matrix, singular_values, tail_error
 
 
@@ -77,14 +78,16 @@ def _rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.mark.parametrize("head_init", ["copies", "perturbed", "split"])
 @pytest.mark.parametrize("heads", [1, 3])
 @pytest.mark.parametrize("name,shape", [("resnet20", (4, 3, 32, 32)), ("vgg8", (2, 3, 32, 32)), ("mlp", (3, 10, 16))])
-def test_full_rank_exact_scale_reproduces_teacher(name, shape, heads):
+def test_full_rank_exact_scale_reproduces_teacher(name, shape, heads, head_init):
     teacher = MLP() if name == "mlp" else inhernet.models.create_model(name, num_classes=10)
     teacher.eval()
     if name == "vgg8":  # the test needs convs with biases
         assert any(isinstance(m, nn.Conv2d) and m.bias is not None for m in teacher.modules())
-    cfg = InheritConfig(rank=100_000, heads=heads, dense_at_full_rank=False, exclude_classifier=False)
+    cfg = InheritConfig(rank=100_000, heads=heads, dense_at_full_rank=False, exclude_classifier=False,
+                        head_init=head_init, head_init_scale=0.5 if head_init == "split" else 0.005)
     model = inherit(teacher, cfg, progress=False).eval()
     assert all(r.rank is not None for r in inhernet.layer_report(model).rows)
     x = torch.randn(*shape)
@@ -156,3 +159,49 @@ def test_h1_has_no_gate_and_matches_count():
     layer = InherLinear(10, 6, rank=3, heads=1)
     assert layer.gate is None
     assert inhernet.count_parameters(layer) == 3 * 10 + 3 * 6 + 6
+
+
+def _head_cosine(layer) -> float:
+    flat = torch.nn.functional.normalize(layer.up.detach().flatten(1), dim=1)
+    sims = flat @ flat.T
+    return float(sims[~torch.eye(layer.heads, dtype=torch.bool)].min())
+
+
+@pytest.mark.parametrize("structure", ["asymmetric", "symmetric"])
+@pytest.mark.parametrize("head_init,scale", [("perturbed", 0.005), ("split", 0.3)])
+def test_diversified_heads_keep_the_function_and_wake_the_gate(head_init, scale, structure):
+    """The paper's identical heads give the gate no gradient (ratio ~1e-9) and stay copies under SGD;
+    zero-sum head deviations with a zero gate compute the same function at step 0, give the gate a
+    gradient and let the heads grow apart."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(64, 16)
+    kw = dict(rank=6, heads=3, structure=structure, min_saving=None, progress=False)
+    copies = inherit(teacher, **kw)
+    model = inherit(teacher, head_init=head_init, head_init_scale=scale, **kw)
+    torch.testing.assert_close(model(x), copies(x), rtol=1e-5, atol=1e-6)
+    layer, ref = model[2], copies[2]
+    assert torch.count_nonzero(layer.gate.weight) == 0 and torch.count_nonzero(layer.gate.bias) == 0
+    deltas = (layer.up - ref.up.mean(0, keepdim=True)).detach()
+    assert deltas.sum(0).abs().max() < 1e-6  # zero-sum
+    assert float(deltas.flatten(1).norm(dim=1).mean() / ref.up[0].norm()) == pytest.approx(scale, rel=1e-4)
+    for net in (copies, model):
+        net.zero_grad()
+        net(x).pow(2).mean().backward()
+    ratio = lambda m: float(m[2].gate.weight.grad.norm() / m[2].up.grad.norm())  # noqa: E731
+    assert ratio(copies) < 1e-6 and ratio(model) > 1e-4
+    for net in (copies, model):
+        _train_steps(net, x, steps=100)
+    assert _head_cosine(copies[2]) > 0.9999
+    assert _head_cosine(model[2]) < _head_cosine(copies[2]) - 1e-5
+
+
+def test_head_init_needs_a_gate_to_do_anything():
+    teacher = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    a = inherit(teacher, rank=2, heads=3, gate="none", head_init="perturbed", min_saving=None, progress=False)
+    b = inherit(teacher, rank=2, heads=3, gate="none", min_saving=None, progress=False)
+    assert torch.equal(a[0].up, b[0].up)  # no gate: every head would get the same gradient
+    with pytest.raises(ConfigError, match="head_init"):
+        InheritConfig(head_init="noisy")
+    with pytest.raises(ConfigError, match="head_init_scale"):
+        InheritConfig(head_init_scale=-1.0)

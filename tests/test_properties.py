@@ -70,6 +70,8 @@ def configs(draw, junk: int = 15) -> dict:
     for key, valid in [("heads", st.integers(1, 4)), ("gate", st.sampled_from(["softmax", "none"])),
                        ("structure", st.sampled_from(["asymmetric", "symmetric"])),
                        ("head_scale", st.sampled_from(["exact", "paper"])),
+                       ("head_init", st.sampled_from(["copies", "perturbed", "split"])),
+                       ("head_init_scale", st.floats(0.0, 1.0)),
                        ("init", st.sampled_from(["svd", "random", "whitened"])),
                        ("svd", st.sampled_from(["exact", "randomized"])), ("rank_multiple", st.integers(1, 3)),
                        ("min_saving", st.one_of(st.none(), st.floats(0.0, 0.9))),

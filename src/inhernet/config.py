@@ -20,6 +20,8 @@ from torch import nn
 DEFAULT_RANK = 8
 
 HEAD_SCALES = ("exact", "paper")
+#: how the H heads start (see :meth:`inhernet.layers.InherLinear.diversify_heads`)
+HEAD_INITS = ("copies", "perturbed", "split")
 INITS = ("svd", "whitened", "random")
 GATES = ("softmax", "none")
 STRUCTURES = ("asymmetric", "symmetric")
@@ -101,6 +103,16 @@ class InheritConfig:
       heads:          number of gated up-projection heads H (paper: 3 on CIFAR, 2 on GLUE).
       head_scale:     ``"exact"`` (at full rank the network equals the teacher) or ``"paper"``
                       (every head divided by H, as in the paper and its demo).
+      head_init:      how the H SVD-initialised heads start. ``"copies"``: identical copies and a
+                      random gate (the paper) — the gate then gets no gradient and the heads stay
+                      copies under SGD. ``"perturbed"``: zero-sum random perturbations of the heads
+                      (Σ_h δ_h = 0) and a zero-initialised gate; ``"split"``: each head leans on a
+                      different subset of the kept singular directions (zero-sum too) and a zero
+                      gate. Both keep the layer's initial function exactly that of the copies (a
+                      zero gate mixes the heads uniformly) while giving the gate a gradient.
+      head_init_scale: size of the head deviations in the ``perturbed`` / ``split`` modes: the mean
+                      ‖δ_h‖ / ‖B‖ (default 0.005; ``split`` at 1.0 is the full split, head h =
+                      H × its subset).
       init:           ``"svd"`` (truncated SVD of each weight, the paper's), ``"whitened"``
                       (activation-aware: the SVD of ``W·L`` with ``L`` the Cholesky factor of the
                       layer's input second moment on calibration batches, so the kept rank minimises
@@ -133,6 +145,8 @@ class InheritConfig:
     layer_types: Sequence[str] = LAYER_TYPES
     exclude_classifier: bool = True
     head_scale: str = "exact"
+    head_init: str = "copies"
+    head_init_scale: float = 0.005
     init: str = "svd"
     gate: str = "softmax"
     structure: str = "asymmetric"
@@ -175,7 +189,7 @@ class InheritConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ConfigError(f"{name}={value!r} must be a number in (0, 1].")
-        for name in ("budget_mode", "head_scale", "init", "gate", "structure", "svd"):
+        for name in ("budget_mode", "head_scale", "head_init", "init", "gate", "structure", "svd"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a string.")
         _positive_int("seed", self.seed, allow_zero=True)
@@ -210,6 +224,10 @@ class InheritConfig:
             raise ConfigError("rank_pattern cannot be combined with a budget; the budget allocates every rank.")
         _choice("budget_mode", self.budget_mode, BUDGET_MODES)
         _choice("head_scale", self.head_scale, HEAD_SCALES)
+        _choice("head_init", self.head_init, HEAD_INITS)
+        if (isinstance(self.head_init_scale, bool) or not isinstance(self.head_init_scale, (int, float))
+                or not math.isfinite(self.head_init_scale) or self.head_init_scale < 0):
+            raise ConfigError(f"head_init_scale={self.head_init_scale!r} must be a finite number >= 0.")
         _choice("init", self.init, INITS)
         _choice("gate", self.gate, GATES)
         _choice("structure", self.structure, STRUCTURES)

@@ -458,6 +458,7 @@ def inherit_layer(module: nn.Module, spec: LayerSpec, rank: int, weight: torch.T
         fact = truncated_svd(matrix, rank, method=cfg.svd, niter=cfg.svd_niter, whiten=whiten, generator=gen)
         down, up = fact.factors()
         new.set_factors(down.to(weight.dtype), up.to(weight.dtype), bias, cfg.head_scale)
+        new.diversify_heads(cfg.head_init, cfg.head_init_scale, generator=gen)
         energy_kept = fact.energy_kept
     elif bias is not None:  # random factors, but the bias is inherited
         with torch.no_grad():

@@ -173,6 +173,42 @@ class _InherBase(nn.Module):
             else:
                 self.bias.copy_((bias * scale).unsqueeze(0).expand_as(self.bias))
 
+    @torch.no_grad()
+    def diversify_heads(self, mode: str = "perturbed", scale: float = 0.005,
+                        generator: torch.Generator | None = None) -> None:
+        """Make the (identical, SVD-initialised) heads differ without changing what the layer
+        computes, so the gate gets a gradient: every head ``B_h = B + δ_h`` with ``Σ_h δ_h = 0`` and
+        the gate zeroed (a zero gate mixes the heads uniformly, so ``Σ_h B_h / H = B``: the initial
+        function is that of the copies). Identical heads give the gate the gradient
+        ``g_h (u_h − y)ᵀ ∂L/∂y = 0``; different heads do not.
+
+        ``mode="perturbed"``: ``δ_h`` Gaussian (drawn on the CPU from ``generator``), centred over
+        heads. ``mode="split"``: head h scales the rank components ``j ≡ h (mod H)`` up and the others
+        down, ``δ_h = B·diag(H·1[j ≡ h] − 1)``, so each head leans on a different subset of the kept
+        singular directions (deterministic). Both are scaled to a mean ``‖δ_h‖ / ‖B‖`` of ``scale``.
+        ``mode="copies"``, one head, or no gate: nothing to do (without a gate every head gets the
+        same gradient, so differences would never grow).
+        """
+        if mode == "copies" or self.heads == 1 or self.gate is None:
+            return
+        base = self.up.mean(0)  # all heads are copies of B here; the mean keeps the function
+        if mode == "perturbed":
+            noise = torch.randn(self.up.shape, generator=generator, dtype=torch.float64)
+            delta = noise - noise.mean(0, keepdim=True)
+        elif mode == "split":
+            owner = torch.arange(self.rank) % self.heads  # component j belongs to head j mod H
+            mask = (owner[None, :] == torch.arange(self.heads)[:, None]).double()  # H × r
+            delta = base.double().cpu()[None] * (self.heads * mask - 1.0)[:, None, :]
+        else:
+            raise ConfigError(f"head_init={mode!r}: use 'copies', 'perturbed' or 'split'.")
+        size = float(delta.flatten(1).norm(dim=1).mean())
+        ref = float(base.double().norm())
+        if size > 0 and ref > 0:
+            delta = delta * (scale * ref / size)
+        self.up.copy_(base[None] + delta.to(self.up.dtype).to(self.up.device))
+        self.gate.weight.zero_()
+        self.gate.bias.zero_()
+
     def gate_weights(self, z: Tensor) -> Tensor:
         """Mixing weights g, shape ``(*batch, H)``: softmax gate, or 1/H without a gate."""
         pooled = self._pool(z)
