@@ -343,3 +343,23 @@ def test_report_works_from_any_working_directory(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["report", str(work / "out"), "--no-latency"]) == 0
     assert "| student |" in capsys.readouterr().out
+
+
+def test_teacher_can_train_on_every_image_while_methods_use_a_subset(tmp_path):
+    """teacher.subset: null trains the (cached) teacher on all training images; the methods keep
+    data.subset; the cache key differs from the same-data teacher's."""
+    from inhernet.compare.runner import teacher_key
+
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"}])
+    cfg["teacher"]["subset"] = None
+    cfg["schedule"]["epochs"] = 1
+    logs: list[str] = []
+    res = run_compare(load_config(write_cfg(tmp_path, cfg)), log=logs.append)
+    line = next(m for m in logs if "training images (the methods" in m)
+    n_teacher = int(line.split("teacher: ")[1].split(" ")[0].replace(",", ""))
+    assert n_teacher > 160 and "the methods: 160" in line
+    assert res["data"]["train"] == 160
+    same = CompareConfig.from_dict(tiny_config(tmp_path))
+    assert teacher_key(load_config(write_cfg(tmp_path, cfg, "c2.yaml"))) != teacher_key(same)
+    with pytest.raises(CompareConfigError, match="teacher.subset"):
+        CompareConfig.from_dict(tiny_config(tmp_path, teacher={"arch": "resnet14", "subset": 0}))

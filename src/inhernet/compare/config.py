@@ -174,7 +174,14 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    """The teacher: trained here (``epochs``, cached) or loaded from ``path`` (a saved model / .ckpt)."""
+    """The teacher: trained here (``epochs``, cached) or loaded from ``path`` (a saved model / .ckpt).
+
+    ``subset``: the training images the teacher learns from — ``"same"`` (default) as the methods
+    (``data.subset``), ``null`` every training image, or a count (stratified). A strong teacher is
+    trained on all of them while every method is compared on ``data.subset``; the methods' images
+    are a subset of the teacher's (same validation split), and the teacher is evaluated on the
+    methods' test data.
+    """
 
     arch: str = "resnet56"
     epochs: int = 10
@@ -182,6 +189,7 @@ class TeacherConfig:
     seed: int = 0
     lr: Optional[float] = None
     batch_size: Optional[int] = None
+    subset: Union[int, str, None] = "same"
 
     def __post_init__(self) -> None:
         option = "teacher.{}".format
@@ -190,6 +198,10 @@ class TeacherConfig:
             _validated(validate.check_learning_rate, "lr", self.lr, option=option)
         if self.batch_size is not None:
             _validated(validate.check_batch_size, "batch_size", self.batch_size, option=option)
+        _check(self.subset in ("same", None) or (isinstance(self.subset, int) and not isinstance(self.subset, bool)
+                                                  and self.subset > 0),
+               f"teacher.subset={self.subset!r} must be 'same' (the methods' images), null (every training "
+               "image) or a positive count")
 
 
 @dataclass

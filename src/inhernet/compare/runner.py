@@ -89,8 +89,11 @@ def _teacher_schedule(cfg: CompareConfig) -> dict:
 def teacher_key(cfg: CompareConfig) -> str:
     if cfg.teacher.path:
         return "file-" + file_digest(cfg.teacher.path)
-    return stable_hash({"data": _data_identity(cfg), "arch": cfg.teacher.arch, "seed": cfg.teacher.seed,
-                        "schedule": _teacher_schedule(cfg)})
+    ident = {"data": _data_identity(cfg), "arch": cfg.teacher.arch, "seed": cfg.teacher.seed,
+             "schedule": _teacher_schedule(cfg)}
+    if cfg.teacher.subset != "same":  # (absent otherwise, so caches made before the option stay valid)
+        ident["teacher_subset"] = cfg.teacher.subset
+    return stable_hash(ident)
 
 
 def _fit_kwargs(cfg: CompareConfig, progress: Any) -> dict:
@@ -146,7 +149,10 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = create_model(t.arch, num_classes=nc, in_channels=ic)
     kw = dict(fit_kwargs or _fit_kwargs(cfg, progress))
-    res = fit(model, data, out_dir=folder, loss="ce", epochs=t.epochs, batch_size=sched["batch_size"],
+    train_data = data if t.subset == "same" else load_data(cfg, subset=t.subset)
+    if train_data is not data:
+        log(f"teacher: {len(train_data.train.y):,} training images (the methods: {len(data.train.y):,})")
+    res = fit(model, train_data, out_dir=folder, loss="ce", epochs=t.epochs, batch_size=sched["batch_size"],
               eval_batch_size=cfg.schedule.eval_batch_size, lr=sched["lr"], momentum=sched["momentum"],
               weight_decay=sched["weight_decay"], nesterov=sched["nesterov"], gamma=sched["gamma"],
               augment=cfg.data.augment, seed=t.seed, resume=True,
@@ -242,6 +248,15 @@ def _stale(runs: list[dict]) -> list[dict]:
     return out
 
 
+#: per-epoch diagnostics of gated InherNets recorded as curves in done.json (inhernet.train.heads)
+HEAD_CURVES = ("heads/cosine_mean", "gate/entropy", "gate/grad_ratio")
+
+
+def _head_curves(metrics: list[dict]) -> dict:
+    """The :data:`HEAD_CURVES` a run logged (none for a model without gated inherited layers)."""
+    return {k: [row.get(k) for row in metrics] for k in HEAD_CURVES if any(k in row for row in metrics)}
+
+
 def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progress: Any, i: int, n: int,
              log: Callable[[str], None]) -> Optional[dict]:
     import inhernet
@@ -288,7 +303,8 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         "key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "loss": loss.resolved(),
         "params": inhernet.count_parameters(model), "flops": inhernet.count_flops(model, shape),
         "final": res.final, "epochs": len(res.metrics),
-        "curve": {k: [row.get(k) for row in res.metrics] for k in ("test/acc", "val/acc", "train/acc", "train/loss")},
+        "curve": {**{k: [row.get(k) for row in res.metrics] for k in ("test/acc", "val/acc", "train/acc", "train/loss")},
+                  **_head_curves(res.metrics)},  # gated InherNets: do the heads live? (absent otherwise)
         "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in res.metrics),
         "wall_time_s": time.perf_counter() - t0,
     }
@@ -307,11 +323,13 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     return out
 
 
-def load_data(cfg: CompareConfig) -> Any:
+def load_data(cfg: CompareConfig, *, subset: Any = "same") -> Any:
+    """The config's data splits; ``subset`` other than ``"same"`` replaces ``data.subset`` (the
+    teacher's own training images: ``None`` for all of them)."""
     from inhernet.data import load_dataset
 
     d = cfg.data
-    return load_dataset(d.name, root=d.root, val_fraction=d.val_fraction, subset=d.subset,
+    return load_dataset(d.name, root=d.root, val_fraction=d.val_fraction, subset=d.subset if subset == "same" else subset,
                         test_subset=d.test_subset, seed=d.seed)
 
 
