@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .inherit import PLAN_ATTR, InheritPlan, LayerRecord
+from .diagnostics import head_stats, multi_head_layers
 from .utils import eval_mode
 
 
@@ -48,14 +49,19 @@ def get_plan(model: nn.Module) -> InheritPlan:
 
 @dataclass
 class LayerReport:
-    """Per-layer table of an inherited model; ``print()`` it, or use ``rows`` / ``to_markdown()``."""
+    """Per-layer table of an inherited model; ``print()`` it, or use ``rows`` / ``to_markdown()``.
+
+    ``head_cos`` (layer name → the heads' mean pairwise cosine, from the weights, for inherited layers
+    with H > 1) is the "head cos" column: 1 means the heads are still copies of each other."""
 
     rows: list[LayerRecord]
     teacher_params: int
     model_params: int
     budget: int | None
+    head_cos: dict[str, float] = field(default_factory=dict)
 
-    HEADER = ("layer", "kind", "shape", "rank", "heads", "params before", "params after", "energy kept", "note")
+    HEADER = ("layer", "kind", "shape", "rank", "heads", "params before", "params after", "energy kept", "head cos",
+              "note")
 
     def _cells(self) -> list[tuple[str, ...]]:
         out = []
@@ -66,6 +72,7 @@ class LayerReport:
                 "" if r.heads is None else str(r.heads),
                 f"{r.params_before:,}", f"{r.params_after:,}",
                 "" if r.energy_kept is None else f"{100 * r.energy_kept:.1f}%",
+                f"{self.head_cos[r.name]:.6f}" if r.name in self.head_cos else "",
                 r.skipped,
             ))
         return out
@@ -82,7 +89,7 @@ class LayerReport:
     def __str__(self) -> str:
         cells = [self.HEADER, *self._cells()]
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.HEADER))]
-        numeric = {3, 4, 5, 6, 7}
+        numeric = {3, 4, 5, 6, 7, 8}
         lines = []
         for k, row in enumerate(cells):
             parts = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
@@ -99,6 +106,9 @@ class LayerReport:
 
 def layer_report(model: nn.Module) -> LayerReport:
     """One row per Linear/Conv2d of the teacher: shape, rank, heads, parameters before/after,
-    fraction of spectrum energy kept, and why a layer stayed dense."""
+    fraction of spectrum energy kept, the heads' mean pairwise cosine (H > 1; from the current
+    weights, so after training it tells whether the heads diverged), and why a layer stayed dense."""
     plan = get_plan(model)
-    return LayerReport(plan.layers, plan.teacher_params, count_parameters(model), plan.budget)
+    cos = {name: st["cosine_mean"] for name, layer in multi_head_layers(model)
+           if (st := head_stats(layer))["cosine_mean"] is not None}
+    return LayerReport(plan.layers, plan.teacher_params, count_parameters(model), plan.budget, cos)

@@ -13,7 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["build_results", "curve_stats", "format_table", "mean_std", "plot_results", "write_report"]
+__all__ = ["build_results", "curve_stats", "format_table", "has_head_curves", "mean_std", "plot_heads", "plot_results",
+           "write_report"]
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -35,6 +36,26 @@ def curve_stats(curves: list[list[Optional[float]]]) -> dict:
         mean.append(m)
         std.append(s)
     return {"mean": mean, "std": std}
+
+
+#: the head diagnostics of gated InherNets (inhernet.train.heads): metric -> results.json names
+HEAD_METRICS = {"heads/cosine_mean": "head_cosine", "gate/entropy": "gate_entropy",
+                "gate/grad_ratio": "gate_grad_ratio"}
+
+
+def _head_stats(rs: list[dict]) -> dict:
+    """Per-epoch curves (mean ± std over seeds) and last-epoch means of the head diagnostics, for the
+    metrics the runs of one method recorded (none for students and ungated InherNets)."""
+    out: dict[str, Any] = {}
+    for key, name in HEAD_METRICS.items():
+        curves = [r.get("curve", {}).get(key) for r in rs]
+        curves = [c for c in curves if c and any(v is not None for v in c)]
+        if not curves:
+            continue
+        out[f"curve_{name}"] = curve_stats(curves)
+        last = mean_std([r.get("final", {}).get(key) for r in rs])[0]
+        out[f"{name}_last"] = None if math.isnan(last) else last
+    return out
 
 
 def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: list[dict], *,
@@ -69,6 +90,7 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
                 "train_time_s_mean": mean_std([r.get("train_time_s") for r in rs])[0],
                 "epochs": rs[0].get("epochs"),
             })
+            entry.update(_head_stats(rs))
             if "inherit" in rs[0]:
                 entry["inherit"] = {k: v for k, v in rs[0]["inherit"].items()
                                     if k in ("rank", "heads", "budget", "budget_mode", "init", "gate", "structure",
@@ -148,6 +170,9 @@ def format_table(results: dict) -> str:
             "CPU ms/img"]
     if ref:
         head.append(f"epochs to {ref} acc")
+    heads_cols = has_head_curves(results)
+    if heads_cols:
+        head += ["head cos (last)", "gate grad ratio (last)"]
     rows = []
     for e in [results["teacher"], *results["methods"]]:
         n = len(e.get("seeds", []))
@@ -170,6 +195,9 @@ def format_table(results: dict) -> str:
                f"{e['latency_ms']:.2f}" if e.get("latency_ms") is not None else "–"]
         if ref:
             row.append("" if e["kind"] == "teacher" else str(e.get("epochs_to_best_kd_student") or "not reached"))
+        if heads_cols:
+            cos, ratio = e.get("head_cosine_last"), e.get("gate_grad_ratio_last")
+            row += ["–" if cos is None else f"{cos:.6f}", "–" if ratio is None else f"{ratio:.1e}"]
         rows.append(row)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -188,6 +216,10 @@ def format_table(results: dict) -> str:
         f"interleaved rounds, batch {lat.get('batch_size')}, {lat.get('threads')} thread(s), torch "
         f"{lat.get('torch')}" + ("" if lat.get("measured", True) else " (from an earlier measurement)") + ".",
     ]
+    if heads_cols:
+        notes.append("Head cos: the heads' pairwise cosine (mean over pairs and layers; 1 = the heads are copies); "
+                     "gate grad ratio: ‖∇gate‖ / ‖∇heads‖ (median over layers, mean over the epoch's "
+                     "steps; ≈ 0: the gate does not learn). Last epoch, mean over seeds; see heads_vs_epoch.png.")
     for f in results.get("failed_runs", []):
         notes.append(f"FAILED: {f['method']} seed {f['seed']} — {f['reason']}; not counted in its mean.")
     if results.get("wall_time_s"):
@@ -261,15 +293,64 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+def has_head_curves(results: dict) -> bool:
+    """Whether some method of ``results`` recorded head diagnostics (a gated InherNet)."""
+    return any(e.get("curve_head_cosine") or e.get("curve_gate_entropy") for e in results.get("methods", []))
+
+
+def plot_heads(results: dict, out_dir: Path) -> Optional[Path]:
+    """``heads_vs_epoch.png``: head cosine, gate entropy and (log scale) gate gradient ratio per
+    epoch, one line per gated method (mean over seeds); None, and no file, when no method has them."""
+    path = Path(out_dir) / "heads_vs_epoch.png"
+    if not has_head_curves(results):
+        path.unlink(missing_ok=True)  # an earlier report's plot would describe runs no longer there
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [("curve_head_cosine", "head cosine (mean over pairs, layers)", "linear"),
+              ("curve_gate_entropy", "gate entropy / log H (1 = uniform)", "linear"),
+              ("curve_gate_grad_ratio", "‖∇gate‖ / ‖∇heads‖ (median over layers)", "log")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13.5, 4.2))
+    for ax, (key, title, scale) in zip(axes, panels):
+        drawn = False
+        for e in results["methods"]:
+            c = e.get(key)
+            if not c or not c["mean"]:
+                continue
+            pts = [(i + 1, v) for i, v in enumerate(c["mean"])
+                   if v is not None and not math.isnan(v) and (scale != "log" or v > 0)]
+            if not pts:
+                continue
+            ax.plot(*zip(*pts), marker="o", ms=3, label=f"{e['label']} (n={len(e['seeds'])})")
+            drawn = True
+        if drawn and scale == "log":
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        if drawn:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{results['name']}: do the heads live? (mean over seeds)", fontsize=10)
+    return _save(fig, path)
+
+
 def write_report(results: dict, out_dir: os.PathLike | str) -> str:
-    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; return the table."""
+    """Write ``results.json``, ``results.md`` and the plots (``heads_vs_epoch.png`` too when a gated
+    InherNet recorded head diagnostics) into ``out_dir``; return the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str))
     os.replace(tmp, out / "results.json")
     table = format_table(results)
+    heads_png = "\n![head cosine and gate entropy per epoch](heads_vs_epoch.png)\n" if has_head_curves(results) else ""
     (out / "results.md").write_text(f"# {results['name']}\n\n{table}\n\n![accuracy per epoch](acc_vs_epoch.png)\n\n"
-                                    f"![accuracy vs parameters](acc_vs_params.png)\n")
+                                    f"![accuracy vs parameters](acc_vs_params.png)\n{heads_png}")
     plot_results(results, out)
+    plot_heads(results, out)
     return table

@@ -303,7 +303,8 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         "key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "loss": loss.resolved(),
         "params": inhernet.count_parameters(model), "flops": inhernet.count_flops(model, shape),
         "final": res.final, "epochs": len(res.metrics),
-        "curve": {**{k: [row.get(k) for row in res.metrics] for k in ("test/acc", "val/acc", "train/acc", "train/loss")},
+        "curve": {**{k: [row.get(k) for row in res.metrics]
+                     for k in ("test/acc", "val/acc", "train/acc", "train/loss")},
                   **_head_curves(res.metrics)},  # gated InherNets: do the heads live? (absent otherwise)
         "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in res.metrics),
         "wall_time_s": time.perf_counter() - t0,

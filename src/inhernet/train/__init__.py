@@ -26,6 +26,7 @@ from .store import (
 )
 from .evaluate import evaluate, measure_latency
 from .guard import NonFiniteGuard, TrainingDivergedError
+from .heads import HeadDiagnostics
 
 __all__ = [
     "LOSS_KINDS",
@@ -34,6 +35,7 @@ __all__ = [
     "DistillLossModule",
     "DistillModule",
     "FitResult",
+    "HeadDiagnostics",
     "JsonlMetrics",
     "ModelLoadError",
     "NonFiniteGuard",

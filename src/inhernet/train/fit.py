@@ -4,7 +4,9 @@
     result = fit(model, data, loss="kd", teacher=teacher, epochs=10, seed=0, out_dir="runs/x")
 
 ``out_dir`` receives ``checkpoints/last.ckpt`` (written every epoch, once, by the global-rank-zero
-process) and ``metrics.jsonl`` (one JSON object per epoch, rank zero only). With ``resume=True`` a
+process) and ``metrics.jsonl`` (one JSON object per epoch, rank zero only); a model with gated inherited layers
+also logs ``heads/cosine_mean``, ``heads/cosine_max``, ``gate/entropy``, ``gate/grad_ratio`` and writes
+``heads.json`` (:class:`~inhernet.train.heads.HeadDiagnostics`). With ``resume=True`` a
 run whose ``last.ckpt`` exists continues from it; batch order and augmentation depend only on
 ``(seed, epoch, rank)``, so a resumed run ends with the weights of an uninterrupted one.
 
@@ -30,7 +32,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from ..data.loader import TensorLoader
+from ..diagnostics import has_gated_layers
 from .guard import NonFiniteGuard
+from .heads import HeadDiagnostics
 from .losses import DistillLoss
 from .module import DistillModule
 from .signals import stop_cleanly
@@ -288,6 +292,9 @@ def fit(
 
     cbs: list[Callback] = [
         NonFiniteGuard(run_name or str(out)),  # a NaN/Inf loss or gradient stops the run: TrainingDivergedError
+        # gated inherited layers: head cosine, gate entropy and gradient ratio per epoch (+ heads.json);
+        # before JsonlMetrics, so they are in the same epoch's row
+        *([HeadDiagnostics(out)] if has_gated_layers(model) else []),
         JsonlMetrics(metrics_path),
         # monitor=None + save_top_k=1: the latest epoch's checkpoint, always under the same name
         ModelCheckpoint(dirpath=ckpt_dir, filename=CHECKPOINT_NAME[: -len(".ckpt")], monitor=None, save_top_k=1,
