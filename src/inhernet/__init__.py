@@ -12,6 +12,7 @@ up-projection heads, initialised from the truncated SVD (Zhou et al., ICLR 2026)
 
 from . import models
 from .config import InheritConfig
+from .diagnostics import head_report
 from .export import export_onnx
 from .inherit import inherit
 from .io import load, save
@@ -27,6 +28,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "export_onnx",
+    "head_report",
     "inherit",
     "layer_report",
     "load",
