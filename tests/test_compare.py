@@ -363,3 +363,30 @@ def test_teacher_can_train_on_every_image_while_methods_use_a_subset(tmp_path):
     assert teacher_key(load_config(write_cfg(tmp_path, cfg, "c2.yaml"))) != teacher_key(same)
     with pytest.raises(CompareConfigError, match="teacher.subset"):
         CompareConfig.from_dict(tiny_config(tmp_path, teacher={"arch": "resnet14", "subset": 0}))
+
+
+def test_two_processes_share_one_comparison(tmp_path):
+    """Two `inhernet compare` processes on one config: the teacher is trained once (the other waits),
+    every run is trained by exactly one of them, and the last one writes the complete table."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"},
+                                         {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}],
+                      seeds=[0, 1])
+    cfg["schedule"]["epochs"] = 1
+    path = write_cfg(tmp_path, cfg)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "inhernet.cli", "compare", str(path)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    both = "\n".join(logs)
+    assert both.count("teacher: training resnet14") == 1, both
+    trained = [line for line in both.splitlines() if ": training (" in line]
+    assert sorted(line.split("] ")[1].split(":")[0] for line in trained) == [
+        "inh seed 0", "inh seed 1", "student seed 0", "student seed 1"], both
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert all(m["complete"] for m in res["methods"])

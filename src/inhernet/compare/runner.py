@@ -17,17 +17,26 @@ until ``force=True`` retrains it. A run
 folder whose identity (a hash of data, teacher, schedule, method and seed) differs from what the
 current config asks for is never overwritten silently: that is an error unless ``force=True``.
 Everything is validated (config, data, teacher) before anything is written.
+
+**Several processes share one comparison**: start ``inhernet compare CONFIG`` two (or more) times,
+on one machine or on machines sharing the folder. Each run is claimed with a lock file
+(``out_dir/locks/``): a process skips a run another one is training and takes the next; a teacher
+being trained is waited for, not trained twice. Every process writes the report of what is
+finished when it ends; the last one writes the complete table (``inhernet report`` rebuilds it any
+time). Not used under multi-device strategies, whose processes run the same runs together.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -131,6 +140,25 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
 
     key = teacher_key(cfg)
     folder = Path(cfg.cache_dir) / "teachers" / f"{t.arch}-{key}"
+    if not _single_process(cfg):
+        return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
+    lock = Path(cfg.cache_dir) / "teachers" / f"{t.arch}-{key}.lock"
+    with file_lock(lock, wait=False) as taken:
+        if taken:
+            return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
+    log(f"teacher: another process is training {t.arch} into {folder}; waiting for it")
+    with file_lock(lock, wait=True):
+        return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
+
+
+def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
+                               fit_kwargs: Optional[dict], log: Callable[[str], None]) -> tuple[nn.Module, dict]:
+    import inhernet
+    from inhernet.models import create_model
+    from inhernet.train import evaluate, fit, load_model, save_model
+
+    t = cfg.teacher
+    nc, ic = data.num_classes, data.in_channels
     done = _read_json(folder / "done.json")
     model_dir = folder / "model"
     if done is not None and model_dir.is_dir():
@@ -216,6 +244,29 @@ def _run_identity(cfg: CompareConfig, tkey: str, method: MethodConfig, seed: int
     m.pop("label", None)
     return {"teacher": tkey, "data": _data_identity(cfg), "student": cfg.student.arch,
             "schedule": asdict(cfg.schedule), "method": m, "seed": seed}
+
+
+@contextmanager
+def file_lock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created) for the block; yields whether it was taken.
+    ``wait=False`` yields False at once when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _single_process(cfg: CompareConfig) -> bool:
+    """Whether each training run is one process (locks between processes make sense)."""
+    devices = cfg.trainer.devices
+    return cfg.trainer.num_nodes == 1 and (devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1))
 
 
 def _run_dir(cfg: CompareConfig, method: MethodConfig, seed: int) -> Path:
@@ -324,6 +375,15 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     return out
 
 
+def _finished(r: dict) -> Optional[dict]:
+    """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan, else None."""
+    for name in ("done.json", "failed.json"):
+        res = _read_json(r["dir"] / name)
+        if res is not None and res.get("key") == r["key"]:
+            return res
+    return None
+
+
 def load_data(cfg: CompareConfig, *, subset: Any = "same") -> Any:
     """The config's data splits; ``subset`` other than ``"same"`` replaces ``data.subset`` (the
     teacher's own training images: ``None`` for all of them)."""
@@ -378,15 +438,29 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
         tinfo = {**tinfo, "path": os.path.relpath(Path(tinfo["path"]).resolve(), out.resolve())}
         _write_json(out / "teacher.json", tinfo)
 
-    # 3. every method x seed (a diverged run is recorded as failed; the others go on)
-    results_per_run = []
+    # 3. every method x seed (a diverged run is recorded as failed; the others go on); a run another
+    #    process is training is left to it
+    locking = _single_process(cfg)
+    elsewhere = 0
     for i, r in enumerate(runs, 1):
-        res = _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
-        if res is not None:
-            results_per_run.append(res)
+        if not locking:
+            _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
+            continue
+        name = f"{r['method'].name}-seed{r['seed']}.lock"
+        with file_lock(out / "locks" / name, wait=False) as taken:
+            if taken:
+                _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
+            else:
+                elsewhere += 1
+                log(f"[{i}/{len(runs)}] {r['method'].name} seed {r['seed']}: being trained by another process, skipped")
     if not rank0:
         return None
+    # what is finished now, by this process or another
+    results_per_run = [res for r in runs for res in [_finished(r)] if res is not None]
     failed = [f"{r['method']}/seed{r['seed']}: {r['reason']}" for r in results_per_run if r.get("failed")]
+    if elsewhere:
+        log(f"\n{elsewhere} run(s) were being trained by other processes; this report is partial — the last "
+            f"process to finish writes the complete one (or run `inhernet report {out}`).")
     # 4. report
     results = build_results(cfg, data, teacher, tinfo, results_per_run, wall_time_s=time.perf_counter() - t_start)
     if report:
