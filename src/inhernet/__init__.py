@@ -17,6 +17,7 @@ from .export import export_onnx
 from .inherit import inherit
 from .io import load, save
 from .layers import InherConv2d, InherLinear
+from .optimize import optimize_for_inference
 from .report import count_flops, count_parameters, layer_report
 
 __version__ = "0.1.0"
@@ -33,5 +34,6 @@ __all__ = [
     "layer_report",
     "load",
     "models",
+    "optimize_for_inference",
     "save",
 ]

@@ -112,15 +112,20 @@ def _check_example(model: nn.Module, example: Tensor) -> None:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, dynamic_spatial: bool = False,
-                check: bool = True, opset: int | None = None) -> dict[str, Any]:
+                check: bool = True, opset: int | None = None, optimize: bool = True) -> dict[str, Any]:
     """Write ``model`` (evaluated in eval mode; its own mode is restored) to the ONNX file ``path``.
 
     ``example`` is one input tensor (its batch size is made dynamic; with ``dynamic_spatial`` also
-    its height and width). With ``check`` (default) the file is run in ONNX Runtime on a new random
-    input with a different batch size and compared with PyTorch; a difference above
-    ``CHECK_TOLERANCE`` × max |output| raises RuntimeError. The file is written beside ``path`` and
-    moved there only once checked, so a failed export leaves an existing ``path`` as it was. Returns
-    ``{"path", "bytes", "opset", "max_abs_diff"}`` (``max_abs_diff`` None without the check).
+    its height and width). With ``optimize`` (default) what is written is
+    :func:`inhernet.optimize_for_inference` of the model for ``example`` (heads folded where no
+    gate runs, layers not faster factorised multiplied back, BatchNorm folded; contiguous layout);
+    ``optimize=False`` writes the model's modules as they are. With ``check`` (default) the file is
+    run in ONNX Runtime on a new random input with a different batch size and compared with the
+    *original* model in PyTorch; a difference above ``CHECK_TOLERANCE`` × max |output| raises
+    RuntimeError. The file is written beside ``path`` and moved there only once checked, so a failed
+    export leaves an existing ``path`` as it was. Returns ``{"path", "bytes", "opset",
+    "max_abs_diff", "optimized"}`` (``max_abs_diff`` None without the check; ``optimized`` the
+    :class:`inhernet.optimize.OptimizationReport`, or None).
 
     ``opset`` outside :func:`check_opset`'s range, an opset the model cannot be converted to, an
     empty example and an example the model cannot run on raise ``ConfigError``; nothing is written.
@@ -137,8 +142,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
     model.eval()
     try:
         _check_example(model, example)
+        target, report = model, None
+        if optimize:
+            from .optimize import REPORT_ATTR, optimize_for_inference
+
+            # the timings of eager PyTorch do not carry over to ONNX Runtime's layouts: keep NCHW
+            target = optimize_for_inference(model, example, memory_format="contiguous")
+            report = getattr(target, REPORT_ATTR)
         with _quiet_exporter():
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+            program = torch.onnx.export(target, (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=_dynamic_shapes(example, dynamic_spatial),
                                         input_names=["input"], output_names=["output"], verbose=False)
         opset_used = _opset_of(program)
@@ -152,7 +164,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
     finally:
         partial.unlink(missing_ok=True)
         model.train(was_training)
-    return {"path": str(path), "bytes": path.stat().st_size, "opset": opset_used, "max_abs_diff": diff}
+    return {"path": str(path), "bytes": path.stat().st_size, "opset": opset_used, "max_abs_diff": diff,
+            "optimized": report}
 
 
 def _opset_of(program: Any) -> int | None:

@@ -1,0 +1,945 @@
+"""Inference form of a model: the same outputs, computed as fast as this library can on one device.
+
+An inherited layer is written for training: a shared down-projection, H up-projection heads, a
+softmax gate and head biases, all parameters. At inference much of that structure is dead weight,
+and the fastest way to compute the layer depends on the shape and the device, so
+:func:`optimize_for_inference` measures instead of guessing. On a deep copy of the model (the model
+itself is never changed) it
+
+1. **folds the heads** where no gate has to run — one head, ``gate="none"`` (fixed weights 1/H), or
+   a gate the user freezes at its mean over the example input (``freeze_gate``; an approximation,
+   whose deviation on the example is reported) — so the layer becomes a plain two-layer pair: a
+   k×k ``nn.Conv2d`` C_in → r and a 1×1 ``nn.Conv2d`` r → C_out (:class:`FactorisedConv2d`), or two
+   ``nn.Linear`` (an ``nn.Sequential``). A symmetric layer folds to a pair of inner width H·r;
+2. **multiplies a folded layer back into one dense** ``nn.Conv2d`` / ``nn.Linear`` (the exact product
+   of its factors) when the pair is not faster than the dense layer on this device, timed on the
+   layer's real input shape (captured from ``example_input`` with forward hooks);
+3. **folds eval-mode BatchNorm** into the layer before it: the standard fold into a dense conv /
+   linear and into the up-projection of a pair; for a gated layer BN's per-channel scale and shift go
+   into every head's up-projection and bias — exact, because the gate weights sum to one and the
+   output is linear in the heads. The BatchNorm module becomes ``nn.Identity``. Pairs come from the
+   model's ``torch.fx`` graph (a BatchNorm whose only input is a layer's output that nothing else
+   reads); for a model fx cannot trace, from tensor identity seen by forward hooks, each fold kept
+   only if, applied alone, it leaves the output on the example unchanged;
+4. for a **gated conv** keeps the fastest of three exact kernels: the layer as it is (per-sample
+   mixing of the head weights, then one batched product), the same mixing with the head weights
+   stored in the layout the product reads (:class:`GatedConv2d`, ``mixing="per-sample"``), and the
+   shared-weight formulation (``mixing="shared"``: z scaled by each head's gate, one GEMM over the
+   H·r concatenated heads, no per-sample weights);
+5. tries the whole model in ``channels_last`` memory format (convolutional models with a 4-D input;
+   oneDNN's convolutions are often several times faster in it) and keeps the faster layout;
+6. optionally wraps the result in ``torch.compile``.
+
+Every timing runs the candidates side by side in interleaved rounds and keeps the median
+(:func:`time_candidates`), so background load hits every candidate alike; layers of the same shape
+share one measurement. The decisions hold for the device, thread count and batch size of the call:
+optimise with the batch size you serve.
+
+The result is an inference model: it is in eval mode, its parameters do not require gradients, and
+with BatchNorm folded away ``train()`` on it would not train the original network. It carries its
+:class:`OptimizationReport` as ``model.inhernet_optimized`` (print it for one row per layer: what it
+became, which BatchNorm was folded into it, the measured times).
+
+    >>> fast = inhernet.optimize_for_inference(model, torch.randn(64, 3, 32, 32))
+    >>> print(fast.inhernet_optimized)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ConfigError
+from .inherit import PLAN_ATTR
+from .layers import INHER_LAYERS, InherConv2d
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "REPORT_ATTR",
+    "FactorisedConv2d",
+    "GatedConv2d",
+    "LayerDecision",
+    "OptimizationReport",
+    "optimize_for_inference",
+    "time_candidates",
+]
+
+#: the check of the result: max |optimised − original| on the example ≤ this × max |original|
+DEFAULT_TOLERANCE = 1e-4
+#: the attribute of the optimised model that holds its :class:`OptimizationReport`
+REPORT_ATTR = "inhernet_optimized"
+_MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+# ---------------------------------------------------------------------------------------------
+# the inference modules
+
+
+def _is_nhwc(t: Tensor) -> bool:
+    """Whether a 4-D tensor is laid out channels-last (and not also plain contiguous)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+class FactorisedConv2d(nn.Module):
+    """The plain two-layer pair a folded inherited conv becomes: ``down`` (a k×k ``nn.Conv2d``
+    C_in → r with the layer's stride, padding and dilation) then ``up`` (a 1×1 ``nn.Conv2d``
+    r → C_out, with the bias, BatchNorm folded in).
+
+    ``kernel="conv"`` runs ``up`` as the 1×1 conv it is. ``kernel="matmul"`` (the default) runs the
+    same weights as one matrix product over the positions — on CPU in eager PyTorch a 1×1 conv with
+    few input channels can be ten times slower than the product (measured: batch 64, 8 → 16
+    channels, 32×32). For a channels-last input the product reads the NHWC tensor as it is
+    (``F.linear`` over the channel dim, no copy). ONNX export always writes the 1×1 Conv.
+    """
+
+    def __init__(self, down: nn.Conv2d, up: nn.Conv2d, kernel: str = "matmul") -> None:
+        super().__init__()
+        if kernel not in ("matmul", "conv"):
+            raise ConfigError(f"kernel={kernel!r}: use 'matmul' or 'conv'.")
+        self.down, self.up, self.kernel = down, up, kernel
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.down(x)
+        if self.kernel == "conv" or torch.onnx.is_in_onnx_export():
+            return self.up(z)
+        w = self.up.weight.view(self.up.out_channels, self.up.in_channels)
+        if _is_nhwc(z):
+            return F.linear(z.permute(0, 2, 3, 1), w, self.up.bias).permute(0, 3, 1, 2)
+        n, _, h, wd = z.shape
+        flat = z.flatten(2)  # (N, r, h·w)
+        if self.up.bias is None:
+            y = torch.matmul(w, flat)
+        else:
+            y = torch.baddbmm(self.up.bias[None, :, None], w.expand(n, -1, -1), flat)
+        return y.view(n, -1, h, wd)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
+
+class GatedConv2d(nn.Module):
+    """A gated inherited conv in inference form: the gate still runs (one softmax per image), the
+    head weights are stored in the layout the product reads.
+
+    ``z = down(x)`` (the k×k conv C_in → R), ``g = softmax(gate(mean_hw z))`` (N × H), and
+    ``y = Σ_h g_h (B_h z_h + b_h)`` where ``z_h`` is z (shared down, ``structure="asymmetric"``,
+    R = r) or its h-th block of r channels (``"symmetric"``, R = H·r). Two formulations, the same
+    result:
+
+    * ``mixing="per-sample"`` (shared down only): mix the heads per image,
+      ``W_n = Σ_h g_nh B_h`` (N × C_out × r), then one batched product with z — the cost of one head
+      plus the mixing;
+    * ``mixing="shared"``: scale z by each head's gate and apply the H heads concatenated,
+      ``[B_1 … B_H] · [g_1 z_1; …; g_H z_H]``: one GEMM with H·r inputs and weights shared by the
+      whole batch (no per-sample weights), which wins where positions are few.
+
+    Channels-last inputs are read as NHWC (``F.linear`` / ``bmm`` over the channel dim, no copy).
+    """
+
+    def __init__(self, down: nn.Conv2d, gate: nn.Linear, up: Tensor, bias: Tensor | None, *,
+                 structure: str = "asymmetric", mixing: str = "per-sample") -> None:
+        super().__init__()
+        if mixing not in ("per-sample", "shared"):
+            raise ConfigError(f"mixing={mixing!r}: use 'per-sample' or 'shared'.")
+        if mixing == "per-sample" and structure != "asymmetric":
+            raise ConfigError("mixing='per-sample' needs a shared down-projection (structure='asymmetric').")
+        heads, d_out, rank = up.shape
+        self.heads, self.rank, self.out_channels = heads, rank, d_out
+        self.structure, self.mixing = structure, mixing
+        self.down, self.gate = down, gate
+        if mixing == "per-sample":  # (H, C_out·r): g @ it is the mixed weight, no copy per call
+            weight = up.reshape(heads, d_out * rank)
+        else:  # (C_out, H·r): column h·r + j is up[h, :, j]
+            weight = up.permute(1, 0, 2).reshape(d_out, heads * rank)
+        self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.contiguous(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.down(x)
+        n, _, h, w = z.shape
+        g = torch.softmax(self.gate(z.mean(dim=(2, 3))), dim=-1)  # (N, H)
+        bias = None if self.bias is None else g @ self.bias  # (N, C_out)
+        nhwc = _is_nhwc(z) and not torch.onnx.is_in_onnx_export()
+        if self.mixing == "per-sample":
+            mixed = (g @ self.weight).view(n, self.out_channels, self.rank)
+            if nhwc:
+                flat = z.permute(0, 2, 3, 1).reshape(n, h * w, self.rank)
+                y = (torch.bmm(flat, mixed.transpose(1, 2)) if bias is None
+                     else torch.baddbmm(bias[:, None, :], flat, mixed.transpose(1, 2)))
+                return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+            flat = z.flatten(2)
+            y = torch.bmm(mixed, flat) if bias is None else torch.baddbmm(bias[:, :, None], mixed, flat)
+            return y.view(n, -1, h, w)
+        if nhwc:
+            zt = z.permute(0, 2, 3, 1)  # (N, h, w, R)
+            if self.structure == "asymmetric":
+                scaled = (zt.unsqueeze(-2) * g[:, None, None, :, None]).flatten(-2)
+            else:
+                scaled = zt * g.repeat_interleave(self.rank, dim=1)[:, None, None, :]
+            y = F.linear(scaled, self.weight)
+            if bias is not None:
+                y = y + bias[:, None, None, :]
+            return y.permute(0, 3, 1, 2)
+        if self.structure == "asymmetric":
+            scaled = (z.unsqueeze(1) * g[:, :, None, None, None]).flatten(1, 2)
+        else:
+            scaled = z * g.repeat_interleave(self.rank, dim=1)[:, :, None, None]
+        flat = scaled.flatten(2)
+        y = torch.matmul(self.weight, flat) if bias is None else torch.baddbmm(
+            bias[:, :, None], self.weight.expand(n, -1, -1), flat)
+        return y.view(n, -1, h, w)
+
+    def extra_repr(self) -> str:
+        return (f"out_channels={self.out_channels}, rank={self.rank}, heads={self.heads}, "
+                f"structure={self.structure}, mixing={self.mixing}")
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+
+def _synchronizer(x: Any) -> Callable[[], None]:
+    device = next((t.device for t in _tensors(x)), torch.device("cpu"))
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_candidates(candidates: Mapping[str, Callable[[Any], Any]], x: Any, *, rounds: int = 5,
+                    min_time_s: float = 2e-3) -> dict[str, float]:
+    """Milliseconds per call of each candidate on input ``x``, measured side by side.
+
+    Each candidate is warmed up (first-call allocations, oneDNN primitive creation), then timed in
+    ``rounds`` interleaved rounds (the order reversed every other round), each round a loop long
+    enough to take about ``min_time_s``; the result per candidate is the median over rounds. Slow
+    or fast phases of background load therefore hit every candidate alike. Runs under
+    ``torch.no_grad``; synchronises CUDA.
+    """
+    sync = _synchronizer(x)
+    names = list(candidates)
+    iters: dict[str, int] = {}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with torch.no_grad():
+        for name in names:
+            candidates[name](x)
+            sync()
+            t0 = time.perf_counter()
+            candidates[name](x)
+            sync()
+            iters[name] = max(1, min(200, math.ceil(min_time_s / max(time.perf_counter() - t0, 1e-7))))
+        for i in range(rounds):
+            for name in (names if i % 2 == 0 else names[::-1]):
+                fn, n = candidates[name], iters[name]
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn(x)
+                sync()
+                samples[name].append((time.perf_counter() - t0) / n * 1e3)
+    return {name: statistics.median(samples[name]) for name in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class LayerDecision:
+    """What one ``Linear`` / ``Conv2d`` / inherited layer became.
+
+    ``became``: ``"dense"`` (one ``nn.Conv2d`` / ``nn.Linear``; for an inherited layer the product
+    of its factors), ``"folded pair"``, ``"gated kept"`` (the inherited layer itself),
+    ``"gated per-sample"`` / ``"gated shared-weight"`` (:class:`GatedConv2d`), or ``"unchanged"``
+    (a dense layer with no BatchNorm after it). ``batchnorm``: the BatchNorm folded into it.
+    ``times_ms``: the candidates timed on ``input_shape`` (the chosen one is ``chosen``; a gated
+    layer's ``"dense (reference)"`` is the dense layer of the teacher's shape, timed for comparison
+    only: it is not what the layer computes). ``gate_deviation``: for a frozen gate, the largest
+    |g − ḡ| of its gate weights over the example input.
+    """
+
+    name: str
+    kind: str
+    became: str
+    batchnorm: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    times_ms: dict[str, float] = field(default_factory=dict)
+    chosen: str | None = None
+    gate_deviation: float | None = None
+    note: str = ""
+
+
+@dataclass
+class OptimizationReport:
+    """What :func:`optimize_for_inference` did, layer by layer; ``print`` it for a table.
+
+    ``max_abs_diff``: max |optimised − original| on the example input (``reference_scale`` = max
+    |original|); exact transforms stay within ``tolerance`` × ``reference_scale``, a frozen gate
+    (``approximate``) may not. ``memory_format`` and ``model_times_ms``: the layout kept and the
+    whole-model times of the layouts tried.
+    """
+
+    layers: list[LayerDecision]
+    example_shape: tuple[int, ...] | None
+    device: str
+    threads: int
+    memory_format: str
+    model_times_ms: dict[str, float]
+    max_abs_diff: float
+    reference_scale: float
+    tolerance: float
+    frozen_gates: list[str]
+    removed_batchnorms: list[str]
+    batchnorm_pairing: str
+    compiled: bool = False
+    min_speedup: float = 1.0
+
+    @property
+    def approximate(self) -> bool:
+        """True when a gate was frozen: the result then only approximates the original."""
+        return bool(self.frozen_gates)
+
+    def counts(self) -> Counter:
+        """How many inherited layers became what (``"dense"``, ``"folded pair"``, ...)."""
+        return Counter(d.became for d in self.layers if d.kind in ("InherConv2d", "InherLinear"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["approximate"] = self.approximate
+        return out
+
+    def summary(self) -> str:
+        inherited = sum(self.counts().values())
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items())) or "none"
+        times = " vs ".join(f"{k} {v:.3f} ms" for k, v in self.model_times_ms.items())
+        lines = [
+            f"{inherited} inherited layers: {kinds}; {len(self.removed_batchnorms)} BatchNorm folded "
+            f"(pairs found by {self.batchnorm_pairing})",
+            f"timed on {self.device}, {self.threads} thread(s), example input {self.example_shape}; memory format "
+            f"{self.memory_format}" + (f" ({times})" if len(self.model_times_ms) > 1 else "")
+            + ("; torch.compile" if self.compiled else ""),
+            f"max |optimised − original| on the example: {self.max_abs_diff:.3g} (outputs up to "
+            f"{self.reference_scale:.3g}; exact transforms stay below {self.tolerance:g} × that)",
+        ]
+        if self.frozen_gates:
+            lines.append(f"APPROXIMATE: {len(self.frozen_gates)} gate(s) frozen at their mean over the example "
+                         f"input; the deviation above is what freezing costs on it")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        header = ("layer", "type", "became", "BatchNorm folded", "input", "times (ms; * = kept)", "note")
+        rows = []
+        for d in self.layers:
+            times = " · ".join(f"{k} {v:.3f}{'*' if k == d.chosen else ''}" for k, v in d.times_ms.items())
+            note = d.note
+            if d.gate_deviation is not None:
+                note = (note + "; " if note else "") + f"gate frozen, max |g − ḡ| {d.gate_deviation:.3g}"
+            shape = "×".join(map(str, d.input_shape)) if d.input_shape else ""
+            rows.append((d.name, d.kind, d.became, d.batchnorm or "", shape, times, note))
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r).rstrip() for r in rows]
+        return "\n".join(lines) + "\n\n" + self.summary()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    """The tensors of a (nested) output: a tensor, tuple/list, dict or dict-like (ModelOutput)."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping) or hasattr(obj, "values") and callable(obj.values):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _call(model: nn.Module, example: Any) -> Any:
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+def _max_diff(out: Any, ref: Any) -> tuple[float, float]:
+    """(max |out − ref|, max |ref|) over the tensors of two outputs of the same structure."""
+    a, b = _tensors(out), _tensors(ref)
+    if len(a) != len(b):
+        raise RuntimeError(f"the optimised model returns {len(a)} tensors, the original {len(b)}")
+    diff = max((float((x.float() - y.float()).abs().max()) for x, y in zip(a, b) if y.numel()), default=0.0)
+    scale = max((float(y.float().abs().max()) for y in b if y.numel()), default=0.0)
+    return diff, scale
+
+
+def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is registered in ``root`` (a module may be registered twice)."""
+    for parent in root.modules():
+        for child_name, child in list(parent.named_children()):
+            if child is old:
+                setattr(parent, child_name, new)
+
+
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook of a channels-last model: its 4-D tensor input laid out channels-last."""
+    if args and isinstance(args[0], Tensor) and args[0].dim() == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    return None
+
+
+def _wide(t: Tensor) -> Tensor:
+    """Folds are computed in float64 (MPS has none: float32 there)."""
+    return t.detach().float() if t.device.type == "mps" else t.detach().double()
+
+
+@dataclass
+class _Calls:
+    """What the forward hooks saw of one module on the example input."""
+
+    count: int = 0
+    input_shape: tuple[int, ...] | None = None
+    dtype: torch.dtype | None = None
+    out_dim: int | None = None
+    gates: list[Tensor] = field(default_factory=list)  # frozen layers only: (positions, H)
+
+
+def _capture(model: nn.Module, example: Any, frozen: set[str]) -> dict[str, _Calls]:
+    """Run ``model`` once on the example with forward hooks on every Conv2d / Linear / inherited /
+    BatchNorm module: call counts, the first input's shape and dtype, the output's rank, and for the
+    layers whose gate is to be frozen the gate weights they computed."""
+    calls: dict[str, _Calls] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple, output: Any) -> None:
+            rec = calls.setdefault(name, _Calls())
+            rec.count += 1
+            x = args[0] if args and isinstance(args[0], Tensor) else None
+            if rec.input_shape is None and x is not None:
+                rec.input_shape, rec.dtype = tuple(x.shape), x.dtype
+                rec.out_dim = output.dim() if isinstance(output, Tensor) else None
+            if name in frozen and x is not None:
+                if isinstance(module, InherConv2d):
+                    z = F.conv2d(x, module.down, None, module.stride, module.padding, module.dilation)
+                else:
+                    z = F.linear(x, module.down)
+                rec.gates.append(module.gate_weights(z).reshape(-1, module.heads).double())
+        return fn
+
+    for name, module in model.named_modules():
+        if isinstance(module, (*INHER_LAYERS, nn.Conv2d, nn.Linear, *_BATCHNORMS)):
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            _call(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _foldable_batchnorm(bn: nn.Module) -> bool:
+    return isinstance(bn, _BATCHNORMS) and bn.track_running_stats and bn.running_mean is not None
+
+
+def _out_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.up.shape[1]
+
+
+def _pair_ok(producer: nn.Module, bn: nn.Module, rec: _Calls | None, bn_rec: _Calls | None) -> bool:
+    """Whether BatchNorm ``bn`` right after ``producer`` can be folded into it: both ran once, BN
+    normalises the producer's output features (a conv's channels; a linear layer's features only
+    when its output is N × features, which is what BatchNorm1d then normalises)."""
+    if rec is None or bn_rec is None or rec.count != 1 or bn_rec.count != 1 or not _foldable_batchnorm(bn):
+        return False
+    if isinstance(producer, (nn.Conv2d, InherConv2d)):
+        conv_ok = isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)) and rec.out_dim == 4
+    else:
+        conv_ok = isinstance(bn, (nn.BatchNorm1d, nn.SyncBatchNorm)) and rec.out_dim == 2
+    return conv_ok and bn.num_features == _out_features(producer)
+
+
+_PRODUCERS = (nn.Conv2d, nn.Linear, *INHER_LAYERS)
+
+
+def _pairs_by_fx(model: nn.Module, calls: dict[str, _Calls]) -> dict[str, str] | None:
+    """``{producer name: BatchNorm name}`` from the model's ``torch.fx`` graph: a BatchNorm whose
+    only input is the output of a conv / linear / inherited layer that nothing else reads. None when
+    the model cannot be traced symbolically."""
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, INHER_LAYERS) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means: use the hook fallback
+        return None
+    modules = dict(model.named_modules(remove_duplicate=False))
+    uses = Counter(id(modules[n.target]) for n in graph.nodes if n.op == "call_module" and n.target in modules)
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not _foldable_batchnorm(modules.get(node.target)):
+            continue
+        if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        prod = node.args[0]
+        if prod.op != "call_module" or len(prod.users) != 1 or prod.target not in modules:
+            continue
+        producer, bn = modules[prod.target], modules[node.target]
+        if (isinstance(producer, _PRODUCERS) and uses[id(producer)] == 1 and uses[id(bn)] == 1
+                and _pair_ok(producer, bn, calls.get(prod.target), calls.get(node.target))):
+            pairs[prod.target] = node.target
+    return pairs
+
+
+def _pairs_by_hooks(model: nn.Module, example: Any, calls: dict[str, _Calls]) -> dict[str, str]:
+    """Fallback for models ``torch.fx`` cannot trace: a BatchNorm whose input tensor *is* the output
+    tensor of a conv / linear / inherited layer. Hooks cannot see whether something else also reads
+    that tensor, so these folds are verified by the final output check (and dropped if it fails)."""
+    produced: dict[int, tuple[str, Tensor]] = {}
+    found: dict[str, str] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, _PRODUCERS):
+            def out_hook(m, args, out, name=name):
+                if isinstance(out, Tensor):
+                    produced[id(out)] = (name, out)
+            handles.append(module.register_forward_hook(out_hook))
+        elif _foldable_batchnorm(module):
+            def in_hook(m, args, name=name):
+                if args and isinstance(args[0], Tensor) and id(args[0]) in produced:
+                    prod_name, t = produced[id(args[0])]
+                    if t is args[0]:
+                        found[prod_name] = name
+            handles.append(module.register_forward_pre_hook(in_hook))
+    try:
+        with torch.no_grad():
+            _call(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(model.named_modules())
+    return {p: b for p, b in found.items()
+            if p in modules and b in modules and _pair_ok(modules[p], modules[b], calls.get(p), calls.get(b))}
+
+
+def _verified_pairs(model: nn.Module, pairs: dict[str, str], example: Any, reference: Any, tolerance: float,
+                    ) -> tuple[dict[str, str], list[str]]:
+    """The hook-found pairs whose fold, applied alone, leaves the output on the example within the
+    tolerance (a fold whose producer's output is also read elsewhere changes it), and the names of
+    the BatchNorms dropped. ``model`` is put back as it was after each trial."""
+    modules = dict(model.named_modules())
+    kept, dropped = {}, []
+    for prod_name, bn_name in pairs.items():
+        producer, bn = modules[prod_name], modules[bn_name]
+        if isinstance(producer, INHER_LAYERS):
+            folded = copy.deepcopy(producer)
+            _fold_bn_into_heads(folded, bn)
+        else:
+            folded = _fold_bn_into_dense(producer, bn)
+        identity = nn.Identity()
+        _replace(model, producer, folded)
+        _replace(model, bn, identity)
+        try:
+            with torch.no_grad():
+                diff, scale = _max_diff(_call(model, example), reference)
+        finally:
+            _replace(model, folded, producer)
+            _replace(model, identity, bn)
+        if diff <= tolerance * max(scale, 1e-12):
+            kept[prod_name] = bn_name
+        else:
+            dropped.append(bn_name)
+    return kept, dropped
+
+
+def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``y = s ⊙ x + t`` (float64)."""
+    s = 1.0 / torch.sqrt(_wide(bn.running_var) + bn.eps)
+    if bn.weight is not None:
+        s = s * _wide(bn.weight)
+    t = -_wide(bn.running_mean) * s
+    if bn.bias is not None:
+        t = t + _wide(bn.bias)
+    return s, t
+
+
+def _select_frozen(model: nn.Module, freeze_gate: bool | str | Iterable[str]) -> set[str]:
+    """Names of the gated layers whose gate is frozen: all (True), none (False), or those matching
+    the given names / name suffixes / regexes."""
+    gated = [n for n, m in model.named_modules() if isinstance(m, INHER_LAYERS) and m.gate is not None]
+    if freeze_gate is True:
+        return set(gated)
+    if freeze_gate is False or freeze_gate is None:
+        return set()
+    selectors = [freeze_gate] if isinstance(freeze_gate, str) else list(freeze_gate)
+    chosen = {n for n in gated for s in selectors
+              if n == s or n.endswith("." + s) or re.fullmatch(s, n) is not None}
+    if not chosen:
+        raise ConfigError(f"freeze_gate={freeze_gate!r} matches no gated layer; gated layers: "
+                          f"{', '.join(gated[:8]) or 'none'}{' ...' if len(gated) > 8 else ''}")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# building the inference model
+
+
+@dataclass
+class _Settings:
+    memory_format: str
+    min_speedup: float
+    rounds: int
+    cache: dict = field(default_factory=dict)
+
+
+def _timing_input(rec: _Calls, device: torch.device, memory_format: str) -> Tensor:
+    x = torch.randn(rec.input_shape, dtype=rec.dtype, device=device)
+    if memory_format == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _prepare(module: nn.Module, memory_format: str) -> nn.Module:
+    module.eval().requires_grad_(False)
+    if memory_format == "channels_last":
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
+def _timed(key: tuple, candidates: dict[str, Callable], rec: _Calls | None, ref: Tensor, s: _Settings,
+           ) -> tuple[dict[str, float], str]:
+    """Times of the candidates on the layer's captured input shape, shared by layers of one key."""
+    if rec is None or rec.input_shape is None:
+        return {}, "not run on the example input: not timed"
+    if key in s.cache:
+        return s.cache[key], ""
+    times = time_candidates(candidates, _timing_input(rec, ref.device, s.memory_format), rounds=s.rounds)
+    s.cache[key] = times
+    return times, ""
+
+
+def _dense_conv(layer: InherConv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                     padding=layer.padding, dilation=layer.dilation, bias=bias is not None,
+                     device=layer.up.device, dtype=layer.up.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(conv.weight.shape))
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+def _fixed_gate(layer: nn.Module, rec: _Calls | None, frozen: bool) -> tuple[Tensor | None, float | None]:
+    """The fixed head weights of a layer whose heads fold (float64, shape H), and for a frozen gate
+    its largest deviation |g − ḡ| on the example; (None, None) when the gate must run."""
+    if layer.gate is None:
+        return torch.full((layer.heads,), 1.0 / layer.heads, dtype=torch.float64, device=layer.up.device), None
+    if not frozen:
+        return None, None
+    if rec is None or not rec.gates:
+        raise ConfigError("freeze_gate: a layer whose gate is to be frozen was not run on the example input")
+    g = torch.cat(rec.gates)
+    mean = g.mean(0)
+    return (mean / mean.sum()).to(layer.up.device), float((g - mean).abs().max())
+
+
+def _folded_factors(layer: nn.Module, g: Tensor, bn: nn.Module | None) -> tuple[Tensor, Tensor | None]:
+    """``(up, bias)`` of the one up-projection (d_out × R) the heads amount to under fixed head
+    weights ``g``, with BatchNorm folded in (float64): ``Σ_h g_h B_h`` on a shared down, the heads
+    ``g_h B_h`` side by side for a symmetric layer (whose down rows are already head by head)."""
+    up = _wide(layer.up)
+    if layer.structure == "symmetric":
+        up_eff = (up * g[:, None, None]).permute(1, 0, 2).reshape(up.shape[1], -1)
+    else:
+        up_eff = torch.einsum("h,hor->or", g, up)
+    bias = None if layer.bias is None else g @ _wide(layer.bias)
+    if bn is not None:
+        s, t = _bn_affine(bn)
+        up_eff = up_eff * s[:, None]
+        bias = t if bias is None else bias * s + t
+    return up_eff, bias
+
+
+def _fold_bn_into_heads(layer: nn.Module, bn: nn.Module) -> None:
+    """BatchNorm into every head of a gated layer: ``B_h ← s ⊙ B_h``, ``b_h ← s ⊙ b_h + t``; exact
+    because ``Σ_h g_h = 1`` and the output is linear in the heads."""
+    s, t = _bn_affine(bn)
+    with torch.no_grad():
+        layer.up.copy_(_wide(layer.up) * s[None, :, None])
+        bias = t[None].expand(layer.heads, -1) if layer.bias is None else _wide(layer.bias) * s + t
+        if layer.bias is None:
+            layer.bias = nn.Parameter(bias.to(layer.up.dtype).contiguous(), requires_grad=False)
+        else:
+            layer.bias.copy_(bias)
+
+
+def _optimize_inherited(name: str, layer: nn.Module, rec: _Calls | None, bn: nn.Module | None,
+                        frozen: bool, s: _Settings) -> tuple[nn.Module, LayerDecision]:
+    kind = type(layer).__name__
+    decision = LayerDecision(name, kind, "", input_shape=rec.input_shape if rec else None)
+    g, deviation = _fixed_gate(layer, rec, frozen)
+    decision.gate_deviation = deviation
+    dtype, device = layer.up.dtype, layer.up.device
+    conv = isinstance(layer, InherConv2d)
+    base_key = (kind, rec.input_shape if rec else None, rec.dtype if rec else None, s.memory_format,
+                layer.dense_shape, layer.rank, layer.heads, layer.structure,
+                getattr(layer, "stride", None), getattr(layer, "padding", None), getattr(layer, "dilation", None))
+    if g is not None:  # heads fold: a plain pair, or dense when that is not faster
+        up, bias = _folded_factors(layer, g, bn)
+        down = _wide(layer.down)
+        dense_w = (up @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]).to(dtype)
+        up, down = up.to(dtype), down.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        if conv:
+            dense = _dense_conv(layer, dense_w, bias)
+            down_conv = nn.Conv2d(layer.in_channels, down.shape[0], layer.kernel_size, stride=layer.stride,
+                                  padding=layer.padding, dilation=layer.dilation, bias=False,
+                                  device=device, dtype=dtype)
+            up_conv = nn.Conv2d(down.shape[0], up.shape[0], 1, bias=bias is not None, device=device, dtype=dtype)
+            with torch.no_grad():
+                down_conv.weight.copy_(down)
+                up_conv.weight.copy_(up[:, :, None, None])
+                if bias is not None:
+                    up_conv.bias.copy_(bias)
+            pairs = {"folded pair": FactorisedConv2d(down_conv, up_conv, "matmul"),
+                     "folded pair (1×1 conv)": FactorisedConv2d(down_conv, up_conv, "conv")}
+        else:
+            dense = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None, device=device, dtype=dtype)
+            first = nn.Linear(layer.in_features, down.shape[0], bias=False, device=device, dtype=dtype)
+            second = nn.Linear(down.shape[0], layer.out_features, bias=bias is not None, device=device, dtype=dtype)
+            with torch.no_grad():
+                dense.weight.copy_(dense_w)
+                first.weight.copy_(down)
+                second.weight.copy_(up)
+                if bias is not None:
+                    dense.bias.copy_(bias)
+                    second.bias.copy_(bias)
+            pairs = {"folded pair": nn.Sequential(first, second)}
+        candidates = {"dense": _prepare(dense, s.memory_format),
+                      **{k: _prepare(m, s.memory_format) for k, m in pairs.items()}}
+        times, note = _timed((*base_key, "fold", bias is not None), candidates, rec, layer.up, s)
+        if not times:
+            chosen = "folded pair"
+        else:
+            chosen = min(pairs, key=lambda k: times[k])
+            if times["dense"] < s.min_speedup * times[chosen]:
+                chosen = "dense"
+        decision.became = "dense" if chosen == "dense" else "folded pair"
+        decision.times_ms, decision.chosen, decision.note = times, chosen, note
+        if frozen:
+            decision.note = (decision.note + "; " if decision.note else "") + "approximation (gate frozen at its mean)"
+        return candidates[chosen], decision
+
+    # gated: the gate must run; BatchNorm goes into every head
+    if bn is not None:
+        _fold_bn_into_heads(layer, bn)
+    _prepare(layer, s.memory_format)
+    candidates: dict[str, nn.Module] = {"gated kept": layer}
+    if conv:
+        down_conv = nn.Conv2d(layer.in_channels, layer.down.shape[0], layer.kernel_size, stride=layer.stride,
+                              padding=layer.padding, dilation=layer.dilation, bias=False, device=device, dtype=dtype)
+        with torch.no_grad():
+            down_conv.weight.copy_(layer.down)
+        up, bias = layer.up.detach(), None if layer.bias is None else layer.bias.detach()
+        if layer.structure == "asymmetric":
+            candidates["gated per-sample"] = GatedConv2d(down_conv, copy.deepcopy(layer.gate), up, bias,
+                                                         structure=layer.structure, mixing="per-sample")
+        candidates["gated shared-weight"] = GatedConv2d(down_conv, copy.deepcopy(layer.gate), up, bias,
+                                                        structure=layer.structure, mixing="shared")
+        uniform = torch.full((layer.heads,), 1.0 / layer.heads, dtype=torch.float64, device=device)
+        ref_w, ref_b = _folded_factors(layer, uniform, None)
+        reference = _dense_conv(layer, (ref_w @ _wide(layer.down).flatten(1)).to(dtype),
+                                None if ref_b is None else ref_b.to(dtype))
+    else:
+        reference = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                              device=device, dtype=dtype)
+    candidates = {k: _prepare(m, s.memory_format) for k, m in candidates.items()}
+    timed = {**candidates, "dense (reference)": _prepare(reference, s.memory_format)}
+    times, note = _timed((*base_key, "gated", layer.bias is not None), timed, rec, layer.up, s)
+    chosen = min(candidates, key=lambda k: times[k]) if times else "gated kept"
+    decision.became, decision.times_ms, decision.chosen, decision.note = chosen, times, chosen, note
+    if times and times[chosen] > 1.05 * times["dense (reference)"]:
+        decision.note = (f"{times[chosen] / times['dense (reference)']:.2f}× the dense layer's time; "
+                         "freeze_gate would let it fold (an approximation)")
+    return candidates[chosen], decision
+
+
+def _fold_bn_into_dense(module: nn.Module, bn: nn.Module) -> nn.Module:
+    """The standard fold: ``W ← s ⊙ W`` (per output channel), ``b ← s ⊙ b + t``; a new module."""
+    s, t = _bn_affine(bn)
+    new = copy.deepcopy(module)
+    shape = (-1,) + (1,) * (module.weight.dim() - 1)
+    bias = t if module.bias is None else _wide(module.bias) * s + t
+    new.weight = nn.Parameter((_wide(module.weight) * s.view(shape)).to(module.weight.dtype), requires_grad=False)
+    new.bias = nn.Parameter(bias.to(module.weight.dtype), requires_grad=False)
+    return new
+
+
+def _build(base: nn.Module, calls: dict[str, _Calls], pairs: dict[str, str], frozen: set[str],
+           s: _Settings) -> tuple[nn.Module, list[LayerDecision], list[str]]:
+    work = _prepare(copy.deepcopy(base), s.memory_format)
+    if s.memory_format == "channels_last":
+        work.register_forward_pre_hook(_channels_last_input)
+    if hasattr(work, PLAN_ATTR):  # the inheritance plan no longer describes the modules
+        delattr(work, PLAN_ATTR)
+    modules = dict(work.named_modules())
+    decisions: list[LayerDecision] = []
+    removed: list[str] = []
+    inherited = [n + "." for n, m in modules.items() if isinstance(m, INHER_LAYERS)]
+    for name, module in list(modules.items()):
+        if any(name.startswith(prefix) for prefix in inherited):
+            continue  # a part of an inherited layer (its gate), handled with the layer
+        bn = modules[pairs[name]] if name in pairs else None
+        if isinstance(module, INHER_LAYERS):
+            new, decision = _optimize_inherited(name, module, calls.get(name), bn, name in frozen, s)
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            rec = calls.get(name)
+            new = module if bn is None else _prepare(_fold_bn_into_dense(module, bn), s.memory_format)
+            decision = LayerDecision(name, type(module).__name__, "dense" if bn is not None else "unchanged",
+                                     input_shape=rec.input_shape if rec else None)
+        else:
+            continue
+        if bn is not None:
+            decision.batchnorm = pairs[name]
+            _replace(work, bn, nn.Identity())
+            removed.append(pairs[name])
+        if new is not module:
+            _replace(work, module, new)
+        decisions.append(decision)
+    return work, decisions, removed
+
+
+def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: float = DEFAULT_TOLERANCE,
+                           freeze_gate: bool | str | Iterable[str] = False, compile: bool = False,
+                           min_speedup: float = 1.0, memory_format: str = "auto", rounds: int = 5) -> nn.Module:
+    """A new module computing what ``model`` computes in eval mode, as fast as measured on this device.
+
+    Args:
+        model: an InherNet or any ``nn.Module``; it is deep-copied and never changed (parameters,
+            buffers, module types and training flags stay as they are).
+        example_input: one input the model takes (a tensor, a tuple of positional arguments or a
+            dict of keyword arguments), on the model's device, of the batch size to optimise for:
+            every layer is timed on the input shape it sees when the model runs on it.
+        tolerance: the result is checked on ``example_input``: max |optimised − original| must stay
+            within ``tolerance`` × max |original| (default 1e-4), else RuntimeError. Every transform
+            except ``freeze_gate`` is exact in exact arithmetic; in float32 the outputs agree to
+            rounding (about 1e-6 relative on the zoo's ResNets; the tests assert ``rtol=1e-4,
+            atol=1e-5`` elementwise on fresh inputs).
+        freeze_gate: ``True`` (every gated layer), a layer name / name suffix / regex, or a list of
+            them: freeze those gates at their mean over ``example_input``, so the heads fold like
+            ``gate="none"`` and the layer can become a pair or a dense layer. **An approximation**:
+            the report gives each frozen layer's largest gate deviation |g − ḡ| and the model's
+            max output deviation on the example (``report.max_abs_diff``), and the tolerance check
+            is not applied.
+        compile: wrap the result in ``torch.compile`` (run once on the example to compile it).
+        min_speedup: a folded layer stays a factorised pair only when the dense layer takes at least
+            ``min_speedup`` × the pair's time; 1.0 (default): whichever is faster, > 1 prefers
+            dense layers at near ties.
+        memory_format: ``"auto"`` (default): for a convolutional model with a 4-D input, build the
+            model in both layouts and keep the faster one (timed whole, side by side);
+            ``"contiguous"`` / ``"channels_last"``: that layout only.
+        rounds: interleaved timing rounds per measurement (the median is kept).
+
+    Returns the optimised module (eval mode, parameters without gradients) carrying its
+    :class:`OptimizationReport` as ``model.inhernet_optimized`` (:data:`REPORT_ATTR`). An
+    optimised InherNet carries no inheritance plan any more: save the original, not this.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be an nn.Module, got {type(model).__name__}")
+    if memory_format not in _MEMORY_FORMATS:
+        raise ConfigError(f"memory_format={memory_format!r}: use one of {_MEMORY_FORMATS}.")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds={rounds!r}: give a positive number of timing rounds.")
+    if not (isinstance(min_speedup, (int, float)) and min_speedup > 0 and math.isfinite(min_speedup)):
+        raise ConfigError(f"min_speedup={min_speedup!r}: give a positive factor (1.0: whichever is faster).")
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
+        raise ConfigError(f"tolerance={tolerance!r}: give a non-negative relative tolerance.")
+    if not _tensors(example_input):
+        raise ConfigError("example_input must be a tensor, or a tuple / dict holding the model's input tensors.")
+
+    base = copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.no_grad():
+        reference = _call(base, example_input)
+    frozen = _select_frozen(base, freeze_gate)
+    calls = _capture(base, example_input, frozen)
+    pairs = _pairs_by_fx(base, calls)
+    pairing = "torch.fx"
+    if pairs is None:  # not traceable: pair by tensor identity, keep the folds that keep the output
+        pairs, dropped = _verified_pairs(base, _pairs_by_hooks(base, example_input, calls), example_input,
+                                         reference, tolerance)
+        pairing = "forward hooks" + (f"; {len(dropped)} dropped, folding changed the output: {', '.join(dropped)}"
+                                     if dropped else "")
+
+    formats = [memory_format]
+    if memory_format == "auto":
+        convolutional = any(isinstance(m, (nn.Conv2d, InherConv2d)) for m in base.modules())
+        four_d = isinstance(example_input, Tensor) and example_input.dim() == 4
+        formats = ["contiguous", "channels_last"] if convolutional and four_d else ["contiguous"]
+
+    def build(fmt: str, pairs: dict[str, str]):
+        work, decisions, removed = _build(base, calls, pairs, frozen,
+                                          _Settings(fmt, float(min_speedup), rounds))
+        with torch.no_grad():
+            diff, scale = _max_diff(_call(work, example_input), reference)
+        return work, decisions, removed, diff, scale
+
+    def exact_limit(scale: float) -> float:
+        return tolerance * max(scale, 1e-12)
+
+    built = {fmt: build(fmt, pairs) for fmt in formats}
+    if (not frozen and pairing.startswith("forward hooks") and pairs
+            and any(b[3] > exact_limit(b[4]) for b in built.values())):
+        pairing = "forward hooks; all dropped, the folds together changed the output"
+        pairs = {}
+        built = {fmt: build(fmt, pairs) for fmt in formats}
+    model_times: dict[str, float] = {}
+    if len(built) > 1:
+        model_times = time_candidates({fmt: (lambda x, m=b[0]: _call(m, x)) for fmt, b in built.items()},
+                                      example_input, rounds=rounds)
+        chosen_format = min(model_times, key=model_times.get)
+    else:
+        chosen_format = formats[0]
+    work, decisions, removed, diff, scale = built[chosen_format]
+    if not frozen and diff > exact_limit(scale):
+        raise RuntimeError(f"optimize_for_inference: the optimised model differs from the original by {diff:.3g} "
+                           f"(outputs up to {scale:.3g}, tolerance {tolerance:g} × that) on the example input; "
+                           "please report this model")
+    result: nn.Module = work
+    if compile:
+        result = torch.compile(work)
+        with torch.no_grad():
+            diff_c, _ = _max_diff(_call(result, example_input), reference)
+        diff = max(diff, diff_c)
+        if not frozen and diff_c > exact_limit(scale):
+            raise RuntimeError(f"optimize_for_inference: the compiled model differs from the original by "
+                               f"{diff_c:.3g} (outputs up to {scale:.3g}) on the example input")
+    first = _tensors(example_input)[0]
+    report = OptimizationReport(
+        layers=decisions, example_shape=tuple(first.shape) if isinstance(example_input, Tensor) else None,
+        device=str(first.device), threads=torch.get_num_threads(), memory_format=chosen_format,
+        model_times_ms=model_times, max_abs_diff=diff, reference_scale=scale, tolerance=float(tolerance),
+        frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing, compiled=bool(compile),
+        min_speedup=float(min_speedup),
+    )
+    setattr(result, REPORT_ATTR, report)
+    return result

@@ -1,0 +1,322 @@
+"""optimize_for_inference: the same outputs (rtol 1e-4, atol 1e-5 in float32), a new module, a
+report of what every layer became."""
+
+import re
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import inhernet
+import inhernet.optimize as optimize
+from inhernet.config import ConfigError
+from inhernet.models import create_model
+from inhernet.optimize import FactorisedConv2d, GatedConv2d, optimize_for_inference
+
+RTOL, ATOL = 1e-4, 1e-5
+VARIANTS = {
+    "H=1": dict(heads=1),
+    "H=3 gated": dict(heads=3),
+    "gate=none": dict(heads=3, gate="none"),
+    "symmetric": dict(heads=3, structure="symmetric"),
+    "symmetric gate=none": dict(heads=3, structure="symmetric", gate="none"),
+}
+
+
+@torch.no_grad()
+def _randomise(model: nn.Module) -> nn.Module:
+    """Heads that differ and a gate that matters, BatchNorms with non-trivial statistics: at SVD
+    initialisation the heads are copies, and a fresh BatchNorm is the identity, which would hide
+    a wrong fold."""
+    for m in model.modules():
+        if isinstance(m, (inhernet.InherConv2d, inhernet.InherLinear)):
+            m.up.add_(0.3 * torch.randn_like(m.up) * m.up.std())
+            if m.bias is not None:
+                m.bias.normal_(0, 0.1)
+            if m.gate is not None:
+                m.gate.weight.normal_(0, 1.0)
+                m.gate.bias.normal_(0, 0.5)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_(0, 0.2)
+    return model
+
+
+def _resnet(arch="resnet20", **kw):
+    teacher = _randomise(create_model(arch, num_classes=10, in_channels=1))
+    return _randomise(inhernet.inherit(teacher, rank=8, progress=False, **kw))
+
+
+def _mlp(**kw):
+    teacher = nn.Sequential(nn.Linear(32, 96), nn.BatchNorm1d(96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(),
+                            nn.Linear(96, 10))
+    return _randomise(inhernet.inherit(_randomise(teacher), rank=8, min_saving=None, progress=False, **kw))
+
+
+def _inherited_names(model):
+    return [n for n, m in model.named_modules() if isinstance(m, (inhernet.InherConv2d, inhernet.InherLinear))]
+
+
+def _assert_same(opt, model, x):
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), model(x), rtol=RTOL, atol=ATOL)
+
+
+def _snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [(n, type(m), m.training) for n, m in model.named_modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+def _assert_unchanged(model, snap):
+    state, modules, grads = snap
+    now = model.state_dict()
+    assert now.keys() == state.keys() and all(torch.equal(now[k], v) for k, v in state.items())
+    assert [(n, type(m), m.training) for n, m in model.named_modules()] == modules
+    assert [p.requires_grad for p in model.parameters()] == grads
+
+
+@pytest.mark.parametrize("variant, memory_format", [(v, "contiguous") for v in VARIANTS]
+                         + [("H=1", "channels_last"), ("H=3 gated", "channels_last")])
+def test_resnet_outputs_equal_the_original(variant, memory_format):
+    model = _resnet(**VARIANTS[variant]).train()
+    snap = _snapshot(model)
+    opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format=memory_format, rounds=1)
+    _assert_unchanged(model, snap)  # the input model is never changed (training flags included)
+    report = opt.inhernet_optimized
+    assert report.memory_format == memory_format and not report.approximate
+    assert report.max_abs_diff <= 1e-4 * report.reference_scale
+    _assert_same(opt, model, torch.randn(3, 1, 28, 28))  # another batch size: decisions are shape-free
+    assert not opt.training and not any(p.requires_grad for p in opt.parameters())
+    # every inherited layer is in the report, once
+    assert [d.name for d in report.layers if d.kind == "InherConv2d"] == _inherited_names(model)
+    # every BatchNorm of a ResNet follows a conv: all are folded away
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
+    assert sorted(report.removed_batchnorms) == sorted(bns) and report.batchnorm_pairing == "torch.fx"
+    layers = [model.get_submodule(n) for n in _inherited_names(model)]
+    assert layers  # the variant inherits something
+    gated = layers[0].gate is not None
+    expected = ({"gated kept", "gated per-sample", "gated shared-weight"} if gated else {"dense", "folded pair"})
+    assert set(report.counts()) <= expected
+    text = str(report)
+    assert all(name in text for name in _inherited_names(model)) and "BatchNorm folded" in text
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_mlp_outputs_equal_the_original(variant):
+    model = _mlp(**VARIANTS[variant])
+    snap = _snapshot(model)
+    opt = optimize_for_inference(model, torch.randn(4, 32), rounds=1)  # "auto": no convs, contiguous only
+    _assert_unchanged(model, snap)
+    _assert_same(opt, model, torch.randn(5, 32))
+    report = opt.inhernet_optimized
+    assert report.memory_format == "contiguous" and report.model_times_ms == {}
+    assert [d.name for d in report.layers if d.kind == "InherLinear"] == _inherited_names(model) == ["0", "3"]
+    assert report.removed_batchnorms == ["1"] and not any(isinstance(m, nn.BatchNorm1d) for m in opt.modules())
+    assert report.layers[0].batchnorm == "1"
+
+
+@pytest.mark.parametrize("variant", ["H=3 gated", "symmetric", "gate=none"])
+def test_per_token_inputs(variant):
+    """Linear layers gate per token: a (batch, tokens, features) input."""
+    teacher = nn.Sequential(nn.Linear(32, 96), nn.GELU(), nn.Linear(96, 96), nn.GELU(), nn.Linear(96, 10))
+    model = _randomise(inhernet.inherit(teacher, rank=8, min_saving=None, progress=False, **VARIANTS[variant]))
+    opt = optimize_for_inference(model, torch.randn(2, 7, 32), rounds=1)
+    _assert_same(opt, model, torch.randn(3, 5, 32))
+
+
+def test_resnet56_inhernet_and_a_dense_teacher():
+    teacher = _randomise(create_model("resnet56", num_classes=10, in_channels=1))
+    model = _randomise(inhernet.inherit(teacher, rank=8, heads=3, progress=False))
+    x = torch.randn(4, 1, 28, 28)
+    opt = optimize_for_inference(model, x, rounds=1)
+    assert len([d for d in opt.inhernet_optimized.layers if d.kind == "InherConv2d"]) == len(_inherited_names(model)) == 55
+    _assert_same(opt, model, x)
+    # a dense network: only its BatchNorms fold (the "teacher, BN folded" baseline)
+    folded = optimize_for_inference(teacher, x, rounds=1)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(type(m) is nn.Conv2d for m in folded.modules() if isinstance(m, nn.Conv2d))
+    _assert_same(folded, teacher, x)
+    assert not hasattr(opt, "inhernet_plan") and hasattr(model, "inhernet_plan")  # the plan stays with the original
+
+
+def test_freeze_gate_folds_and_reports_its_deviation():
+    model = _resnet(heads=3)
+    x = torch.randn(4, 1, 28, 28)
+    opt = optimize_for_inference(model, x, freeze_gate=True, memory_format="contiguous", rounds=1)
+    report = opt.inhernet_optimized
+    assert report.approximate and report.frozen_gates == sorted(_inherited_names(model))
+    frozen = [d for d in report.layers if d.kind == "InherConv2d"]
+    assert all(d.became in ("dense", "folded pair") and d.gate_deviation > 0 for d in frozen)
+    with torch.no_grad():
+        deviation = float((opt(x) - model.eval()(x)).abs().max())
+    assert report.max_abs_diff == pytest.approx(deviation, rel=1e-3, abs=1e-6) and deviation > 0
+    assert "APPROXIMATE" in str(report) and "gate frozen" in str(report)
+    assert not any(isinstance(m, GatedConv2d) or isinstance(m, inhernet.InherConv2d) for m in opt.modules())
+
+    # one layer by name: only it is frozen, the rest stay exact gated layers
+    one = optimize_for_inference(model, x, freeze_gate=["layer3.2.conv2"], memory_format="contiguous", rounds=1)
+    became = {d.name: d.became for d in one.inhernet_optimized.layers}
+    assert one.inhernet_optimized.frozen_gates == ["layer3.2.conv2"]
+    assert became["layer3.2.conv2"] in ("dense", "folded pair") and became["layer3.2.conv1"].startswith("gated")
+
+
+def _prefer(winner):
+    """A timing function that makes the candidates whose name starts with ``winner`` the fastest."""
+    def fake(candidates, x, **kw):
+        return {k: (1.0 if k.startswith(winner) else 2.0) for k in candidates}
+    return fake
+
+
+def test_a_layer_not_faster_than_dense_becomes_dense_and_exact(monkeypatch):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer("dense"))
+    for model in (_resnet(heads=1), _resnet(heads=3, gate="none")):
+        opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format="contiguous")
+        assert set(opt.inhernet_optimized.counts()) == {"dense"}
+        assert not any(isinstance(m, (FactorisedConv2d, inhernet.InherConv2d)) for m in opt.modules())
+        _assert_same(opt, model, torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("winner, module, attr", [
+    ("folded pair (1×1 conv)", FactorisedConv2d, ("kernel", "conv")),
+    ("folded pair", FactorisedConv2d, ("kernel", "matmul")),
+])
+def test_forced_pairs_are_exact(monkeypatch, winner, module, attr):
+    def fake(candidates, x, **kw):
+        return {k: (1.0 if k == winner else 2.0) for k in candidates}
+    monkeypatch.setattr(optimize, "time_candidates", fake)
+    for memory_format in ("contiguous", "channels_last"):
+        model = _resnet(heads=3, structure="symmetric", gate="none")
+        opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format=memory_format)
+        pairs = [m for m in opt.modules() if isinstance(m, module)]
+        assert len(pairs) == len(_inherited_names(model)) and all(getattr(m, attr[0]) == attr[1] for m in pairs)
+        assert pairs[0].down.out_channels == 3 * 8  # a symmetric layer folds to inner width H·r
+        _assert_same(opt, model, torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("winner", ["gated kept", "gated per-sample", "gated shared-weight"])
+@pytest.mark.parametrize("structure", ["asymmetric", "symmetric"])
+def test_each_gated_kernel_is_exact(monkeypatch, winner, structure):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer(winner))
+    model = _resnet(heads=3, structure=structure)
+    for memory_format in ("contiguous", "channels_last"):
+        opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format=memory_format)
+        counts = opt.inhernet_optimized.counts()
+        if winner == "gated per-sample" and structure == "symmetric":  # no per-sample form without a shared down
+            assert "gated per-sample" not in counts
+        else:
+            assert set(counts) == {winner}
+        _assert_same(opt, model, torch.randn(2, 1, 28, 28))
+
+
+def test_min_speedup_prefers_dense_at_near_ties(monkeypatch):
+    def fake(candidates, x, **kw):
+        return {k: (1.0 if k == "dense" else 0.9) for k in candidates}  # the pair 10 % faster
+    monkeypatch.setattr(optimize, "time_candidates", fake)
+    model = _resnet(heads=1)
+    x = torch.randn(4, 1, 28, 28)
+    assert set(optimize_for_inference(model, x, memory_format="contiguous").inhernet_optimized.counts()) == {"folded pair"}
+    opt = optimize_for_inference(model, x, memory_format="contiguous", min_speedup=1.2)
+    assert set(opt.inhernet_optimized.counts()) == {"dense"}
+    layer = next(d for d in opt.inhernet_optimized.layers if d.kind == "InherConv2d")
+    assert layer.chosen == "dense" and layer.times_ms == {"dense": 1.0, "folded pair": 0.9, "folded pair (1×1 conv)": 0.9}
+
+
+def test_memory_format_auto_keeps_the_faster_layout(monkeypatch):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer("channels_last"))
+    model = _resnet(heads=1)
+    opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28))
+    assert opt.inhernet_optimized.memory_format == "channels_last"
+    assert set(opt.inhernet_optimized.model_times_ms) == {"contiguous", "channels_last"}
+    _assert_same(opt, model, torch.randn(2, 1, 28, 28))
+
+
+class _Untraceable(nn.Module):
+    """torch.fx cannot trace the data-dependent branch; conv2's output is read by bn2 *and* by the
+    sum, so folding bn2 into conv2 would change the output — only conv1/bn1 may fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        if float(x.sum()) > float("-inf"):
+            x = self.bn1(self.conv1(x))
+        y = self.conv2(x)
+        return self.bn2(y) + y
+
+
+def test_batchnorm_pairs_of_an_untraceable_model_are_verified():
+    model = _randomise(_Untraceable())
+    x = torch.randn(4, 1, 12, 12)
+    opt = optimize_for_inference(model, x, rounds=1)
+    report = opt.inhernet_optimized
+    assert report.batchnorm_pairing.startswith("forward hooks") and "bn2" in report.batchnorm_pairing
+    assert report.removed_batchnorms == ["bn1"] and isinstance(opt.bn2, nn.BatchNorm2d)
+    _assert_same(opt, model, torch.randn(2, 1, 12, 12))
+
+
+def test_bad_arguments_are_config_errors():
+    model = _resnet(heads=3)
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(ConfigError, match="memory_format"):
+        optimize_for_inference(model, x, memory_format="nhwc")
+    with pytest.raises(ConfigError, match="matches no gated layer"):
+        optimize_for_inference(model, x, freeze_gate=["no.such.layer"])
+    with pytest.raises(ConfigError, match="min_speedup"):
+        optimize_for_inference(model, x, min_speedup=0)
+    with pytest.raises(ConfigError, match="example_input"):
+        optimize_for_inference(model, [1, 2])
+
+
+def test_time_candidates_measures_side_by_side():
+    calls = []
+    times = optimize.time_candidates({"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b")},
+                                     torch.zeros(1), rounds=3, min_time_s=0.0)
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b"]  # after two warm-up calls each: interleaved, alternating
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile needs a C compiler")
+def test_compiled_result_is_exact():
+    model = _mlp(heads=1)
+    opt = optimize_for_inference(model, torch.randn(4, 32), compile=True, rounds=1)
+    assert opt.inhernet_optimized.compiled
+    _assert_same(opt, model, torch.randn(4, 32))
+
+
+def test_export_onnx_of_an_optimised_inhernet_passes_its_check(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the ONNX Runtime check needs onnxruntime (requirements.txt)")
+    from inhernet.export import OnnxModule
+
+    model = _resnet("resnet8", heads=3).train()
+    res = inhernet.export_onnx(model, tmp_path / "opt.onnx", torch.randn(1, 1, 28, 28))  # optimize=True by default
+    assert model.training  # restored
+    report = res["optimized"]
+    assert report is not None and report.memory_format == "contiguous" and len(report.removed_batchnorms) > 0
+    assert res["max_abs_diff"] < 1e-4
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():  # the file computes what the original model computes
+        torch.testing.assert_close(OnnxModule(res["path"], threads=1)(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_reports_the_optimisation(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the ONNX Runtime check needs onnxruntime (requirements.txt)")
+    from inhernet.cli import main
+    from inhernet.train import save_model
+
+    teacher = create_model("resnet8", num_classes=10, in_channels=1)
+    save_model(inhernet.inherit(teacher, rank=4, heads=1, progress=False), tmp_path / "model", arch="resnet8",
+               num_classes=10, in_channels=1)
+    assert main(["export", str(tmp_path / "model"), "--input-shape", "1", "16", "16", "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"optimised for inference: .*BatchNorm folded", out) and "ONNX Runtime matches PyTorch" in out
+    assert main(["export", str(tmp_path / "model"), "--input-shape", "1", "16", "16", "--out", str(tmp_path / "n.onnx"),
+                 "--no-optimize"]) == 0
+    assert "optimised for inference" not in capsys.readouterr().out
