@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dynamic-size", action="store_true", help="also make height and width dynamic")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     s.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX Runtime comparison")
+    s.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="write the layers as they are instead of inhernet.optimize_for_inference's form (heads "
+                        "folded, BatchNorm folded, layers not faster factorised made dense)")
     s.add_argument("--arch", default=None, help="architecture (only for bare state-dict files)")
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
 
@@ -289,33 +292,16 @@ def _load_model(path: str, **kwargs: Any) -> tuple[Any, dict]:
                              "--arch NAME (see `inhernet models`), or give a saved model folder or .ckpt.") from err
 
 
-#: ``--accelerator`` values checked here; others (tpu, hpu, ...) are left to Lightning
-ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-
-
 def _check_accelerator(a: argparse.Namespace) -> None:
     """Refuse an ``--accelerator`` this machine does not have before any data is loaded or any file
-    is written (Lightning would fail later, deep inside the trainer)."""
+    is written (Lightning would fail later, deep inside the trainer); the rule is
+    :func:`inhernet.train.validate.check_accelerator`, shared with a compare config's ``trainer.accelerator``."""
     acc = getattr(a, "accelerator", None)
     if acc is None:
         return
-    from inhernet.config import ConfigError
+    from inhernet.train.validate import check_accelerator, cli_option
 
-    name = acc.lower()
-    if name in ("gpu", "cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--accelerator {acc}: no CUDA GPU is usable here (no GPU, no driver, or a CPU-only "
-                              "torch build); drop the option (the default is cpu) or pass --accelerator auto.")
-    elif name == "mps":
-        import torch
-
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"--accelerator {acc}: Apple's MPS is not available on this machine; drop the option "
-                              "(the default is cpu) or pass --accelerator auto.")
-    elif name not in ACCELERATORS and name not in ("tpu", "hpu", "xla"):
-        raise ConfigError(f"--accelerator {acc!r} is not known; choose one of {', '.join(ACCELERATORS)}.")
+    check_accelerator("accelerator", acc, option=cli_option)
 
 
 def _user_message(err: BaseException) -> str:
@@ -543,10 +529,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     model, info = _load_model(a.model, arch=a.arch, num_classes=a.num_classes, in_channels=in_channels)
     shape = tuple(a.input_shape) if a.input_shape else (info["in_channels"], 32, 32)
     res = inhernet.export_onnx(model, a.out, torch.randn(1, *shape), dynamic_spatial=a.dynamic_size,
-                               check=a.check, opset=a.opset)
+                               check=a.check, opset=a.opset, optimize=a.optimize)
     checked = (f"ONNX Runtime matches PyTorch to {res['max_abs_diff']:.2g}" if res["max_abs_diff"] is not None
                else "not checked")
     size = "×".join(map(str, shape))
+    if res["optimized"] is not None:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(res["optimized"].counts().items()))
+        print(f"optimised for inference: {counts or 'no inherited layers'}; "
+              f"{len(res['optimized'].removed_batchnorms)} BatchNorm folded")
     print(f"saved -> {res['path']} ({res['bytes'] / 2**20:.2f} MiB, opset {res['opset']}, input N×{size}; {checked})")
     return 0
 

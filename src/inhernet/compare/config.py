@@ -324,7 +324,22 @@ class MethodConfig:
 
 @dataclass
 class TrainerConfig:
-    """Where training runs: Lightning's accelerator / devices / num_nodes / strategy."""
+    """Where and how training runs: Lightning's accelerator / devices / num_nodes / strategy, plus
+
+    * ``precision``: Lightning's, ``null`` (32-bit), ``32-true``, ``bf16-mixed`` (bfloat16 autocast;
+      runs on a CPU too) or ``16-mixed`` (GPUs only); see :func:`inhernet.train.validate.check_precision`.
+    * ``channels_last``: model and inputs in the channels-last memory format (faster convolutions
+      on GPUs with tensor cores; the saved models are written in the usual format).
+    * ``data_on_device``: the training / evaluation tensors live on the training device and the
+      batch augmentation runs there (no host-to-device copy per batch); ``null`` (default): on when
+      training on a GPU. On a CPU it changes nothing.
+
+    None of these is part of a run's identity (nor is the accelerator): a run resumed under other
+    settings continues where it was, so keep one config's runs on one setting.
+
+    The accelerator's name is checked here, its presence on this machine when training starts (a
+    config written on a GPU machine still loads for ``inhernet report`` on a CPU one).
+    """
 
     accelerator: str = "cpu"
     devices: Union[int, str] = 1
@@ -332,10 +347,16 @@ class TrainerConfig:
     strategy: str = "auto"
     threads: Optional[int] = None
     progress: Union[bool, str] = True
+    precision: Union[int, str, None] = None
+    channels_last: bool = False
+    data_on_device: Optional[bool] = None
 
     def __post_init__(self) -> None:
         _check(self.strategy in STRATEGIES, f"trainer.strategy={self.strategy!r}; use one of {', '.join(STRATEGIES)}")
         _check(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} must be >= 1")
+        option = "trainer.{}".format
+        _validated(validate.check_accelerator, "accelerator", self.accelerator, option=option, available=False)
+        _validated(validate.check_precision, "precision", self.precision, accelerator=self.accelerator, option=option)
 
 
 @dataclass

@@ -108,6 +108,7 @@ def teacher_key(cfg: CompareConfig) -> str:
 def _fit_kwargs(cfg: CompareConfig, progress: Any) -> dict:
     tr = cfg.trainer
     return dict(devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy, accelerator=tr.accelerator,
+                precision=tr.precision, channels_last=tr.channels_last, data_on_device=tr.data_on_device,
                 progress=progress, quiet=True)
 
 
@@ -394,6 +395,20 @@ def load_data(cfg: CompareConfig, *, subset: Any = "same") -> Any:
                         test_subset=d.test_subset, seed=d.seed)
 
 
+def _check_trainer_here(cfg: CompareConfig) -> None:
+    """``trainer.accelerator`` is usable on this machine (the config checked only its name)."""
+    from inhernet.config import ConfigError
+    from inhernet.train.validate import check_accelerator
+
+    from .config import CompareConfigError
+
+    try:
+        check_accelerator("accelerator", cfg.trainer.accelerator, option="trainer.{}".format)
+    except ConfigError as err:
+        where = f"{cfg.source}: " if cfg.source else ""
+        raise CompareConfigError(f"{where}{err}") from err
+
+
 def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None,
                 log: Callable[[str], None] = _info, report: bool = True) -> Optional[dict]:
     """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero)."""
@@ -407,7 +422,9 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     out = Path(cfg.out_dir)
     t_start = time.perf_counter()
 
-    # 1. validate everything that can fail before writing anything
+    # 1. validate everything that can fail before writing anything (the accelerator first: a config
+    #    asking for a GPU on a machine without one fails here, not deep inside Lightning)
+    _check_trainer_here(cfg)
     data = load_data(cfg)
     log(f"data: {data!r}")
     if cfg.teacher.path:

@@ -4,7 +4,9 @@ The standard CIFAR recipe - pad by 4, crop back to the original size at a random
 half the images - done as one gather: each output pixel's source position in the padded batch is
 computed with index arithmetic from per-sample offsets (and, for flipped samples, a reversed column
 index), then ``torch.gather`` fetches all of them at once. It runs on whatever device the batch is
-on, and a ``torch.Generator`` makes the draws reproducible.
+on, and a ``torch.Generator`` makes the draws reproducible. The draws are always made on the CPU
+generator and only the drawn numbers are moved to the batch's device (one small copy per batch),
+so a batch augmented on a GPU equals the same batch augmented on the CPU, value for value.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ class RandomCropFlip:
         flips = (torch.rand(n, generator=g) < 0.5) if self.flip else torch.zeros(n, dtype=torch.bool)
         return dy, dx, flips
 
+    def _draws_on(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`draw` on the CPU generator, the numbers moved to ``device`` in one small copy (a
+        no-op for a CPU batch): the same code and the same numbers on every device."""
+        dy, dx, flips = self.draw(n)
+        draws = torch.stack([dy, dx, flips.long()])
+        if device.type == "cuda":  # from pinned memory, asynchronously: the host does not wait for the GPU
+            draws = draws.pin_memory().to(device, non_blocking=True)
+        else:
+            draws = draws.to(device)
+        dy, dx, flips = draws
+        return dy, dx, flips.bool()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected an N x C x H x W batch, got shape {tuple(x.shape)}")
@@ -83,7 +97,7 @@ class RandomCropFlip:
         self._reseed_in_worker()
         n, c, h, w = x.shape
         p = self.padding
-        dy, dx, flips = (t.to(x.device) for t in self.draw(n))
+        dy, dx, flips = self._draws_on(n, x.device)
         padded = F.pad(x, (p, p, p, p), value=self.fill) if p else x
         wp = w + 2 * p
         rows = dy[:, None] + torch.arange(h, device=x.device)                 # N x H

@@ -10,6 +10,11 @@ Under data parallelism each process gets a disjoint shard: for training every pr
 same number of samples (``N // world_size``, the remainder dropped for that epoch) so that they run
 the same number of steps; for evaluation the shards are ``idx[rank::world_size]`` and cover every
 sample exactly once. ``batch_size`` is per process, as in Lightning.
+
+With ``device`` (e.g. ``"cuda"``) the loader holds its tensors on that device, picks the batches
+there and augments them there: no host-to-device copy per batch. The order and the augmentation's
+random draws still come from the same CPU generators (only the drawn numbers cross over), so the
+batches are the same values as without ``device``; ``device="cpu"`` gives the very same tensors.
 """
 
 from __future__ import annotations
@@ -80,11 +85,14 @@ class TensorLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        device: Optional[torch.device | str] = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.x: Tensor = data.x
-        self.y: Tensor = data.y
+        self.device = torch.device(device) if device is not None else None
+        # one copy of the split on the device for the loader's life (a no-op when it is already there)
+        self.x: Tensor = data.x if self.device is None else data.x.to(self.device)
+        self.y: Tensor = data.y if self.device is None else data.y.to(self.device)
         if len(self.x) != len(self.y):
             raise ValueError(f"x and y differ in length: {len(self.x)} vs {len(self.y)}")
         self.batch_size = int(batch_size)
@@ -125,7 +133,9 @@ class TensorLoader:
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        idx = self._indices()
+        idx = self._indices()  # drawn on the CPU generator, wherever the data are
+        if self.device is not None:
+            idx = idx.to(self.device)
         if hasattr(self.augment, "manual_seed"):
             self.augment.manual_seed(mix_seed(self.seed, self.sampler.epoch, self.rank, 2))
         for i in range(len(self)):

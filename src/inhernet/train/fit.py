@@ -38,7 +38,7 @@ from .heads import HeadDiagnostics
 from .losses import DistillLoss
 from .module import DistillModule
 from .signals import stop_cleanly
-from .validate import check_training_options
+from .validate import check_flag, check_precision, check_training_options
 
 __all__ = ["FitResult", "JsonlMetrics", "TensorDataModule", "fit", "global_rank", "read_metrics", "CHECKPOINT_NAME"]
 
@@ -47,20 +47,35 @@ METRICS_NAME = "metrics.jsonl"
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Train / validation / test loaders over in-memory tensor data (``.train``, ``.val``, ``.test``)."""
+    """Train / validation / test loaders over in-memory tensor data (``.train``, ``.val``, ``.test``).
+
+    ``data_on_device``: the loaders hold their split on the training device (the Trainer's root
+    device) and augment there, so no batch is copied from the host; ``None``: on when that device is
+    not the CPU. The batches are the same either way (:class:`~inhernet.data.loader.TensorLoader`).
+    """
 
     def __init__(self, data: Any, batch_size: int = 64, eval_batch_size: int = 512, augment: Any = "default",
-                 seed: int = 0) -> None:
+                 seed: int = 0, data_on_device: Optional[bool] = None) -> None:
         super().__init__()
         self.data = data
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.augment, self.seed = augment, int(seed)
+        self.data_on_device = data_on_device
         self.eval_splits = [s for s in ("val", "test") if getattr(data, s, None) is not None
                             and len(getattr(data, s).y) > 0]
 
     def _dist(self) -> tuple[int, int]:
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def device(self) -> Optional[torch.device]:
+        """Where the loaders keep the data: the training device, or ``None`` (where it already is)."""
+        t = self.trainer
+        if t is None:
+            return None
+        root = t.strategy.root_device
+        on = self.data_on_device if self.data_on_device is not None else root.type != "cpu"
+        return root if on else None
 
     def train_dataloader(self) -> TensorLoader:
         rank, world = self._dist()
@@ -69,7 +84,7 @@ class TensorDataModule(L.LightningDataModule):
         # BatchNorm cannot train on a last batch of a single sample
         drop_last = per_rank % self.batch_size == 1
         return TensorLoader(train, self.batch_size, shuffle=True, augment=self._augment_spec(), seed=self.seed,
-                            drop_last=drop_last, rank=rank, world_size=world)
+                            drop_last=drop_last, rank=rank, world_size=world, device=self.device())
 
     def _augment_spec(self) -> Any:
         if self.augment == "default":
@@ -78,8 +93,9 @@ class TensorDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[TensorLoader]:
         rank, world = self._dist()
+        device = self.device()
         return [TensorLoader(getattr(self.data, s), self.eval_batch_size, shuffle=False, rank=rank,
-                             world_size=world) for s in self.eval_splits]
+                             world_size=world, device=device) for s in self.eval_splits]
 
 
 def _to_float(v: Any) -> Any:
@@ -215,6 +231,8 @@ def fit(
     strategy: str = "auto",
     accelerator: str = "cpu",
     precision: Any = None,
+    channels_last: bool = False,
+    data_on_device: Optional[bool] = None,
     progress: Union[bool, str] = True,
     callbacks: Iterable[Callback] = (),
     run_name: Optional[str] = None,
@@ -234,6 +252,13 @@ def fit(
         augment: ``"default"`` (the data set's ``default_augment``), ``"none"``, ``"crop_flip"``, ...
         resume: continue from ``out_dir/checkpoints/last.ckpt`` if present; ``False`` starts over
             (the old checkpoint and metrics are replaced).
+        precision: Lightning's precision: ``None`` (32-bit), ``"bf16-mixed"`` (bfloat16 autocast, on a
+            CPU too), ``"16-mixed"`` (GPUs); see :func:`inhernet.train.validate.check_precision`.
+        channels_last: train the model, and feed it inputs, in the channels-last memory format
+            (faster convolutions on GPUs); the returned model is back in the usual format.
+        data_on_device: keep the splits on the training device and augment there (no host-to-device
+            copy per batch); ``None``: on when training on a GPU. The batches are the same either way,
+            so on a CPU the result is bit-identical to ``False``.
         progress: ``True``/``"tqdm"`` (Lightning's TQDM bar), ``"rich"``, or ``False``.
         callbacks: extra Lightning callbacks.
         run_name: how errors name this run (default: ``out_dir``). A non-finite loss or gradient
@@ -253,6 +278,9 @@ def fit(
     # every bad option fails here, before anything is created or trained
     check_training_options(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
                            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma)
+    check_precision("precision", precision, accelerator=accelerator)
+    check_flag("channels_last", channels_last)
+    check_flag("data_on_device", data_on_device, none_ok=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -282,11 +310,14 @@ def fit(
 
     L.seed_everything(seed, workers=True, verbose=False)
     model.train()  # e.g. a model inherited from a teacher in eval mode
-    dm = TensorDataModule(data, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment, seed=seed)
+    if channels_last:  # the 4-D weights (convolutions); the inputs follow in DistillModule
+        model.to(memory_format=torch.channels_last)
+    dm = TensorDataModule(data, batch_size=batch_size, eval_batch_size=eval_batch_size, augment=augment, seed=seed,
+                          data_on_device=data_on_device)
     module = DistillModule(
         model, num_classes=num_classes, teacher=teacher, loss=loss, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, nesterov=nesterov, milestones=milestones, gamma=gamma,
-        eval_names=dm.eval_splits, model_meta=model_meta,
+        eval_names=dm.eval_splits, model_meta=model_meta, channels_last=channels_last,
     )
     module.run_name = run_name or str(out)
 
@@ -344,6 +375,8 @@ def fit(
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
+        if channels_last:  # back to the usual format (also when interrupted): safetensors wants contiguous weights
+            module.model.to(memory_format=torch.contiguous_format)
     model = module.model.cpu()
     return FitResult(model=model, metrics=read_metrics(metrics_path), out_dir=out,
                      checkpoint=ckpt_path if ckpt_path.exists() else None, resumed_from_epoch=resumed_epoch,

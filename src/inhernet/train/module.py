@@ -66,6 +66,10 @@ class DistillModule(L.LightningModule):
     Logged per epoch (reduced across processes): ``train/loss``, ``train/acc``, ``val/loss``,
     ``val/acc``, ``test/loss``, ``test/acc`` (the names of the evaluation loaders are given by
     ``eval_names``, in the order of the validation dataloaders).
+
+    ``channels_last``: every step puts its batch's images in the channels-last memory format, the
+    format :func:`~inhernet.train.fit` put the model's convolutions in (and so is the private teacher
+    copy made for another device).
     """
 
     def __init__(
@@ -84,9 +88,13 @@ class DistillModule(L.LightningModule):
         gamma: float = 0.1,
         eval_names: Sequence[str] = ("val", "test"),
         model_meta: Optional[dict] = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        # inputs in channels-last memory format (the model is converted by fit()); not a hyperparameter:
+        # it changes speed, not what is learned, and is absent from checkpoints
+        self.channels_last = bool(channels_last)
         self.loss_fn = make_loss(loss)
         if self.loss_fn.needs_teacher and teacher is None:
             raise ValueError(f"loss {self.loss_fn.kind!r} distils from a teacher, but no teacher was given")
@@ -127,7 +135,14 @@ class DistillModule(L.LightningModule):
         ref = next(iter(t.parameters()), None)
         if ref is not None and ref.device != self.device:
             # a private copy on the training device: the caller's teacher stays where it is
-            self._teacher = (copy.deepcopy(t).to(self.device),)
+            private = copy.deepcopy(t).to(self.device)
+            if self.channels_last:
+                private.to(memory_format=torch.channels_last)
+            self._teacher = (private,)
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch's images in the memory format the model was put in (a no-op unless channels_last)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``x``: eval mode, no gradients, the teacher left as it was."""
@@ -141,6 +156,7 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        x = self._inputs(x)
         logits = self.model(x)
         t_logits = None
         if self.loss_fn.needs_teacher:
@@ -165,6 +181,7 @@ class DistillModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
+        x = self._inputs(x)
         logits = self.model(x)
         name = self.eval_names[dataloader_idx]
         metric = self.eval_acc[dataloader_idx]

@@ -19,14 +19,19 @@ from typing import Any, Callable, Optional, Sequence
 from inhernet.config import ConfigError
 
 __all__ = [
+    "ACCELERATORS",
     "FOLDER_NAME_RULE",
+    "PRECISIONS",
+    "check_accelerator",
     "check_batch_size",
     "check_count",
+    "check_flag",
     "check_folder_name",
     "check_latency_options",
     "check_learning_rate",
     "check_milestones",
     "check_non_negative",
+    "check_precision",
     "check_training_options",
     "cli_option",
     "plain_option",
@@ -63,6 +68,13 @@ def check_count(field: str, value: Any, *, low: int = 1, option: Option = plain_
     if not _is_int(value) or value < low:
         about = f" ({what})" if what else ""
         raise ConfigError(f"{option(field)}={value!r} must be an integer >= {low}{about}.")
+
+
+def check_flag(field: str, value: Any, *, none_ok: bool = False, option: Option = plain_option) -> None:
+    """A switch: ``True`` or ``False`` (with ``none_ok``, also ``None``: "decide for me")."""
+    if not (isinstance(value, bool) or (none_ok and value is None)):
+        also = ", or None (the default for this machine)" if none_ok else ""
+        raise ConfigError(f"{option(field)}={value!r} must be True or False{also}.")
 
 
 def check_batch_size(field: str, value: Any, *, option: Option = plain_option) -> None:
@@ -136,3 +148,72 @@ def check_folder_name(what: str, name: Any) -> None:
     or hold a path separator, so only letters, digits and ``_ - .`` are allowed."""
     if not isinstance(name, str) or not _FOLDER_NAME_RE.fullmatch(name):
         raise ConfigError(f"{what} {name!r} is not a safe folder name: use {FOLDER_NAME_RULE}.")
+
+
+#: accelerator names checked here (availability included); others (tpu, hpu, xla) are left to Lightning
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+_LEFT_TO_LIGHTNING = ("tpu", "hpu", "xla")
+
+
+def _shown(option: Option, field: str, value: Any) -> str:
+    """``--accelerator gpu`` on the command line, ``trainer.accelerator='gpu'`` elsewhere."""
+    name = option(field)
+    return f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
+
+
+def check_accelerator(field: str, value: Any, *, option: Option = plain_option, available: bool = True) -> None:
+    """A Lightning accelerator name this code knows (or one left to Lightning: tpu, hpu, xla);
+    with ``available`` (the default) also one this machine has: ``gpu`` / ``cuda`` need a usable
+    CUDA device, ``mps`` Apple's MPS. ``None`` (the caller's default) passes.
+
+    ``available=False`` checks the name only: a config written on a GPU machine must still load
+    (for ``inhernet report``) where there is none; the training entry points check availability
+    before anything is loaded or written, because Lightning would fail late, deep in the Trainer."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(f"{_shown(option, field, value)} must be a string: one of {', '.join(ACCELERATORS)}.")
+    name = value.lower()
+    if name not in ACCELERATORS and name not in _LEFT_TO_LIGHTNING:
+        raise ConfigError(f"{_shown(option, field, value)} is not known; choose one of {', '.join(ACCELERATORS)}.")
+    if not available:
+        return
+    import torch
+
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{_shown(option, field, value)}: no CUDA GPU is usable here (no GPU, no driver, or a "
+                          "CPU-only torch build); drop the option (the default is cpu) or pass auto.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{_shown(option, field, value)}: Apple's MPS is not available on this machine; drop the "
+                          "option (the default is cpu) or pass auto.")
+
+
+#: the Lightning precisions training accepts: full precision and the two autocast ("mixed") modes
+PRECISIONS = (32, "32", "32-true", "bf16-mixed", "16-mixed")
+
+
+def check_precision(field: str, value: Any, *, accelerator: Any = "cpu", option: Option = plain_option) -> None:
+    """A Lightning ``precision`` for training: ``None`` (Lightning's default, 32-bit), ``32`` /
+    ``"32-true"``, ``"bf16-mixed"`` (bfloat16 autocast; also on a CPU) or ``"16-mixed"`` (float16
+    autocast with loss scaling; GPUs only: on a CPU Lightning would silently switch to bf16-mixed).
+
+    Refused with the reason: the ``*-true`` half precisions (they cast the model's weights but neither
+    the frozen distillation teacher, which lives outside the trained module, nor the data: the
+    teacher's forward would fail on the cast inputs), ``64-true``, and Lightning's historical aliases
+    (``16``, ``"bf16"``: the explicit names say what runs)."""
+    if value is None or value in PRECISIONS and not isinstance(value, bool):
+        if value == "16-mixed" and isinstance(accelerator, str) and accelerator.lower() == "cpu":
+            raise ConfigError(f"{_shown(option, field, value)}: float16 autocast needs a GPU (on a CPU Lightning "
+                              "would silently use bf16-mixed); use bf16-mixed, or train on a GPU.")
+        return
+    choices = ", ".join(str(p) for p in ("32-true", "bf16-mixed", "16-mixed"))
+    if value in ("16-true", "bf16-true", "64-true", 64, "64"):
+        why = ("casts the trained model's weights but not the frozen teacher (held outside the module) nor the "
+               "data") if value != "64-true" and value not in (64, "64") else "is not supported for training here"
+        raise ConfigError(f"{_shown(option, field, value)} {why}; use one of {choices} (or leave it out for 32-bit).")
+    if value in (16, "16", "bf16"):
+        explicit = "bf16-mixed" if value == "bf16" else "16-mixed"
+        raise ConfigError(f"{_shown(option, field, value)} is one of Lightning's historical aliases; write "
+                          f"{explicit!r} (or another of {choices}).")
+    raise ConfigError(f"{_shown(option, field, value)} is not a training precision; use one of {choices} "
+                      "(or leave it out for 32-bit).")
