@@ -3,7 +3,8 @@
 # into one call of the device tool (10 minutes at most), resuming where the last piece stopped.
 #
 #   bash benchmarks/gpu_heads.sh                  # on the GPU machine (the device tool's `run`)
-#   GPU_SMOKE=1 bash benchmarks/gpu_heads.sh      # the tiny CPU smoke test (about 2-4 minutes on 2 cores)
+#   GPU_SMOKE=1 bash benchmarks/gpu_heads.sh      # the tiny CPU smoke test (about 2-3 minutes on 2 cores;
+#                                                 # not part of the test suite)
 #
 # The setting: benchmarks/configs/gpu60k_resnet56_resnet20.yaml and gpu60k_wrn_40_2_wrn_40_1.yaml —
 # all 58,800 Fashion-MNIST training images for the teacher and every method, 60 epochs each, the full
@@ -26,7 +27,8 @@
 # The device machine goes back about 30 s after a call, though, and a fresh one starts empty; then
 # copy the state parts back and carry them:  mkdir -p .gpu_state && cp FILES_AT/state.tgz.* .gpu_state/
 # and call run with carry [".gpu_data", ".gpu_state"]. Finished runs and teachers are skipped; a run
-# whose checkpoint did not fit into the parts starts over.
+# whose checkpoint did not fit into the parts starts over. The tool carries 64 MiB in all: the tree
+# (~3 MB) + the data (30 MB) + the state (GPU_STATE_PARTS x 14 MiB) stays under it at 2 parts.
 #
 # Data: the device machine has no Debian package; put the four IDX files into .gpu_data/ here first
 #   mkdir -p .gpu_data && cp -r /usr/share/datasets/fashion-mnist .gpu_data/     (30 MB, git-ignored)
@@ -47,7 +49,7 @@
 # into one 10-minute window: expect the first window to go mostly to the teachers and the whole to
 # take several windows (4-8 of 9 minutes, more if launch-bound). Whatever is committed from a partial
 # run must say what was run: the progress summary in gpu_heads.log lists every run done / under way,
-# and results.md marks rows with fewer than 3 seeds as incomplete.
+# and results.md gives each row's seeds (n = ...).
 #
 # Settings (environment):
 #   GPU_PROCS=8             processes per config (16 in all on the one GPU)
@@ -56,8 +58,9 @@
 #   GPU_GRACE=25            seconds between SIGTERM and SIGKILL
 #   GPU_SMOKE=0             1: the tiny CPU setting (gpu_heads_tools.py prepare --smoke), 2 processes per config
 #   GPU_SMOKE_PRECISION     the smoke test's precision (default 32-bit: bf16 on a CPU is ~9x slower)
+#   GPU_SMOKE_EPOCHS=1      the smoke test's epochs (more: to see a stopped run resume)
 #   GPU_STATE_IN=.gpu_state folder of state.tgz.NN parts to resume from (when present)
-#   GPU_STATE_PARTS=2       state parts written (15 MiB each; 0: none)
+#   GPU_STATE_PARTS=2       state parts written (14 MiB each; 0: none)
 #   GPU_MPS=0               1: try to start CUDA MPS so the processes' kernels overlap (untested here)
 #   OUT=./gpu_out           where the results go (the device tool sets it)
 #   PYTHON                  the interpreter (default .venv/bin/python if it works, else python3)
@@ -112,7 +115,8 @@ if [[ ! -e $FMNIST/train-images-idx3-ubyte.gz && -d .gpu_data/fashion-mnist ]]; 
 fi
 
 SMOKE_ARGS=()
-[[ $SMOKE == 1 ]] && SMOKE_ARGS=(--smoke ${GPU_SMOKE_PRECISION:+--smoke-precision "$GPU_SMOKE_PRECISION"})
+[[ $SMOKE == 1 ]] && SMOKE_ARGS=(--smoke --smoke-epochs "${GPU_SMOKE_EPOCHS:-1}"
+                                  ${GPU_SMOKE_PRECISION:+--smoke-precision "$GPU_SMOKE_PRECISION"})
 mapfile -t RUN_CONFIGS < <("$PYTHON" $TOOLS prepare --dest "$WORK/configs" "${SMOKE_ARGS[@]}" "${ROOT_ARGS[@]}" "${CONFIGS[@]}")
 printf 'config: %s\n' "${RUN_CONFIGS[@]}"
 [[ -d $STATE_IN ]] && "$PYTHON" $TOOLS unpack "$STATE_IN"

@@ -10,7 +10,7 @@ and pack / unpack the state a fresh machine needs to resume.
 same config, with ``data.root`` set when ``--root`` is given, or, with ``--smoke``, the tiny CPU
 setting of the smoke test (200 training images, 300 validation and 300 test images, 1 epoch,
 seed 0, two methods, accelerator cpu, one thread, its own out_dir and cache under
-``runs/gpu_smoke/``) that keeps every other option, channels_last and data_on_device included;
+``runs/gpu_smoke/``; ``--smoke-epochs`` for more, e.g. to see a stopped run resume) that keeps every other option, channels_last and data_on_device included;
 the precision becomes ``--smoke-precision`` (default 32: bf16 autocast runs on a CPU, but without
 bf16 instructions it is ~9x slower than float32 for resnet56, measured on this project's 2-core
 machine; tests/test_gpu_ready.py covers bf16-mixed).
@@ -44,7 +44,7 @@ STATE_NAME = "state.tgz"
 
 
 def prepare(configs: list[str], dest: Path, *, smoke: bool, root: str | None, methods: list[str],
-            smoke_precision: str | None = None) -> list[Path]:
+            smoke_precision: str | None = None, smoke_epochs: int = 1) -> list[Path]:
     """Write the configs to run into ``dest``; see the module docstring."""
     dest.mkdir(parents=True, exist_ok=True)
     out = []
@@ -59,8 +59,8 @@ def prepare(configs: list[str], dest: Path, *, smoke: bool, root: str | None, me
             raw.update(name=raw["name"] + "_smoke", out_dir=f"runs/gpu_smoke/{raw['name']}",
                        cache_dir="runs/gpu_smoke/cache", seeds=[0], methods=keep)
             raw["data"].update(subset=200, test_subset=300, val_fraction=0.005)  # 300 of the 60,000
-            raw["teacher"]["epochs"] = 1
-            raw["schedule"]["epochs"] = 1
+            raw["teacher"]["epochs"] = smoke_epochs
+            raw["schedule"]["epochs"] = smoke_epochs
             raw["trainer"].update(accelerator="cpu", threads=1, precision=smoke_precision)
         target = dest / Path(path).name
         target.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--root", default=None)
     s.add_argument("--methods", default=",".join(SMOKE_METHODS))
     s.add_argument("--smoke-precision", default=None, help="the smoke test's precision (default: 32-bit)")
+    s.add_argument("--smoke-epochs", type=int, default=1, help="the smoke test's epochs (teacher and methods)")
     s = sub.add_parser("progress")
     s.add_argument("configs", nargs="+")
     s = sub.add_parser("pack")
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "prepare":
         for path in prepare(a.configs, a.dest, smoke=a.smoke, root=a.root, methods=a.methods.split(","),
-                            smoke_precision=a.smoke_precision):
+                            smoke_precision=a.smoke_precision, smoke_epochs=a.smoke_epochs):
             print(path)
     elif a.cmd == "progress":
         print(progress(a.configs))
