@@ -250,18 +250,12 @@ def test_layer_report_has_a_head_cosine_column():
     assert "1.000000" not in dense_line and f"{c:.6f}" not in dense_line
 
 
+from toy import toy_data  # noqa: E402
+
 # --- training: the callback -----------------------------------------------------------------------
 
 def _data(n_train=64, n_val=16, n_test=16, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        x = torch.randn(n, 1, 8, 8, generator=g)
-        y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0.3).long()
-        return SimpleNamespace(x=x, y=y.clamp(max=classes - 1))
-
-    return SimpleNamespace(train=split(n_train), val=split(n_val), test=split(n_test), num_classes=classes,
-                           default_augment=None)
+    return toy_data(n_train, n_val, n_test, classes, seed, default_augment=None)
 
 
 def _tiny_inherited(heads=3):

@@ -9,7 +9,6 @@ batch's device. The GPU script itself (``benchmarks/gpu_heads.sh``, smoke-tested
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,22 +24,7 @@ from inhernet.train import TensorLoader, fit  # noqa: E402
 from inhernet.train.validate import check_accelerator, check_precision, cli_option  # noqa: E402
 
 
-def _data(n_train=96, n_val=30, n_test=31, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        x = torch.randn(n, 1, 8, 8, generator=g)
-        y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0.3).long()
-        return SimpleNamespace(x=x, y=y.clamp(max=classes - 1))
-
-    return SimpleNamespace(train=split(n_train), val=split(n_val), test=split(n_test), num_classes=classes,
-                           default_augment={"padding": 1, "flip": True})
-
-
-def _net(classes=3, seed=1):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(6, classes))
+from toy import toy_data as _data, toy_net as _net  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ augmentation

@@ -25,25 +25,12 @@ from inhernet.train import (  # noqa: E402
     scaled_milestones,
 )
 
+from toy import toy_data, toy_net  # noqa: E402
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _data(n_train=96, n_val=30, n_test=31, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        x = torch.randn(n, 1, 8, 8, generator=g)
-        y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0.3).long()
-        return SimpleNamespace(x=x, y=y.clamp(max=classes - 1))
-
-    return SimpleNamespace(train=split(n_train), val=split(n_val), test=split(n_test), num_classes=classes,
-                           default_augment={"padding": 1, "flip": True})
-
-
-def _net(classes=3, seed=1):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(6, classes))
+_data, _net = toy_data, toy_net
 
 
 def test_scaled_milestones():

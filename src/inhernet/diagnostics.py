@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import INHER_LAYERS
+from .utils import call_model, eval_mode, markdown_table, text_table
 
 __all__ = [
     "GateMonitor",
@@ -297,39 +298,18 @@ class HeadReport:
                 f"{num(s['entropy'], '.4f')}; gate grad ratio (median) {num(s['grad_ratio'], '.2e')}")
 
     def __str__(self) -> str:
-        cells = [self.HEADER, *self._cells()]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.HEADER))]
-        text = {0, 1, 3}
-        lines = []
-        for k, row in enumerate(cells):
-            parts = [c.ljust(w) if i in text else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-            lines.append("  ".join(parts).rstrip())
-            if k == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join([*lines, "", self._summary_line()])
+        return "\n".join([*text_table(list(self.HEADER), self._cells(), {0, 1, 3}), "", self._summary_line()])
 
     def to_markdown(self) -> str:
-        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in self._cells()]
-        return "\n".join([*lines, "", self._summary_line()])
+        return "\n".join([*markdown_table(list(self.HEADER), self._cells()), "", self._summary_line()])
 
 
 @torch.no_grad()
 def _run(model: nn.Module, example_input: Any) -> None:
     """One forward pass of ``model`` on a tensor, a tuple of positional args or a dict of keyword args,
     in eval mode (each submodule's training flag is put back afterwards)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        if isinstance(example_input, dict):
-            model(**example_input)
-        elif isinstance(example_input, tuple):
-            model(*example_input)
-        else:
-            model(example_input)
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model):
+        call_model(model, example_input)
 
 
 def head_report(model: nn.Module, example_input: Any = None) -> HeadReport:

@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from .config import ConfigError
 from .inherit import PLAN_ATTR
 from .layers import INHER_LAYERS, InherConv2d
+from .utils import call_model
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -368,12 +369,15 @@ def _tensors(obj: Any) -> list[Tensor]:
     return []
 
 
-def _call(model: nn.Module, example: Any) -> Any:
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, tuple):
-        return model(*example)
-    return model(example)
+def _forward_with_hooks(model: nn.Module, example: Any, handles: list) -> None:
+    """One no-grad forward on ``example`` to let the registered hooks record; the hooks are removed
+    afterwards, also when the forward raises."""
+    try:
+        with torch.no_grad():
+            call_model(model, example)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _max_diff(out: Any, ref: Any) -> tuple[float, float]:
@@ -443,12 +447,7 @@ def _capture(model: nn.Module, example: Any, frozen: set[str]) -> dict[str, _Cal
     for name, module in model.named_modules():
         if isinstance(module, (*INHER_LAYERS, nn.Conv2d, nn.Linear, *_BATCHNORMS)):
             handles.append(module.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            _call(model, example)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, example, handles)
     return calls
 
 
@@ -531,12 +530,7 @@ def _pairs_by_hooks(model: nn.Module, example: Any, calls: dict[str, _Calls]) ->
                     if t is args[0]:
                         found[prod_name] = name
             handles.append(module.register_forward_pre_hook(in_hook))
-    try:
-        with torch.no_grad():
-            _call(model, example)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, example, handles)
     modules = dict(model.named_modules())
     return {p: b for p, b in found.items()
             if p in modules and b in modules and _pair_ok(modules[p], modules[b], calls.get(p), calls.get(b))}
@@ -561,7 +555,7 @@ def _verified_pairs(model: nn.Module, pairs: dict[str, str], example: Any, refer
         _replace(model, bn, identity)
         try:
             with torch.no_grad():
-                diff, scale = _max_diff(_call(model, example), reference)
+                diff, scale = _max_diff(call_model(model, example), reference)
         finally:
             _replace(model, folded, producer)
             _replace(model, identity, bn)
@@ -879,7 +873,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
 
     base = copy.deepcopy(model).eval().requires_grad_(False)
     with torch.no_grad():
-        reference = _call(base, example_input)
+        reference = call_model(base, example_input)
     frozen = _select_frozen(base, freeze_gate)
     calls = _capture(base, example_input, frozen)
     pairs = _pairs_by_fx(base, calls)
@@ -900,7 +894,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         work, decisions, removed = _build(base, calls, pairs, frozen,
                                           _Settings(fmt, float(min_speedup), rounds))
         with torch.no_grad():
-            diff, scale = _max_diff(_call(work, example_input), reference)
+            diff, scale = _max_diff(call_model(work, example_input), reference)
         return work, decisions, removed, diff, scale
 
     def exact_limit(scale: float) -> float:
@@ -914,7 +908,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         built = {fmt: build(fmt, pairs) for fmt in formats}
     model_times: dict[str, float] = {}
     if len(built) > 1:
-        model_times = time_candidates({fmt: (lambda x, m=b[0]: _call(m, x)) for fmt, b in built.items()},
+        model_times = time_candidates({fmt: (lambda x, m=b[0]: call_model(m, x)) for fmt, b in built.items()},
                                       example_input, rounds=rounds)
         chosen_format = min(model_times, key=model_times.get)
     else:
@@ -928,7 +922,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
     if compile:
         result = torch.compile(work)
         with torch.no_grad():
-            diff_c, _ = _max_diff(_call(result, example_input), reference)
+            diff_c, _ = _max_diff(call_model(result, example_input), reference)
         diff = max(diff, diff_c)
         if not frozen and diff_c > exact_limit(scale):
             raise RuntimeError(f"optimize_for_inference: the compiled model differs from the original by "

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .inherit import PLAN_ATTR, InheritPlan, LayerRecord
 from .diagnostics import head_stats, multi_head_layers
-from .utils import eval_mode
+from .utils import call_model, eval_mode, markdown_table, text_table
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -31,12 +31,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, *, e
         example_input = torch.zeros(*input_shape, device=None if ref is None else ref.device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), eval_mode(model), counter:
-        if isinstance(example_input, dict):
-            model(**example_input)
-        elif isinstance(example_input, tuple):
-            model(*example_input)
-        else:
-            model(example_input)
+        call_model(model, example_input)
     return int(counter.get_total_flops())
 
 
@@ -87,21 +82,12 @@ class LayerReport:
         return line
 
     def __str__(self) -> str:
-        cells = [self.HEADER, *self._cells()]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.HEADER))]
         numeric = {3, 4, 5, 6, 7, 8}
-        lines = []
-        for k, row in enumerate(cells):
-            parts = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-            lines.append("  ".join(parts).rstrip())
-            if k == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join([*lines, "", self.summary()])
+        left = {i for i in range(len(self.HEADER)) if i not in numeric}
+        return "\n".join([*text_table(list(self.HEADER), self._cells(), left), "", self.summary()])
 
     def to_markdown(self) -> str:
-        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self._cells()]
-        return "\n".join([*lines, "", self.summary()])
+        return "\n".join([*markdown_table(list(self.HEADER), self._cells()), "", self.summary()])
 
 
 def layer_report(model: nn.Module) -> LayerReport:

@@ -151,7 +151,7 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
         "methods": methods,
         "failed_runs": [{"method": e["name"], **f} for e in methods for f in e["failed"]],
         "latency": {"batch_size": lat_cfg.batch_size, "threads": lat_cfg.threads or torch.get_num_threads(),
-                    "measured": bool(measure and lat_cfg.enabled), "cpu": platform.processor() or platform.machine(),
+                    "measured": bool(measure and lat_cfg.enabled), "enabled": bool(lat_cfg.enabled), "cpu": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
         "wall_time_s": wall_time_s,
     }
@@ -204,6 +204,10 @@ def format_table(results: dict) -> str:
     d = results["data"]
     s = cfg["schedule"]
     lat = results.get("latency", {})
+    if not lat.get("enabled", True):
+        lat_note = " (not measured: latency.enabled is false)"
+    else:
+        lat_note = "" if lat.get("measured", True) else " (from an earlier measurement)"
     notes = [
         "",
         f"Data: {d['name']}, train {d['train']:,} / val {d['val']:,} / test {d['test']:,} images "
@@ -214,7 +218,7 @@ def format_table(results: dict) -> str:
         f"{results['student_arch']} ({sp:,} params).",
         f"Accuracy: last epoch, not best epoch; mean ± sample std over seeds. Latency: median of "
         f"interleaved rounds, batch {lat.get('batch_size')}, {lat.get('threads')} thread(s), torch "
-        f"{lat.get('torch')}" + ("" if lat.get("measured", True) else " (from an earlier measurement)") + ".",
+        f"{lat.get('torch')}" + lat_note + ".",
     ]
     if heads_cols:
         notes.append("Head cos: the heads' pairwise cosine (mean over pairs and layers; 1 = the heads are copies); "

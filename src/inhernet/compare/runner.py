@@ -171,7 +171,7 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
     if global_rank() == 0:
         folder.mkdir(parents=True, exist_ok=True)
         _write_json(folder / "teacher_config.json", {"key": key, "arch": t.arch, "data": _data_identity(cfg),
-                                                      "seed": t.seed, "schedule": sched})
+                                                      "subset": t.subset, "seed": t.seed, "schedule": sched})
     log(f"teacher: training {t.arch} for {t.epochs} epochs -> {folder}")
     import lightning as L
 
