@@ -42,7 +42,7 @@ from inhernet.compare.report import curve_stats, mean_std, plot_results
 from inhernet.data.text import balanced_split, label_index, read_wordnet_glosses
 from inhernet.hf.prune import depth_prune, every_other_layer
 from inhernet.hf.sentence import SentenceClassifier, pad_batches
-from inhernet.hf.targets import targets_for
+from inhernet.targets import targets_for
 from inhernet.train.losses import DistillLoss
 
 METHODS = ("student", "student_kd", "inhernet", "inhernet_kd", "inhernet_whitened")

@@ -4,7 +4,7 @@ Takes the teacher of a comparison config (trained once and cached by ``inhernet 
 here if missing), inherits it with ``init="svd"`` and ``init="whitened"`` (calibrated like the
 compare runs: the first 256 training images) at the config's sizes, and reports the test accuracy
 of each before fine-tuning, plus how far apart the whitened factors' norms would be without the
-balancing of :meth:`inhernet.svd.Factorisation.factors` (largest ``‖u_i‖/‖v_i‖`` ratio of a
+balancing of :meth:`inhernet.factorise.svd.Factorisation.factors` (largest ``‖u_i‖/‖v_i‖`` ratio of a
 ``√σ``-each-side split; plain SVD gives 1 by construction).
 
     python benchmarks/bench_whitened_init.py --out docs/benchmarks/whitened_init.md
@@ -24,7 +24,7 @@ from inhernet.calibrate import cholesky_factor, input_second_moments
 from inhernet.compare import load_config, prepare_teacher
 from inhernet.compare.runner import CALIBRATION_IMAGES, calibration_batches, load_data
 from inhernet.models import create_model
-from inhernet.svd import truncated_svd
+from inhernet.factorise.svd import truncated_svd
 from inhernet.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -283,3 +283,42 @@ def test_a_damaged_saved_config_is_a_one_line_error(dense_teacher, tmp_path, cap
     (out / "inhernet_config.json").write_text("[]")
     assert main(["export", str(out), "--out", str(tmp_path / "m.onnx")]) == 2
     _one_error_line(capsys, "is damaged", "JSON array")
+
+
+@pytest.mark.parametrize("base", ["InherNetError", "TrainingError", "DependencyError", "CorruptCheckpointError"])
+def test_any_inhernet_error_in_a_command_is_one_line_and_exit_2(base, monkeypatch, capsys):
+    """The command line catches the root of the hierarchy: an error class it has never heard of, raised
+    deep inside a command, is still reported as its one-line message, without a traceback."""
+    from inhernet import cli, errors
+
+    class SomeNewError(getattr(errors, base)):
+        """A leaf added later, anywhere in the package."""
+
+    def command(a):
+        raise SomeNewError("the cause, and the fix")
+
+    monkeypatch.setitem(cli.COMMANDS, "models", command)
+    assert main(["models"]) == 2
+    line = _one_error_line(capsys, "the cause, and the fix")
+    assert line == "inhernet models: error: the cause, and the fix"
+
+
+def test_a_bug_is_not_dressed_up_as_a_user_error(monkeypatch):
+    """Only InherNet's errors (and bad-input built-ins) become one-line messages: a bug still shows
+    its traceback."""
+    from inhernet import cli
+
+    def command(a):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "models", command)
+    with pytest.raises(ZeroDivisionError):
+        main(["models"])
+
+
+def test_a_damaged_dense_model_is_a_one_line_error_not_a_mismatch(dense_teacher, capsys):
+    weights = dense_teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    assert main(["evaluate", str(dense_teacher), "--data", "digits"]) == 2
+    line = _one_error_line(capsys, str(weights), "is damaged", "again")
+    assert "architecture" not in line

@@ -175,8 +175,8 @@ def test_clip_patch_embedding_can_be_targeted_and_its_weight_dtype_is_still_read
 def test_default_targets_are_recorded_and_plain_modules_keep_the_old_default(teachers):
     model = inhernet.inherit(teachers["bert"], rank=4, progress=False)
     assert model.inhernet_plan.config["target_modules"] == inhernet.hf.default_target_modules(teachers["bert"])
-    generic = inhernet.hf.targets.targets_for("some_new_arch")  # unknown family: every layer in the blocks
-    assert generic == inhernet.hf.targets.GENERIC
+    generic = inhernet.targets.targets_for("some_new_arch")  # unknown family: every layer in the blocks
+    assert generic == inhernet.targets.GENERIC
     assert re.fullmatch(generic, "model.layers.3.mlp.experts.0.w1")
     assert not re.fullmatch(generic, "model.layers.3.mlp.gate")  # an MoE router stays dense
     assert not re.fullmatch(generic, "lm_head") and not re.fullmatch(generic, "pooler.dense")

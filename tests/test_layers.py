@@ -9,7 +9,7 @@ from torch import nn
 import inhernet
 from inhernet import InheritConfig, InherConv2d, InherLinear, inherit
 from inhernet.config import ConfigError
-from inhernet.svd import as_matrix, singular_values, tail_error
+from inhernet.factorise.svd import as_matrix, singular_values, tail_error
 
 
 def reference_forward(layer, x):

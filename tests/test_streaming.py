@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import inhernet
 from inhernet.config import ConfigError
-from inhernet.hf.streaming import INDEX_NAME, checkpoint_index, parse_size
+from inhernet.shards import INDEX_NAME, checkpoint_index, parse_size
 
 tf = pytest.importorskip("transformers")
 from inhernet.hf import inherit_checkpoint  # noqa: E402
@@ -92,7 +92,7 @@ def test_streaming_errors(llama_checkpoint, tmp_path):
 
 
 def test_tensor_by_tensor_writer_is_valid_safetensors(tmp_path):
-    from inhernet.hf.streaming import write_safetensors
+    from inhernet.shards import write_safetensors
 
     tensors = {"w": torch.randn(3, 4), "scalar": torch.tensor(2.5), "half": torch.randn(5, dtype=torch.bfloat16),
                "empty": torch.zeros(0, 3), "ids": torch.arange(7), "view": torch.randn(4, 6)[:, ::2]}

@@ -217,6 +217,127 @@ def test_save_and_load_models(tmp_path):
     torch.testing.assert_close(m2(x), inh.eval()(x))
 
 
+def _is_corrupt_not_mismatch(info) -> str:
+    """The error a damaged file raised: a CorruptCheckpointError saying so and how to fix it, never an
+    ArchitectureMismatchError."""
+    from inhernet.errors import CorruptCheckpointError
+
+    err = info.value
+    assert isinstance(err, CorruptCheckpointError) and not isinstance(err, ArchitectureMismatchError), repr(err)
+    msg = str(err)
+    assert "damaged" in msg and "again" in msg, msg
+    return msg
+
+
+def test_a_damaged_model_file_is_corrupt_not_an_architecture_mismatch(tmp_path):
+    from inhernet.errors import CorruptCheckpointError, InherNetLoadError
+    from inhernet.models import create_model
+    from inhernet.train.store import model_info
+
+    t = create_model("resnet8", num_classes=4, in_channels=1)
+    save_model(t, tmp_path / "t", arch="resnet8", num_classes=4, in_channels=1)
+    weights = tmp_path / "t" / "model.safetensors"
+    good = weights.read_bytes()
+    # a truncated weights file (an interrupted copy), an empty one, garbage bytes
+    for damaged in (good[: len(good) // 2], b"", b"not a safetensors file at all" * 10):
+        weights.write_bytes(damaged)
+        with pytest.raises(CorruptCheckpointError) as info:
+            load_model(tmp_path / "t", expect_arch="resnet8")
+        assert str(weights) in _is_corrupt_not_mismatch(info)
+    weights.unlink()  # an incomplete folder
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_model(tmp_path / "t")
+    _is_corrupt_not_mismatch(info)
+    weights.write_bytes(good)
+    # model_config.json that is not JSON, or JSON of the wrong shape
+    cfg = tmp_path / "t" / "model_config.json"
+    good_cfg = cfg.read_text()
+    for text in ('{"format": "inhernet-dense", "arch": "resn', "\xff\xfe garbage", "[1, 2]",
+                 '{"arch": 7, "num_classes": 4, "in_channels": 1}'):
+        cfg.write_text(text)
+        for call in (model_info, load_model):
+            with pytest.raises(CorruptCheckpointError) as info:
+                call(tmp_path / "t")
+            assert str(cfg) in _is_corrupt_not_mismatch(info)
+    cfg.write_text(good_cfg)
+    load_model(tmp_path / "t", expect_arch="resnet8")  # intact again: loads
+    # torch files that cannot be unpickled: a truncated state dict, a truncated training checkpoint
+    torch.save(t.state_dict(), tmp_path / "w.pt")
+    raw = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "w.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_model(tmp_path / "w.pt", arch="resnet8", num_classes=4, in_channels=1)
+    _is_corrupt_not_mismatch(info)
+    (tmp_path / "c.ckpt").write_bytes(b"\x80\x04 garbage")
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_model(tmp_path / "c.ckpt")
+    _is_corrupt_not_mismatch(info)
+    torch.save({"epoch": 3}, tmp_path / "noweights.ckpt")  # readable, but no state_dict in it
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_model(tmp_path / "noweights.ckpt")
+    _is_corrupt_not_mismatch(info)
+    # a truncated bare .safetensors
+    from safetensors.torch import save_file
+
+    save_file(t.state_dict(), str(tmp_path / "w.safetensors"))
+    raw = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(raw[:100])
+    with pytest.raises(CorruptCheckpointError) as info:
+        load_model(tmp_path / "w.safetensors", arch="resnet8", num_classes=4, in_channels=1)
+    _is_corrupt_not_mismatch(info)
+    # an inherited model with truncated weights: inhernet.load's error passes through, never a mismatch
+    import inhernet
+
+    save_model(inhernet.inherit(t, inhernet.InheritConfig(rank=2, heads=2)), tmp_path / "i", arch="resnet8",
+               num_classes=4, in_channels=1)
+    iw = tmp_path / "i" / "model.safetensors"
+    iw.write_bytes(iw.read_bytes()[:64])
+    with pytest.raises(InherNetLoadError) as info:
+        load_model(tmp_path / "i")
+    assert not isinstance(info.value, ArchitectureMismatchError), repr(info.value)
+
+
+def test_intact_files_of_another_architecture_are_a_mismatch_not_corrupt(tmp_path):
+    from inhernet.errors import CorruptCheckpointError
+    from inhernet.models import create_model
+
+    t = create_model("resnet8", num_classes=4, in_channels=1)
+    save_model(t, tmp_path / "t", arch="resnet8", num_classes=4, in_channels=1)
+    # a readable dense folder whose weights do not fit what its config records (other num_classes)
+    other = create_model("resnet8", num_classes=7, in_channels=1)
+    from safetensors.torch import save_model as st_save
+
+    st_save(other, str(tmp_path / "t" / "model.safetensors"))
+    with pytest.raises(ArchitectureMismatchError, match="do not fit architecture 'resnet8'") as info:
+        load_model(tmp_path / "t")
+    assert not isinstance(info.value, CorruptCheckpointError)
+    assert "shape mismatch" in str(info.value) and "fc.weight" in str(info.value)
+    # a readable state dict with other keys
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "w.pt")
+    with pytest.raises(ArchitectureMismatchError, match="missing key.*unexpected key.*encoder.weight") as info:
+        load_model(tmp_path / "w.pt", arch="resnet8", num_classes=4, in_channels=1)
+    assert not isinstance(info.value, CorruptCheckpointError)
+
+
+def test_state_dict_problems_names_each_misfit():
+    from inhernet.utils import state_dict_problems
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3))
+    state = net.state_dict()
+    assert state_dict_problems(net, state) == []
+    bad = {**state, "0.weight": torch.zeros(5, 3), "extra": torch.zeros(1), "1.bias": "not a tensor"}
+    del bad["1.weight"]
+    problems = state_dict_problems(net, bad)
+    assert problems == ["2 shape mismatch(es), e.g. 0.weight: (5, 3) vs (4, 3); 1.bias: a str, not a tensor",
+                        "1 missing key(s), e.g. 1.weight", "1 unexpected key(s), e.g. extra"]
+    # a tied tensor stored once (under either name) is not missing
+    tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    tied[1].weight = tied[0].weight
+    assert state_dict_problems(tied, {"1.weight": torch.zeros(3, 3)}) == []
+    assert state_dict_problems(tied, {"1.weight": torch.zeros(3, 3)}, shared={}) == [
+        "1 missing key(s), e.g. 0.weight"]
+
+
 def test_non_finite_loss_stops_the_run_with_step_and_fixes(tmp_path):
     from inhernet.train import TrainingDivergedError
 

@@ -246,15 +246,14 @@ def test_whitened_on_a_hugging_face_decoder_with_dict_batches():
         ref = teacher(ids).logits
         torch.testing.assert_close(full(ids).logits, ref, rtol=1e-4, atol=1e-4)
     assert teacher.training is False and not any(m._forward_pre_hooks for m in teacher.modules())  # hooks removed
-    from inhernet.hf.streaming import inherit_checkpoint
-    with pytest.raises(ConfigError, match="streaming pass"):
-        inherit_checkpoint("src-unused", "dst-unused", init="whitened", rank=4)
+    assert full.inhernet_plan.calibration["mode"] == "sequential"  # auto: a decoder's blocks, one at a time
+    assert full.inhernet_plan.calibration["blocks"] == 2
 
 
 def test_whitened_factors_are_balanced_and_keep_the_product():
     """Each rank-one component's up column and down row get the same norm (as a plain SVD's do)."""
     from inhernet.calibrate import cholesky_factor, input_second_moments
-    from inhernet.svd import truncated_svd
+    from inhernet.factorise.svd import truncated_svd
 
     teacher, x = _mlp(), _anisotropic()
     L = cholesky_factor(input_second_moments(teacher, {"0": teacher[0]}, [x])["0"])

@@ -10,11 +10,13 @@ up-projection heads, initialised from the truncated SVD (Zhou et al., ICLR 2026)
     >>> print(inhernet.layer_report(model))
 """
 
-from . import models
+from . import conv1d, factorise, kinds, models, ranks
 from .config import InheritConfig
+from .conv1d import InherConv1d
 from .diagnostics import head_report
+from .errors import ConfigError, InherNetError, InherNetLoadError
 from .export import export_onnx
-from .inherit import inherit
+from .inherit import inherit, inherit_checkpoint
 from .io import load, save
 from .layers import InherConv2d, InherLinear
 from .optimize import optimize_for_inference
@@ -23,14 +25,19 @@ from .report import count_flops, count_parameters, layer_report
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "InheritConfig",
+    "InherConv1d",
     "InherConv2d",
     "InherLinear",
+    "InherNetError",
+    "InherNetLoadError",
     "count_flops",
     "count_parameters",
     "export_onnx",
     "head_report",
     "inherit",
+    "inherit_checkpoint",
     "layer_report",
     "load",
     "models",

@@ -1,68 +1,44 @@
-"""Activation statistics for the activation-aware (``init="whitened"``) initialisation.
-
-A truncated SVD of a weight ``W`` keeps the directions with the most *weight* energy, whatever
-inputs the layer actually sees; on transformers, whose activations concentrate in a few channels,
-that loses what matters (a plain rank-r SmolLM2 or MiniLM is broken before fine-tuning). SVD-LLM's
-fix: with ``G = E[x xᵀ]`` the layer's input second moment and ``L`` its Cholesky factor
-(``G = L Lᵀ``), ``‖(W − W_r) x‖`` averaged over the data equals ``‖(W − W_r) L‖_F``, so the best
-rank-r map for those inputs is the truncated SVD of ``W L``, mapped back by ``L⁻¹``.
-
-:func:`input_second_moments` runs the teacher on calibration batches and accumulates ``G`` for the
-chosen layers with forward pre-hooks; :func:`cholesky_factor` damps and factorises it. For a Conv2d
-the "inputs" are the patches its kernel sees (:func:`layer_inputs`, the columns of ``F.unfold``), so
-``G`` is ``C_in·k·k`` square and matches the ``C_out × C_in·k·k`` matrix the SVD factorises.
+"""Running calibration batches through a teacher to measure its layers' input statistics
+(``init="whitened"``), in one pass or block by block.
 
 Calibration takes what users have at hand: a list of input tensors, a ``DataLoader`` of tensors or
 of ``(input, label)`` pairs (the labels are ignored), dicts of keyword inputs for Hugging Face models
 (:func:`inhernet.hf.calibration.text_calibration` builds them from text), or one tensor or dict as a single
 batch; :func:`model_inputs` states the rule. Batches with NaN/Inf, a teacher whose activations become
 non-finite on them, and an empty calibration set raise a ``ConfigError`` that names the batch and the
-fix — a non-finite second moment would otherwise surface as an obscure Cholesky failure.
+fix.
+
+Two ways to collect (``InheritConfig.calibration_mode``; :func:`calibration_plan` picks):
+
+* **one pass** (:class:`OnePass`): hooks on every chosen layer, the whole teacher run once per
+  batch; the statistics of all layers are held at once (memory grows with depth);
+* **sequential** (:class:`Sequential`, SVD-LLM): the batches are run up to the first of the model's
+  repeated blocks and its inputs (and keyword arguments: masks, rotary tables) are kept; then block by
+  block: the block's layers' statistics are measured on its cached inputs, the pipeline inherits the
+  block, and the *inherited* block's outputs become the next block's inputs. Peak memory is one
+  block's statistics + the calibration activations at one block, whatever the depth; a streamed
+  checkpoint materialises each block only while it is processed. Layers before the blocks are
+  calibrated (and inherited) first; layers after them last, in one pass over the model (in memory
+  only: a streamed checkpoint has released its blocks by then).
+
+The math (float64 Gram sums, damped Cholesky) is in :mod:`inhernet.factorise.whitening`.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ConfigError
-
-#: relative damping added to the diagonal of ``G`` before the Cholesky factorisation (inputs that
-#: never vary, e.g. a dead channel, would make ``G`` singular)
-DAMPING = 1e-4
-
-#: rows converted to float64 at a time when accumulating ``xᵀx`` (bounds the float64 copy of a
-#: large batch of Conv2d patches to ~128 MiB)
-_ROWS_PER_CHUNK = 1 << 24
-
-
-def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
-    """The rows ``(n, d_in)`` that ``module``'s weight matrix multiplies for the input ``x``: the
-    feature vectors of a Linear / Conv1D, the ``C_in·k·k`` patches of a Conv2d (padded as its
-    forward pads them: zeros, reflect, replicate or circular, ``"same"`` included), in the order
-    of ``weight.reshape(C_out, -1)``."""
-    if isinstance(module, nn.Conv2d):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (N, d_in, L)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
-def _gram(rows: Tensor) -> Tensor:
-    """``rowsᵀ rows`` in float64, converting a bounded number of rows at a time."""
-    step = max(1, _ROWS_PER_CHUNK // max(1, rows.shape[1]))
-    total = None
-    for i in range(0, rows.shape[0], step):
-        chunk = rows[i:i + step].double()
-        total = chunk.T @ chunk if total is None else total + chunk.T @ chunk
-    return total
-
+from .errors import ConfigError
+from .factorise.whitening import GramAccumulator, cholesky_factor
+from .kinds import LayerKind, kind_of
+from .targets import is_transformers_model
+from .utils import eval_mode
 
 def _is_class_labels(item: Any, first: Any) -> bool:
     """Whether ``item`` looks like the class labels of the batch ``first``: a 1-D integer tensor with
@@ -105,14 +81,19 @@ def model_inputs(model: nn.Module, batch: Any) -> tuple[tuple, dict]:
     if isinstance(batch, Mapping):
         return (), dict(batch)
     if isinstance(batch, (tuple, list)):
-        from .hf import is_hf_model
-
-        if len(batch) == 2 and isinstance(batch[1], Tensor) and not is_hf_model(model):
+        if len(batch) == 2 and isinstance(batch[1], Tensor) and not is_transformers_model(model):
             second = _second_positional(model)
             if second == "none" or (second == "optional" and _is_class_labels(batch[1], batch[0])):
                 return (batch[0],), {}
         return tuple(batch), {}
     return (batch,), {}
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _tensors(args: tuple, kwargs: dict) -> Iterator[tuple[str, Tensor]]:
@@ -126,7 +107,9 @@ def _tensors(args: tuple, kwargs: dict) -> Iterator[tuple[str, Tensor]]:
 
 
 def _device(model: nn.Module) -> torch.device | None:
-    p = next(iter(model.parameters()), None)
+    """Where the model's values live (the first real parameter's device; a streamed skeleton's
+    parameters on the meta device do not count)."""
+    p = next((p for p in model.parameters() if not p.is_meta), None)
     return None if p is None else p.device
 
 
@@ -142,6 +125,8 @@ def _prepare(model: nn.Module, batch: Any, index: int) -> tuple[tuple, dict]:
                     "calibration batches must be real, finite inputs: drop or repair those samples "
                     "(missing values, a failed normalisation) before passing calibration=."
                 )
+    if is_transformers_model(model) and "use_cache" not in kwargs and _accepts(model, "use_cache"):
+        kwargs["use_cache"] = False  # a key/value cache would grow with every block re-run
     device = _device(model)
     if device is not None:
         args = tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
@@ -162,72 +147,6 @@ def _batches(calibration: Any) -> Iterable[Any]:
     return calibration
 
 
-@torch.no_grad()
-def input_second_moments(model: nn.Module, layers: dict[str, nn.Module], calibration: Any) -> dict[str, Tensor]:
-    """``{name: E[x xᵀ]}`` (float64, ``d_in × d_in``) of each layer's input (:func:`layer_inputs`)
-    over every position of every calibration batch.
-
-    ``calibration`` is an iterable of batches (a list, a ``DataLoader``), or one tensor or dict taken
-    as a single batch; :func:`model_inputs` says how a batch is passed to the model (dicts as
-    keywords, ``(input, label)`` pairs as the input alone). Tensors are moved to the model's device.
-    The model runs in eval mode and is restored after.
-
-    Raises ``ConfigError`` when there are no batches, when a batch holds NaN/Inf, when a layer's
-    input becomes non-finite on a batch (the teacher overflows or produces NaN there), when the
-    model cannot run a batch, or when a layer is never reached.
-    """
-    sums: dict[str, Tensor] = {}
-    counts = dict.fromkeys(layers, 0)
-    index = -1  # the batch being run, for messages
-
-    def hook(name: str):
-        def accumulate(module: nn.Module, args: tuple) -> None:
-            rows = layer_inputs(module, args[0].detach())
-            if rows.shape[0] == 0:  # an empty batch adds nothing
-                return
-            gram = _gram(rows)
-            if not torch.isfinite(gram).all():
-                raise ConfigError(
-                    f"calibration batch {index}: the input of layer {name!r} is non-finite (NaN/Inf): "
-                    "the teacher overflows or produces NaN on this batch. Check "
-                    "that the batch is preprocessed like the teacher's training data, that the teacher's "
-                    "weights are finite, and run it in float32 rather than float16."
-                )
-            sums[name] = sums[name] + gram if name in sums else gram
-            counts[name] += rows.shape[0]
-        return accumulate
-
-    batches = _batches(calibration)
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        for index, batch in enumerate(batches):
-            args, kwargs = _prepare(model, batch, index)
-            try:
-                model(*args, **kwargs)
-            except ConfigError:
-                raise
-            except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as err:
-                raise ConfigError(
-                    f"calibration batch {index} ({_describe(batch)}) cannot be run through the model: "
-                    f"{type(err).__name__}: {err}. Give batches the model's forward accepts: a tensor, an "
-                    "(input, label) pair, a tuple of positional inputs, or a dict of keyword inputs."
-                ) from err
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if index < 0:
-        raise ConfigError("the calibration data is empty (no batches); init='whitened' needs a few batches of "
-                          "real inputs, e.g. calibration=[x[:64], x[64:128]] or a DataLoader over training data.")
-    missing = [name for name, n in counts.items() if n == 0]
-    if missing:
-        raise ConfigError(f"the calibration batches never reached {len(missing)} layer(s) (e.g. {missing[0]!r}); "
-                          "give batches the model's forward accepts, with samples in them, that run those layers.")
-    return {name: sums[name] / counts[name] for name in layers}
-
-
 def _describe(batch: Any) -> str:
     """A short description of a batch for a message: its type and the shapes of its tensors."""
     if isinstance(batch, Tensor):
@@ -240,9 +159,343 @@ def _describe(batch: Any) -> str:
     return f"a {type(batch).__name__}"
 
 
-def cholesky_factor(second_moment: Tensor) -> Tensor:
-    """Lower-triangular ``L`` with ``L Lᵀ = G + δ·mean(diag G)·I`` (float64)."""
-    g = second_moment.double()
-    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-    damp = DAMPING * g.diagonal().mean().clamp_min(1e-12)
-    return torch.linalg.cholesky(g + damp * eye)
+
+
+# ---------------------------------------------------------------------------------------------
+# collecting statistics: the walk the pipeline drives
+
+
+@dataclass
+class Unit:
+    """One step of the pipeline's walk: the layers inherited at this step and the module (a name
+    prefix; ``""`` = the whole model) that must hold real values while it runs (``None``: nothing
+    needs to run, the layers' own tensors are enough)."""
+
+    layers: list[str]
+    prefix: str | None
+
+
+@dataclass
+class CalibrationRecord:
+    """How a calibration ran, for the plan (``InheritPlan.calibration``) and the benchmarks."""
+
+    mode: str
+    batches: int = 0
+    rows: int = 0  # input rows (positions) the first calibrated layer saw
+    blocks: int = 0
+    block_list: str | None = None
+    peak_statistics_bytes: int = 0  # the most Gram-matrix memory held at once
+    peak_activation_bytes: int = 0  # the most cached block-input memory held at once
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Host(Protocol):
+    """What a collector needs from the pipeline's weight source: the model (real or a meta skeleton)
+    and a way to give a submodule (``prefix``, ``""`` the whole model), or everything but one, real
+    values before it runs."""
+
+    model: nn.Module
+
+    def materialise(self, prefix: str) -> None: ...
+
+    def materialise_except(self, prefix: str) -> None: ...
+
+
+#: what the pipeline does with a unit: ``visit(unit, factors)`` inherits its layers (``factors``:
+#: layer name → input Cholesky factor, empty without calibration); ``done(unit)`` is called once the
+#: unit is final (the sink writes it, a streamed source releases it)
+Visit = Callable[[Unit, dict[str, Tensor]], None]
+Done = Callable[[Unit], None]
+
+
+class NoCalibration:
+    """No statistics (``init`` svd / random): one unit per layer, nothing runs."""
+
+    mode = "none"
+
+    def __init__(self, layers: list[str]) -> None:
+        self.layers = layers
+        self.record = None
+
+    def walk(self, host: Host, visit: Visit, done: Done) -> None:
+        for name in self.layers:
+            unit = Unit([name], None)
+            visit(unit, {})
+            done(unit)
+
+
+class _Stop(Exception):
+    """Raised by the hook on the first block to stop a forward pass once its inputs are captured."""
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o) for o in obj)
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(o) for o in obj.values())
+    return 0
+
+
+class _Statistics:
+    """Forward pre-hooks that accumulate the input Gram matrix of each chosen layer."""
+
+    def __init__(self, model: nn.Module, layers: dict[str, LayerKind]) -> None:
+        self.kinds = layers
+        self.modules = {name: model.get_submodule(name) for name in layers}
+        self.acc = {name: GramAccumulator() for name in layers}
+        self.batch = -1
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_Statistics":
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _hook(self, name: str):
+        kind = self.kinds[name]
+
+        def accumulate(module: nn.Module, args: tuple) -> None:
+            if not self.acc[name].add(kind.layer_inputs(module, args[0].detach())):
+                raise ConfigError(
+                    f"calibration batch {self.batch}: the input of layer {name!r} is non-finite (NaN/Inf): "
+                    "the teacher overflows or produces NaN on this batch. Check "
+                    "that the batch is preprocessed like the teacher's training data, that the teacher's "
+                    "weights are finite, and run it in float32 rather than float16."
+                )
+        return accumulate
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.acc.values())
+
+    def factors(self) -> dict[str, Tensor]:
+        missing = [name for name, a in self.acc.items() if a.rows == 0]
+        if missing:
+            raise ConfigError(f"the calibration batches never reached {len(missing)} layer(s) (e.g. {missing[0]!r}); "
+                              "give batches the model's forward accepts, with samples in them, that run those layers.")
+        return {name: cholesky_factor(a.mean()) for name, a in self.acc.items()}
+
+
+def _run_batches(model: nn.Module, calibration: Any, on_batch: Callable[[int], None] | None = None,
+                 stop_ok: bool = False) -> int:
+    """Run every calibration batch through ``model`` (no grad, eval mode); returns how many.
+    ``stop_ok``: a :class:`_Stop` raised by a hook ends the batch's forward pass normally."""
+    index = -1
+    for index, batch in enumerate(_batches(calibration)):
+        if on_batch is not None:
+            on_batch(index)
+        args, kwargs = _prepare(model, batch, index)
+        try:
+            model(*args, **kwargs)
+        except _Stop:
+            if not stop_ok:
+                raise
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as err:
+            raise ConfigError(
+                f"calibration batch {index} ({_describe(batch)}) cannot be run through the model: "
+                f"{type(err).__name__}: {err}. Give batches the model's forward accepts: a tensor, an "
+                "(input, label) pair, a tuple of positional inputs, or a dict of keyword inputs."
+            ) from err
+    if index < 0:
+        raise ConfigError("the calibration data is empty (no batches); init='whitened' needs a few batches of "
+                          "real inputs, e.g. calibration=[x[:64], x[64:128]] or a DataLoader over training data.")
+    return index + 1
+
+
+def _measure(model: nn.Module, layers: dict[str, LayerKind], calibration: Any,
+             record: CalibrationRecord) -> dict[str, Tensor]:
+    """Input Cholesky factors of ``layers``, from one pass of the whole ``model`` over the batches."""
+    stats = _Statistics(model, layers)
+    with torch.no_grad(), eval_mode(model), stats:
+        record.batches = _run_batches(model, calibration, on_batch=lambda i: setattr(stats, "batch", i))
+    record.peak_statistics_bytes = max(record.peak_statistics_bytes, stats.nbytes)
+    record.rows = record.rows or next(iter(stats.acc.values())).rows
+    return stats.factors()
+
+
+class OnePass:
+    """Every layer's statistics from the teacher in one pass (hooks on the whole model)."""
+
+    mode = "one_pass"
+
+    def __init__(self, layers: dict[str, LayerKind], calibration: Any) -> None:
+        self.layers, self.calibration = layers, calibration
+        self.record = CalibrationRecord(self.mode)
+
+    def walk(self, host: Host, visit: Visit, done: Done) -> None:
+        host.materialise("")
+        factors = _measure(host.model, self.layers, self.calibration, self.record)
+        unit = Unit(list(self.layers), "")
+        visit(unit, factors)
+        done(unit)
+
+
+def find_block_list(model: nn.Module, layer_names: Iterable[str]) -> tuple[str | None, list[str]]:
+    """``(name, [])`` of the one ``nn.ModuleList`` of ≥ 2 repeated blocks that holds inherited layers
+    (outermost lists only: a mixture-of-experts list inside a block does not count), or
+    ``(None, names)`` with the names of every such list when there is not exactly one."""
+    names = list(layer_names)
+    holding = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) >= 2 and n
+               and any(layer.startswith(n + ".") for layer in names)]
+    outer = [n for n in holding if not any(n.startswith(o + ".") for o in holding if o != n)]
+    return (outer[0], []) if len(outer) == 1 else (None, outer)
+
+
+def _hidden(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+class Sequential:
+    """Block by block through the model's list of repeated blocks (SVD-LLM): each block's layers are
+    measured on the outputs of the blocks before it, as already inherited."""
+
+    mode = "sequential"
+
+    def __init__(self, model: nn.Module, layers: dict[str, LayerKind], calibration: Any, block_list: str,
+                 *, whole_model_ok: bool) -> None:
+        self.layers, self.calibration, self.block_list = layers, calibration, block_list
+        self.blocks = [f"{block_list}.{i}" for i in range(len(model.get_submodule(block_list)))]
+        self.inside = {b: [n for n in layers if n.startswith(b + ".")] for b in self.blocks}
+        inside = {n for names in self.inside.values() for n in names}
+        self.outside = [n for n in layers if n not in inside]
+        self.whole_model_ok = whole_model_ok
+        self.record = CalibrationRecord(self.mode, blocks=len(self.blocks), block_list=block_list)
+
+    def _capture(self, model: nn.Module, stats: _Statistics | None) -> list[tuple[tuple, dict]]:
+        """The first block's ``(args, kwargs)`` for every batch (the forward stops there)."""
+        captured: list[tuple[tuple, dict]] = []
+
+        def catch(module: nn.Module, args: tuple, kwargs: dict):
+            captured.append((args, kwargs))
+            raise _Stop
+
+        handle = model.get_submodule(self.blocks[0]).register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            with torch.no_grad(), eval_mode(model):
+                if stats is None:
+                    self.record.batches = _run_batches(model, self.calibration, stop_ok=True)
+                else:
+                    with stats:
+                        self.record.batches = _run_batches(model, self.calibration, stop_ok=True,
+                                                           on_batch=lambda i: setattr(stats, "batch", i))
+        finally:
+            handle.remove()
+        if len(captured) != self.record.batches:
+            raise ConfigError(f"the calibration batches never reached the first block {self.blocks[0]!r}; give "
+                              "batches the model's forward accepts.")
+        return captured
+
+    def walk(self, host: Host, visit: Visit, done: Done) -> None:
+        model = host.model
+        host.materialise_except(self.block_list)  # embeddings, final norm, heads: what runs around the blocks
+        # layers outside the blocks that run before the first block: measured (and inherited) first
+        stats = _Statistics(model, {n: self.layers[n] for n in self.outside})
+        inputs = self._capture(model, stats)
+        pre = [n for n in self.outside if stats.acc[n].rows > 0]
+        post = [n for n in self.outside if stats.acc[n].rows == 0]
+        if post and not self.whole_model_ok:
+            raise ConfigError(
+                f"calibration_mode='sequential' on a streamed checkpoint cannot calibrate layers that run after the "
+                f"blocks of {self.block_list!r} (e.g. {post[0]!r}): their inputs need the whole inherited model. "
+                "Exclude them (exclude_modules), use calibration_mode='one_pass' (loads the whole teacher), or "
+                "inherit the loaded model in memory.")
+        if pre:
+            self.record.peak_statistics_bytes = max(self.record.peak_statistics_bytes, stats.nbytes)
+            unit = Unit(pre, None)
+            visit(unit, {n: cholesky_factor(stats.acc[n].mean()) for n in pre})
+            inputs = self._capture(model, None)  # the first block's inputs, through the inherited layers
+            done(unit)
+        del stats
+        self.record.peak_activation_bytes = _nbytes(inputs)
+        for block_name in self.blocks:
+            host.materialise(block_name)
+            block = model.get_submodule(block_name)
+            names = self.inside[block_name]
+            if names:
+                stats = _Statistics(model, {n: self.layers[n] for n in names})
+                with torch.no_grad(), eval_mode(block), stats:
+                    for i, (args, kwargs) in enumerate(inputs):
+                        stats.batch = i
+                        block(*args, **kwargs)
+                self.record.peak_statistics_bytes = max(self.record.peak_statistics_bytes, stats.nbytes)
+                self.record.rows = self.record.rows or stats.acc[names[0]].rows
+                factors = stats.factors()
+                del stats
+                visit(Unit(names, block_name), factors)
+                block = model.get_submodule(block_name)
+            if block_name != self.blocks[-1]:
+                with torch.no_grad(), eval_mode(block):
+                    outputs = []
+                    for args, kwargs in inputs:
+                        out = block(*args, **kwargs)
+                        outputs.append(_with_hidden(args, kwargs, out[0] if isinstance(out, tuple) else out))
+                inputs = outputs
+                self.record.peak_activation_bytes = max(self.record.peak_activation_bytes, _nbytes(inputs))
+            done(Unit(names, block_name))
+        del inputs
+        if post:  # after the blocks: one pass over the (inherited) model
+            factors = _measure(model, {n: self.layers[n] for n in post}, self.calibration, self.record)
+            unit = Unit(post, "")
+            visit(unit, factors)
+            done(unit)
+
+
+def calibration_plan(model: nn.Module, layers: dict[str, LayerKind], calibration: Any, mode: str,
+                     *, whole_model_ok: bool = True):
+    """The collector for ``init="whitened"`` in ``mode`` (``auto`` resolved: sequential when the
+    model has exactly one list of repeated blocks holding the layers, one pass otherwise)."""
+    block_list, found = find_block_list(model, layers)
+    if mode == "sequential" and block_list is None:
+        where = (f"its layers lie in {len(found)} block lists ({', '.join(map(repr, found))})" if found
+                 else "it has no nn.ModuleList of repeated blocks holding the inherited layers")
+        raise ConfigError(f"calibration_mode='sequential' needs one list of repeated blocks, but {where}; use "
+                          "calibration_mode='one_pass' (or 'auto', which picks it for such models).")
+    if mode == "one_pass" or (mode == "auto" and block_list is None):
+        return OnePass(layers, calibration)
+    return Sequential(model, layers, calibration, block_list, whole_model_ok=whole_model_ok)
+
+
+def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
+    """The rows ``(n, d_in)`` that ``module``'s weight matrix multiplies for the input ``x`` (its
+    layer kind says how: feature vectors of a Linear / Conv1D, the patches of a conv)."""
+    kind = kind_of(module)
+    if kind is None:
+        raise ConfigError(f"{type(module).__name__} is not a registered layer kind")
+    return kind.layer_inputs(module, x)
+
+
+def input_second_moments(model: nn.Module, layers: dict[str, nn.Module], calibration: Any) -> dict[str, Tensor]:
+    """``{name: E[x xᵀ]}`` (float64, ``d_in × d_in``) of each layer's input over every position of
+    every calibration batch, from one pass of ``model`` (the statistics of ``calibration_mode=
+    "one_pass"``). ``layers`` maps names (as in ``model.named_modules()``) to the modules."""
+    kinds = {}
+    for name, module in layers.items():
+        kind = kind_of(module)
+        if kind is None:
+            raise ConfigError(f"layer {name!r} ({type(module).__name__}) is not of a registered layer kind")
+        kinds[name] = kind
+    stats = _Statistics(model, kinds)
+    with torch.no_grad(), eval_mode(model), stats:
+        _run_batches(model, calibration, on_batch=lambda i: setattr(stats, "batch", i))
+    missing = [name for name, a in stats.acc.items() if a.rows == 0]
+    if missing:
+        raise ConfigError(f"the calibration batches never reached {len(missing)} layer(s) (e.g. {missing[0]!r}); "
+                          "give batches the model's forward accepts, with samples in them, that run those layers.")
+    return {name: a.mean() for name, a in stats.acc.items()}

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from inhernet.errors import ConfigError, InherNetError
+
 __all__ = ["main", "build_parser"]
 
 EPILOG = """examples:
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="saved teacher: a model folder, a run folder, a .ckpt, or a Hugging Face checkpoint folder")
     s.add_argument("--max-shard-size", default="1GB",
                    help="largest output shard when a Hugging Face checkpoint is streamed (default 1GB; bounds "
-                        "peak memory; --init whitened loads the model and writes one file)")
+                        "peak memory)")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder for the InherNet")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a model already saved in --out (refused otherwise); other files there are kept")
@@ -156,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTF-8 text, one document per line, tokenised with the checkpoint's tokenizer")
     c.add_argument("--calibration-blocks", type=int, default=16, help="token blocks to calibrate on (default 16)")
     c.add_argument("--calibration-seq-len", type=int, default=128, help="tokens per block (default 128)")
+    c.add_argument("--calibration-mode", choices=["auto", "sequential", "one_pass"], default="auto",
+                   help="sequential: block by block through the repeated blocks, each measured on the inherited "
+                        "blocks before it, one block in memory at a time (SVD-LLM); one_pass: every layer from the "
+                        "teacher at once; auto (default): sequential when the model has one list of blocks")
 
     s = sub.add_parser("finetune", help="fine-tune a saved model (InherNet or dense), optionally with KD",
                        description="Train a saved model further with the task loss or a distillation loss.")
@@ -376,7 +382,7 @@ def _inherit_config(a: argparse.Namespace, budget: Any) -> Any:
     return inhernet.InheritConfig(
         rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy, budget=budget,
         budget_mode=a.budget_mode, rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
-        gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
+        calibration_mode=getattr(a, "calibration_mode", "auto"), gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -386,43 +392,24 @@ def _is_hf_checkpoint(path: str) -> bool:
 
 
 def _inherit_hf_checkpoint(a: argparse.Namespace) -> int:
-    """A ``save_pretrained`` folder: streamed tensor by tensor, or, for ``--init whitened`` (which
-    needs forward passes on calibration text), loaded whole and inherited in memory."""
-    import inhernet
-
+    """A ``save_pretrained`` folder, streamed tensor by tensor (``--init whitened``: calibrated on
+    ``--calibration`` text with the folder's tokenizer, block by block by default)."""
     budget = None if a.budget is None else _number(a.budget)
     if a.budget is not None and budget is None:
-        raise inhernet.config.ConfigError(
+        raise ConfigError(
             f"--budget {a.budget!r}: a Hugging Face checkpoint takes a parameter count or a fraction of the teacher")
-    cfg = _inherit_config(a, budget)
-    if a.init == "whitened":
-        out = _inherit_hf_whitened(a, cfg)
-    else:
-        from inhernet.hf.streaming import inherit_checkpoint
+    import inhernet.hf
+    from inhernet.hf.calibration import folder_calibration
 
-        out = inherit_checkpoint(a.teacher, a.out, cfg, max_shard_size=a.max_shard_size, overwrite=a.overwrite)
+    cfg = _inherit_config(a, budget)
+    batches = None
+    if a.init == "whitened":
+        batches = folder_calibration(a.teacher, a.calibration, blocks=a.calibration_blocks,
+                                     seq_len=a.calibration_seq_len)
+    out = inhernet.hf.inherit_checkpoint(a.teacher, a.out, cfg, calibration=batches, max_shard_size=a.max_shard_size,
+                                         overwrite=a.overwrite)
     print(f"saved -> {out} (load it with inhernet.load({str(out)!r}))")
     return 0
-
-
-def _inherit_hf_whitened(a: argparse.Namespace, cfg: Any) -> Path:
-    """Load the checkpoint and its tokenizer, calibrate on ``--calibration`` text, inherit, save."""
-    import transformers
-
-    import inhernet
-    from inhernet.hf.calibration import read_documents, text_calibration
-    from inhernet.hf.io import model_class
-
-    config = transformers.AutoConfig.from_pretrained(a.teacher)
-    if not config.architectures:
-        raise inhernet.config.ConfigError(f"{a.teacher}/config.json names no architecture to load the teacher with")
-    teacher = model_class(config.architectures[0]).from_pretrained(a.teacher).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(a.teacher)
-    batches = text_calibration(tokenizer, read_documents(a.calibration), blocks=a.calibration_blocks,
-                               seq_len=a.calibration_seq_len)
-    model = inhernet.inherit(teacher, cfg, calibration=batches)
-    print(inhernet.layer_report(model))
-    return inhernet.save(model, a.out, tokenizer=tokenizer, overwrite=a.overwrite)
 
 
 def cmd_inherit(a: argparse.Namespace) -> int:
@@ -433,18 +420,18 @@ def cmd_inherit(a: argparse.Namespace) -> int:
     check_save_target(a.out, overwrite=a.overwrite)  # before any work: a refusal costs nothing
     whitened, calibration = a.init == "whitened", a.calibration is not None
     if whitened != calibration:
-        raise inhernet.config.ConfigError(
+        raise ConfigError(
             "--init whitened needs --calibration TEXT_FILE" if whitened else
             "--calibration is only used with --init whitened; add --init whitened or drop --calibration")
     if _is_hf_checkpoint(a.teacher):
         return _inherit_hf_checkpoint(a)
     if whitened:
-        raise inhernet.config.ConfigError(
+        raise ConfigError(
             "--init whitened from the command line takes a Hugging Face checkpoint folder; for other models call "
             "inhernet.inherit(model, init='whitened', calibration=batches) in Python")
     teacher, info = _load_model(a.teacher, arch=a.arch, num_classes=a.num_classes, in_channels=a.in_channels)
     if info.get("inherited"):
-        raise inhernet.config.ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")
+        raise ConfigError(f"{a.teacher} is already an InherNet; inherit from a dense teacher.")
     budget = _parse_budget(a.budget, info["num_classes"], info["in_channels"])
     model = inhernet.inherit(teacher, _inherit_config(a, budget))
     save_model(model, a.out, arch=info["arch"], num_classes=info["num_classes"], in_channels=info["in_channels"],
@@ -465,7 +452,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     teacher, teacher_source = None, None
     if a.loss != "ce":
         if not a.teacher:
-            raise ValueError(f"--loss {a.loss} distils from a teacher: give --teacher PATH")
+            raise ConfigError(f"--loss {a.loss} distils from a teacher: give --teacher PATH")
         teacher, tinfo = load_model(a.teacher, num_classes=data.num_classes, in_channels=data.in_channels)
         teacher_source = {"arch": tinfo["arch"], "sha256": file_digest(tinfo["path"])}
     loss = DistillLoss(kind=a.loss, alpha=a.alpha, beta=a.beta, temperature=a.temperature)
@@ -516,7 +503,6 @@ def cmd_export(a: argparse.Namespace) -> int:
     import torch
 
     import inhernet
-    from inhernet.config import ConfigError
 
     if a.input_shape is not None and min(a.input_shape) < 1:
         raise ConfigError(f"--input-shape {' '.join(map(str, a.input_shape))}: every size of one input image "
@@ -584,37 +570,14 @@ COMMANDS = {"train-teacher": cmd_train_teacher, "inherit": cmd_inherit, "finetun
             "models": cmd_models}
 
 
-def _known_errors() -> tuple[type, ...]:
-    errs: list[type] = [FileNotFoundError]
-    try:
-        from inhernet.config import ConfigError
-
-        errs.append(ConfigError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from inhernet.data import DataFormatError, DatasetNotFoundError
-
-        errs += [DatasetNotFoundError, DataFormatError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from inhernet.io import InherNetLoadError
-
-        errs.append(InherNetLoadError)
-    except ImportError:  # pragma: no cover
-        pass
-    from inhernet.export import ExportDependencyError
-
-    errs.append(ExportDependencyError)
-    from inhernet.compare import CompareConfigError, CompareError
-    from inhernet.train import ModelLoadError
-
-    errs += [CompareConfigError, CompareError, ModelLoadError, ValueError]
-    from inhernet.io import ModelExistsError
-
-    # an output path that cannot be written (read-only, a file in the way): printed by _user_message
-    errs += [ModelExistsError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError]
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """The errors a command reports as one line (``inhernet CMD: error: ...``, exit code 2) instead
+    of a traceback: every :class:`inhernet.errors.InherNetError` (its message names the cause and the
+    fix), and the errors of other code that mean bad input rather than a bug: a ``ValueError``, a
+    path that is missing or cannot be written (read-only, a file in the way; :func:`_user_message`
+    names it), Lightning's "these settings cannot work on this machine"."""
+    errs: list[type[BaseException]] = [InherNetError, ValueError, FileNotFoundError, PermissionError,
+                                       IsADirectoryError, NotADirectoryError, FileExistsError]
     try:  # Lightning's own "your settings cannot work here" (e.g. more devices than the machine has)
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 

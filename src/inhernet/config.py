@@ -9,7 +9,6 @@ bad value fails where it was written, with a message that names the fix.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,19 +16,19 @@ from typing import Any, Mapping, Sequence, Union
 
 from torch import nn
 
+from .errors import ConfigError
+from .registry import HEAD_INITS, INITS, LAYER_KINDS, RANK_POLICIES
+from .utils import count_parameters, did_you_mean
+
 DEFAULT_RANK = 8
 
 HEAD_SCALES = ("exact", "paper")
 #: how the H heads start (see :meth:`inhernet.layers.InherLinear.diversify_heads`)
-HEAD_INITS = ("copies", "perturbed", "split")
-INITS = ("svd", "whitened", "random")
 GATES = ("softmax", "none")
 STRUCTURES = ("asymmetric", "symmetric")
 SVD_METHODS = ("exact", "randomized")
-BUDGET_MODES = ("spectral", "uniform")
-#: eligible module types; "Conv1D" is transformers' GPT-2 ``Conv1D`` (a Linear whose weight is stored
-#: transposed, in × out), inherited as an :class:`~inhernet.layers.InherLinear`
-LAYER_TYPES = ("Linear", "Conv2d", "Conv1D")
+#: how ``init="whitened"`` measures input statistics (see :mod:`inhernet.calibrate`)
+CALIBRATION_MODES = ("auto", "sequential", "one_pass")
 #: ``target_modules`` shortcut (as in PEFT): every Linear/Conv1D except the output layer
 ALL_LINEAR = "all-linear"
 
@@ -39,13 +38,10 @@ Budget = Union[int, float, nn.Module, None]
 MIN_BUDGET_COUNT = 100
 
 
-class ConfigError(ValueError):
-    """An ``InheritConfig`` value (or key) is invalid; the message says which and how to fix it."""
-
-
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}.")
+        raise ConfigError(f"{name}={value!r} is not valid{did_you_mean(value, allowed)}; "
+                          f"choose one of {', '.join(map(repr, allowed))}.")
 
 
 def _as_name_list(value: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
@@ -94,8 +90,9 @@ class InheritConfig:
                       embeddings and norms stay dense). Layers whose weight is tied to another
                       module's stay dense.
       exclude_modules: same syntax; these stay dense.
-      layer_types:    which module types are eligible (``"Linear"``, ``"Conv2d"``, ``"Conv1D"``:
-                      transformers' transposed linear of GPT-2).
+      layer_types:    which registered layer kinds are eligible (default: all of them:
+                      ``"Linear"``, ``"Conv2d"``, ``"Conv1D"`` — transformers' transposed linear of
+                      GPT-2 — and ``"Conv1d"``, ``nn.Conv1d``; :mod:`inhernet.kinds`).
       exclude_classifier: keep the network's last ``Linear`` (and a Hugging Face model's output
                       embeddings, the LM head) dense unless targeted by name (default, as in the paper).
 
@@ -119,6 +116,17 @@ class InheritConfig:
                       the output error on real inputs, as in SVD-LLM; needs
                       ``inherit(..., calibration=batches)``; for a Conv2d the inputs are its patches) or ``"random"``
                       (the paper's "w.o. SVD" ablation: factors random, everything else inherited).
+      calibration_mode: how ``init="whitened"`` measures the input statistics. ``"sequential"``
+                      (SVD-LLM): block by block through the network's list of repeated blocks (a
+                      transformer's layers); each block's statistics are taken on the outputs of the
+                      blocks already inherited, so later layers correct for earlier truncation, and
+                      peak memory is one block's statistics + the calibration activations at one
+                      block, whatever the depth (a streamed checkpoint loads each block only when
+                      it is reached). ``"one_pass"``: every layer's statistics from the teacher in
+                      one pass with hooks on the whole model (memory grows with depth).
+                      ``"auto"`` (default): sequential when the model has one list of repeated
+                      blocks holding its inherited layers (Hugging Face decoders and encoders),
+                      one pass otherwise (a CNN).
       gate:           ``"softmax"`` (learned gate on the pooled compressed features) or ``"none"``
                       (fixed equal weights: the "w.o. gate" ablation).
       structure:      ``"asymmetric"`` (one shared down-projection) or ``"symmetric"`` (H separate
@@ -142,12 +150,13 @@ class InheritConfig:
     min_saving: float | None = 0.0
     target_modules: str | Sequence[str] | None = None
     exclude_modules: str | Sequence[str] | None = None
-    layer_types: Sequence[str] = LAYER_TYPES
+    layer_types: Sequence[str] = field(default_factory=LAYER_KINDS.names)
     exclude_classifier: bool = True
     head_scale: str = "exact"
     head_init: str = "copies"
     head_init_scale: float = 0.005
     init: str = "svd"
+    calibration_mode: str = "auto"
     gate: str = "softmax"
     structure: str = "asymmetric"
     svd: str = "exact"
@@ -175,7 +184,7 @@ class InheritConfig:
             elif not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{name}={value!r} must be a list of layer names / name suffixes, or one regex string.")
         if isinstance(self.layer_types, str) or not isinstance(self.layer_types, (list, tuple)):
-            raise ConfigError(f"layer_types={self.layer_types!r} must be a list of {', '.join(LAYER_TYPES)}.")
+            raise ConfigError(f"layer_types={self.layer_types!r} must be a list of {', '.join(LAYER_KINDS.names())}.")
         if not isinstance(self.rank_pattern, dict):
             raise ConfigError(f"rank_pattern={self.rank_pattern!r} must be a dict {{regex: rank}}.")
         for pattern in self.rank_pattern:
@@ -189,7 +198,7 @@ class InheritConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ConfigError(f"{name}={value!r} must be a number in (0, 1].")
-        for name in ("budget_mode", "head_scale", "head_init", "init", "gate", "structure", "svd"):
+        for name in ("budget_mode", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a string.")
         _positive_int("seed", self.seed, allow_zero=True)
@@ -222,20 +231,22 @@ class InheritConfig:
             _positive_int(f"rank_pattern[{pattern!r}]", r)
         if self.budget is not None and self.rank_pattern:
             raise ConfigError("rank_pattern cannot be combined with a budget; the budget allocates every rank.")
-        _choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        _choice("budget_mode", self.budget_mode,
+                [n.partition(":")[2] for n in RANK_POLICIES.names() if n.startswith("budget:")])
         _choice("head_scale", self.head_scale, HEAD_SCALES)
-        _choice("head_init", self.head_init, HEAD_INITS)
+        _choice("head_init", self.head_init, HEAD_INITS.names())
         if (isinstance(self.head_init_scale, bool) or not isinstance(self.head_init_scale, (int, float))
                 or not math.isfinite(self.head_init_scale) or self.head_init_scale < 0):
             raise ConfigError(f"head_init_scale={self.head_init_scale!r} must be a finite number >= 0.")
-        _choice("init", self.init, INITS)
+        _choice("init", self.init, INITS.names())
+        _choice("calibration_mode", self.calibration_mode, CALIBRATION_MODES)
         _choice("gate", self.gate, GATES)
         _choice("structure", self.structure, STRUCTURES)
         _choice("svd", self.svd, SVD_METHODS)
         for t in self.layer_types:
-            _choice("layer_types entry", t, LAYER_TYPES)
+            _choice("layer_types entry", t, LAYER_KINDS.names())
         if not self.layer_types:
-            raise ConfigError(f"layer_types is empty; name at least one of {LAYER_TYPES}.")
+            raise ConfigError(f"layer_types is empty; name at least one of {LAYER_KINDS.names()}.")
 
     def _validate_budget(self) -> None:
         b = self.budget
@@ -274,8 +285,6 @@ class InheritConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict. A model budget is stored as its parameter count."""
-        from .report import count_parameters  # local: report imports layers, which is heavier
-
         out = dataclasses.asdict(self)
         if isinstance(self.budget, nn.Module):
             out["budget"] = count_parameters(self.budget)
@@ -291,10 +300,7 @@ class InheritConfig:
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in valid]
         if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, valid, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = [f"{k!r}{did_you_mean(k, valid)}" for k in unknown]
             raise ConfigError(f"unknown InheritConfig option(s): {', '.join(hints)}. Valid options: {', '.join(valid)}.")
         return cls(**dict(data))
 

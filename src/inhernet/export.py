@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError
+from .errors import ConfigError, DependencyError
+from .utils import atomic_write
 
 __all__ = ["ExportDependencyError", "OnnxModule", "check_opset", "export_onnx"]
 
@@ -39,8 +40,9 @@ CHECK_TOLERANCE = 1e-4
 MIN_OPSET = 7
 
 
-class ExportDependencyError(ImportError):
-    """A package the ONNX export needs is not installed."""
+class ExportDependencyError(DependencyError):
+    """A package the ONNX export needs is not installed (a :class:`inhernet.errors.DependencyError`,
+    so also an ``ImportError``, as before)."""
 
 
 def _require(*modules: str) -> None:
@@ -137,8 +139,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
         check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     was_training = model.training
+    diff = None
     model.eval()
     try:
         _check_example(model, example)
@@ -158,11 +160,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, d
             raise ConfigError(f"opset={opset}: the exporter could not convert this model to opset {opset} (some of "
                               f"its operators have no opset-{opset} form; it stayed at {opset_used}); give a higher "
                               f"opset ({opset_used} works) or leave it out. Nothing was written.")
-        program.save(str(partial))
-        diff = _check(model, partial, example) if check else None
-        os.replace(partial, path)
+
+        def write_checked(tmp: Path) -> None:
+            """Save the program to the temporary file and check it there: a file that computes
+            something else never replaces ``path``."""
+            nonlocal diff
+            program.save(str(tmp))
+            diff = _check(model, tmp, example) if check else None
+
+        atomic_write(path, write_checked)
     finally:
-        partial.unlink(missing_ok=True)
         model.train(was_training)
     return {"path": str(path), "bytes": path.stat().st_size, "opset": opset_used, "max_abs_diff": diff,
             "optimized": report}

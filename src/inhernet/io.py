@@ -26,7 +26,6 @@ parameters are stored once and tied again on load.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,12 +36,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __name__ as _pkg
-from .config import ConfigError, InheritConfig
-from .hf.conv1d import is_conv1d
-from .inherit import PLAN_ATTR, InheritPlan, LayerRecord, build_layer, set_submodule
+
+from .config import InheritConfig
+from .errors import ArchitectureMismatchError, ConfigError, CorruptCheckpointError, InherNetLoadError, ModelExistsError
 from .layers import INHER_LAYERS
-from .report import count_parameters, get_plan
+from .pipeline import build_layer, set_submodule
+from .plan import PLAN_ATTR, InheritPlan, LayerRecord, get_plan
+from .registry import LAYER_KINDS
+from .shards import INDEX_NAME as SHARD_INDEX_NAME, ShardWriter, parse_size
+from .utils import atomic_write, count_parameters, sha256_file, state_dict_problems, tied_names
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "inhernet_config.json"
@@ -51,18 +53,35 @@ CONFIG_NAME = "inhernet_config.json"
 FORMAT_VERSION = 2
 
 
-class InherNetLoadError(ValueError):
-    """A saved InherNet cannot be loaded as asked; the message names the cause and the fix."""
+#: the entry-point group of model formats: a format saves and rebuilds the files a model of some
+#: library needs besides its weights (``config.json`` for transformers, :mod:`inhernet.hf.io`); its
+#: entry-point name is the top-level package the model classes come from
+FORMAT_GROUP = "inhernet.model_formats"
 
 
-class ModelExistsError(FileExistsError):
-    """``save`` was asked to write into a folder that already holds a saved model; the message names
-    the folder and the way out (``overwrite=True``, ``--overwrite`` on the command line, or another
-    folder). Nothing was written."""
+def _format_entry(name: str):
+    from importlib.metadata import entry_points
+
+    return next((ep for ep in entry_points(group=FORMAT_GROUP) if ep.name == name), None)
 
 
-#: the shard index of a sharded safetensors model
-SHARD_INDEX_NAME = "model.safetensors.index.json"
+def model_format(model: nn.Module) -> Any:
+    """The registered model format for ``model``'s library (by the top-level packages of its class
+    hierarchy), or None for a plain module. Loaded only when such a model is met."""
+    for package in dict.fromkeys(c.__module__.partition(".")[0] for c in type(model).__mro__):
+        entry = _format_entry(package)
+        if entry is not None:
+            return entry.load()
+    return None
+
+
+def saved_format(folder: Path, name: str) -> Any:
+    entry = _format_entry(name)
+    if entry is None:
+        raise InherNetLoadError(f"{folder} holds a {name} model, but no inhernet model format for {name} is "
+                                "installed (reinstall inhernet: `pip install -e .`, or `make install`), or pass "
+                                "base_model=<the architecture> to inhernet.load.")
+    return entry.load()
 #: files whose presence means a folder already holds a saved model (InherNet, dense model, or a
 #: Hugging Face checkpoint); besides these, any ``*.safetensors`` weights file counts
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, "model_config.json", SHARD_INDEX_NAME, "pytorch_model.bin")
@@ -92,29 +111,17 @@ def check_save_target(folder: str | os.PathLike, *, overwrite: bool = False) -> 
         )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] | None = None,
-         tokenizer: Any = None, overwrite: bool = False) -> Path:
+         tokenizer: Any = None, overwrite: bool = False, max_shard_size: int | str | None = None) -> Path:
     """Write ``model`` (returned by ``inherit`` or ``load``) to ``folder``.
 
     ``extra`` is stored under ``"extra"`` in the JSON (e.g. the base architecture's name and
     arguments, so a CLI can rebuild it). For a Hugging Face model the folder also gets
     ``config.json`` (+ ``generation_config.json``), and ``tokenizer`` (a tokenizer or processor,
     anything with ``save_pretrained``) writes its files there too; ``load(folder)`` then needs no
-    base model. Returns the folder's path.
+    base model. ``max_shard_size`` (bytes, or ``"500MB"`` / ``"2GB"``) splits the weights into shards
+    of at most that size (``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``,
+    as ``save_pretrained`` names them); by default one ``model.safetensors``. Returns the folder's path.
 
     A folder that already holds a saved model (:func:`holds_model`) is refused with
     :class:`ModelExistsError` unless ``overwrite=True``, so a model is never replaced by accident.
@@ -127,23 +134,37 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
     old_weights = recorded_weight_files(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = None
-    from .hf import is_hf_model
-
-    if is_hf_model(model):
-        from .hf.io import save_hf_files
-
-        hf = save_hf_files(model, folder, tokenizer)
+    fmt = model_format(model)
+    if fmt is not None:
+        hf = fmt.save_files(model, folder, tokenizer)
     elif tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
-    weights = folder / WEIGHTS_NAME
-    _write_atomically(weights, lambda p: save_file(_state_once(model), str(p), metadata={"format": "inhernet"}))
-    write_meta(folder, plan, [WEIGHTS_NAME], base_model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+    state = _state_once(model)
+    if max_shard_size is None:
+        atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "inhernet"}))
+        files = [WEIGHTS_NAME]
+    else:
+        writer = ShardWriter(folder, parse_size(max_shard_size))
+        try:
+            for key, tensor in state.items():
+                writer.add(key, tensor)
+            files = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    write_meta(folder, plan, files, base_model_class=f"{type(model).__module__}.{type(model).__qualname__}",
                extra=extra, hf=hf)
-    for name in old_weights - {WEIGHTS_NAME}:  # shards of an overwritten model
-        (folder / name).unlink(missing_ok=True)
-    if len(old_weights) > 1:  # and its shard index
-        (folder / SHARD_INDEX_NAME).unlink(missing_ok=True)
+    remove_stale_weights(folder, old_weights, files)
     return folder
+
+
+def remove_stale_weights(folder: Path, old: set[str], new: list[str]) -> None:
+    """After overwriting a saved model: remove the old model's weight files the new one does not
+    use, and its shard index when the new model is one file."""
+    for name in old - set(new):
+        (folder / name).unlink(missing_ok=True)
+    if len(new) == 1:
+        (folder / SHARD_INDEX_NAME).unlink(missing_ok=True)
 
 
 def recorded_weight_files(folder: Path) -> set[str]:
@@ -161,7 +182,7 @@ def recorded_weight_files(folder: Path) -> set[str]:
 def _state_once(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each tied tensor once, under its first name in state-dict order (for a
     Hugging Face model the tie's source, e.g. the input embeddings, as ``save_pretrained`` keeps)."""
-    shared = _shared_names(model)
+    shared = tied_names(model)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in model.state_dict().items():
         if not any(other in out for other in shared.get(key, [])):
@@ -171,7 +192,7 @@ def _state_once(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _file_info(folder: Path, name: str) -> dict[str, Any]:
     path = folder / name
-    return {"file": name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"file": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def write_meta(folder: Path, plan: InheritPlan, weight_files: list[str], *, base_model_class: str,
@@ -192,7 +213,7 @@ def write_meta(folder: Path, plan: InheritPlan, weight_files: list[str], *, base
     }
     if hf is not None:
         meta["hf"] = hf
-    _write_atomically(folder / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
 
 
 def weight_files(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -209,7 +230,7 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InherNetLoadError(f"{path} is not valid JSON ({err}); the file is damaged, save the model again.") from err
+        raise CorruptCheckpointError(f"{path} is not valid JSON ({err}); the file is damaged, save the model again.") from err
     check_meta(meta, path)
     return meta
 
@@ -229,7 +250,6 @@ def _is_int(value: Any, low: int = 0) -> bool:
 
 _HEX = frozenset("0123456789abcdef")
 _LAYER_FIELDS = {f.name for f in dataclasses.fields(LayerRecord)}
-_LAYER_DIMS = {"Linear": 2, "Conv1D": 2, "Conv2d": 4}
 
 
 def check_meta(meta: Any, path: str | os.PathLike = CONFIG_NAME) -> None:
@@ -239,8 +259,8 @@ def check_meta(meta: Any, path: str | os.PathLike = CONFIG_NAME) -> None:
     the ``extra`` / ``hf`` objects. The first problem found raises :class:`InherNetLoadError`
     naming the key and what it holds, so a damaged file never surfaces as a KeyError or TypeError."""
 
-    def damaged(what: str) -> InherNetLoadError:
-        return InherNetLoadError(f"{path} is damaged: {what}. Save the model again, or restore the file from a copy.")
+    def damaged(what: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{path} is damaged: {what}. Save the model again, or restore the file from a copy.")
 
     def need(obj: dict, key: str, where: str, kind: type, kind_name: str) -> Any:
         if key not in obj:
@@ -305,11 +325,12 @@ def _check_layer_record(row: Any, where: str, damaged, need) -> None:
         raise damaged(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}")
     need(row, "name", where, str, "a layer name")
     kind = need(row, "kind", where, str, "a layer kind")
-    if kind not in _LAYER_DIMS:
-        raise damaged(f"{where}['kind'] is {kind!r}, not one of {', '.join(map(repr, _LAYER_DIMS))}")
+    if kind not in LAYER_KINDS:
+        raise damaged(f"{where}['kind'] is {kind!r}, not one of {', '.join(map(repr, LAYER_KINDS.names()))}")
+    dims = LAYER_KINDS.get(kind).weight_dims
     shape = need(row, "shape", where, list, "a weight shape")
-    if len(shape) != _LAYER_DIMS[kind] or not all(_is_int(d, 1) for d in shape):
-        raise damaged(f"{where}['shape'] is {shape!r}, not the {_LAYER_DIMS[kind]} positive sizes of a {kind} weight")
+    if len(shape) != dims or not all(_is_int(d, 1) for d in shape):
+        raise damaged(f"{where}['shape'] is {shape!r}, not the {dims} positive sizes of a {kind} weight")
     for key in ("rank", "heads"):
         if row.get(key) is not None and not _is_int(row[key], 1):
             raise damaged(f"{where}[{key!r}] is {row[key]!r}, not an integer >= 1 or null")
@@ -368,9 +389,7 @@ def load(folder: str | os.PathLike, base_model: nn.Module | None = None, *,
                 f"{folder} was saved from a plain nn.Module (no config.json to rebuild it from); pass "
                 "base_model=<a freshly constructed teacher architecture>."
             )
-        from .hf.io import build_empty_model
-
-        base_model = build_empty_model(folder, meta["hf"])
+        base_model = saved_format(folder, "transformers").build(folder, meta["hf"])
     elif any(isinstance(m, INHER_LAYERS) for m in base_model.modules()):
         raise InherNetLoadError("base_model already contains inherited layers; pass a freshly constructed teacher architecture.")
     _check_architecture(base_model, plan, meta)
@@ -387,14 +406,6 @@ def load(folder: str | os.PathLike, base_model: nn.Module | None = None, *,
     return base_model
 
 
-def _shared_names(model: nn.Module) -> dict[str, list[str]]:
-    """``name → every name of the same tensor`` for tensors registered under several names (tied)."""
-    by_id: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        by_id.setdefault(id(t), []).append(name)
-    return {n: names for names in by_id.values() if len(names) > 1 for n in names}
-
-
 def _load_weights(model: nn.Module, paths: list[Path], device: str, *, assign: bool) -> None:
     """Load every tensor of ``paths`` into ``model``, strictly: each state-dict entry must be in the
     files (a tied tensor under any one of its names) and every tensor in the files must fit.
@@ -406,23 +417,17 @@ def _load_weights(model: nn.Module, paths: list[Path], device: str, *, assign: b
         for path in paths:
             state.update(load_file(str(path), device=device))
     except (SafetensorError, OSError) as err:
-        raise InherNetLoadError(f"cannot read the weights in {where}: {err}") from err
-    shared = _shared_names(model)
-    expected = model.state_dict(keep_vars=True).keys()
-    missing = [k for k in expected if k not in state and not any(n in state for n in shared.get(k, []))]
-    unexpected = [k for k in state if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}")
+        raise CorruptCheckpointError(f"cannot read the weights in {where}: {err}; the file is damaged, save or copy "
+                                     "the model again.") from err
+    shared = tied_names(model)
+    problems = state_dict_problems(model, state, shared)
     if not problems:
         try:
             model.load_state_dict(state, strict=False, assign=assign)
         except RuntimeError as err:
             problems.append(str(err))
     if problems:
-        raise InherNetLoadError(
+        raise ArchitectureMismatchError(
             f"the weights in {where} do not fit the rebuilt model: {'; '.join(problems)}. The base model "
             "is probably not the architecture this InherNet was made from."
         )
@@ -453,12 +458,12 @@ def _retie(model: nn.Module, shared: dict[str, list[str]], state: dict[str, torc
 
 def _check_weights_file(path: Path, info: dict[str, Any]) -> None:
     if not path.is_file():
-        raise InherNetLoadError(f"{path} not found; the saved folder is incomplete, save the model again.")
+        raise CorruptCheckpointError(f"{path} not found; the saved folder is incomplete, save the model again.")
     size = path.stat().st_size
     if size != info["bytes"]:
-        raise InherNetLoadError(f"{path} is truncated or damaged: {size:,} bytes, {info['bytes']:,} expected.")
-    if _sha256(path) != info["sha256"]:
-        raise InherNetLoadError(f"{path} is corrupted: its SHA-256 does not match the one recorded at save time.")
+        raise CorruptCheckpointError(f"{path} is truncated or damaged: {size:,} bytes, {info['bytes']:,} expected.")
+    if sha256_file(path) != info["sha256"]:
+        raise CorruptCheckpointError(f"{path} is corrupted: its SHA-256 does not match the one recorded at save time.")
 
 
 def _check_architecture(base: nn.Module, plan: InheritPlan, meta: dict[str, Any]) -> None:
@@ -482,7 +487,7 @@ def _check_architecture(base: nn.Module, plan: InheritPlan, meta: dict[str, Any]
             problems.append(f"layer {record.name!r} is a {type(module).__name__}, the plan records a {record.kind}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise InherNetLoadError(
+        raise ArchitectureMismatchError(
             f"base_model ({type(base).__name__}) is not the architecture this InherNet was inherited from "
             f"({saved_from}): {shown}. Construct the teacher's architecture (same model name and "
             "num_classes / in_channels) and pass that."
@@ -491,9 +496,7 @@ def _check_architecture(base: nn.Module, plan: InheritPlan, meta: dict[str, Any]
 
 def _is_kind(module: nn.Module, kind: str) -> bool:
     """Whether ``module`` is of the layer kind a plan record names."""
-    if kind == "Conv1D":
-        return is_conv1d(module)
-    return isinstance(module, {"Linear": nn.Linear, "Conv2d": nn.Conv2d}[kind])
+    return kind in LAYER_KINDS and LAYER_KINDS.get(kind).matches(module)
 
 
 def _device_of(model: nn.Module) -> str:
@@ -505,6 +508,6 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version(_pkg)
+        return version(__name__.partition(".")[0])
     except PackageNotFoundError:
         return "unknown"

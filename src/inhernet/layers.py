@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from .config import GATES, STRUCTURES, ConfigError
+from .config import GATES, STRUCTURES
+from .errors import ConfigError
+from .registry import HEAD_INITS
 
 
 @torch.no_grad()
@@ -56,7 +58,7 @@ class EffectiveWeight(Tensor):
     Its metadata (shape = the teacher weight's ``(d_out, d_in)`` or ``(C_out, C_in, k, k)``, dtype,
     device) costs nothing to read, which is all that model code checking ``proj.weight.dtype`` needs
     (T5 does so on every forward pass). Any operation on its values computes the layer's effective
-    dense weight, :meth:`_InherBase.effective_weight` with the uniform gate (the rank-r truncation of
+    dense weight, :meth:`InherLayer.effective_weight` with the uniform gate (the rank-r truncation of
     the teacher's weight at SVD initialisation; after training, the head average), detached: no
     gradient flows back to the factors. With a per-token gate no single dense matrix is what the
     layer computes, so this is a summary, not a substitute for the forward pass.
@@ -70,7 +72,7 @@ class EffectiveWeight(Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
-    def __new__(cls, layer: "_InherBase") -> "EffectiveWeight":
+    def __new__(cls, layer: "InherLayer") -> "EffectiveWeight":
         out = Tensor._make_wrapper_subclass(
             cls, layer.dense_shape, dtype=layer.up.dtype, device=layer.up.device, requires_grad=False
         )
@@ -95,10 +97,11 @@ class EffectiveWeight(Tensor):
                 f"read-only view of {type(self._layer).__name__}.effective_weight())")
 
 
-class _InherBase(nn.Module):
-    """Parameters and head mixing shared by :class:`InherLinear` and :class:`InherConv2d`.
+class InherLayer(nn.Module):
+    """The base of every inherited layer: parameters (``down``, ``up``, ``bias``, ``gate``) and head
+    mixing, shared by :class:`InherLinear` and the convolutions (:class:`InherConvNd`).
 
-    Subclasses define ``_down`` (x → z) and ``_pool`` (z → gate input).
+    Subclasses define ``forward`` and ``_pool`` (z → gate input).
     """
 
     def __init__(
@@ -173,41 +176,17 @@ class _InherBase(nn.Module):
             else:
                 self.bias.copy_((bias * scale).unsqueeze(0).expand_as(self.bias))
 
-    @torch.no_grad()
     def diversify_heads(self, mode: str = "perturbed", scale: float = 0.005,
                         generator: torch.Generator | None = None) -> None:
         """Make the (identical, SVD-initialised) heads differ without changing what the layer
-        computes, so the gate gets a gradient: every head ``B_h = B + δ_h`` with ``Σ_h δ_h = 0`` and
-        the gate zeroed (a zero gate mixes the heads uniformly, so ``Σ_h B_h / H = B``: the initial
-        function is that of the copies). Identical heads give the gate the gradient
-        ``g_h (u_h − y)ᵀ ∂L/∂y = 0``; different heads do not.
-
-        ``mode="perturbed"``: ``δ_h`` Gaussian (drawn on the CPU from ``generator``), centred over
-        heads. ``mode="split"``: head h scales the rank components ``j ≡ h (mod H)`` up and the others
-        down, ``δ_h = B·diag(H·1[j ≡ h] − 1)``, so each head leans on a different subset of the kept
-        singular directions (deterministic). Both are scaled to a mean ``‖δ_h‖ / ‖B‖`` of ``scale``.
-        ``mode="copies"``, one head, or no gate: nothing to do (without a gate every head gets the
-        same gradient, so differences would never grow).
-        """
-        if mode == "copies" or self.heads == 1 or self.gate is None:
+        computes, so the gate gets a gradient: the registered head initialisation ``mode``
+        (``"copies"``, ``"perturbed"``, ``"split"``; :mod:`inhernet.factorise.heads`) with
+        deviations of relative size ``scale``. One head, or no gate: nothing to do (without a gate
+        every head gets the same gradient, so differences would never grow)."""
+        init = HEAD_INITS.get(mode)
+        if self.heads == 1 or self.gate is None:
             return
-        base = self.up.mean(0)  # all heads are copies of B here; the mean keeps the function
-        if mode == "perturbed":
-            noise = torch.randn(self.up.shape, generator=generator, dtype=torch.float64)
-            delta = noise - noise.mean(0, keepdim=True)
-        elif mode == "split":
-            owner = torch.arange(self.rank) % self.heads  # component j belongs to head j mod H
-            mask = (owner[None, :] == torch.arange(self.heads)[:, None]).double()  # H × r
-            delta = base.double().cpu()[None] * (self.heads * mask - 1.0)[:, None, :]
-        else:
-            raise ConfigError(f"head_init={mode!r}: use 'copies', 'perturbed' or 'split'.")
-        size = float(delta.flatten(1).norm(dim=1).mean())
-        ref = float(base.double().norm())
-        if size > 0 and ref > 0:
-            delta = delta * (scale * ref / size)
-        self.up.copy_(base[None] + delta.to(self.up.dtype).to(self.up.device))
-        self.gate.weight.zero_()
-        self.gate.bias.zero_()
+        init(self, scale, generator)
 
     def gate_weights(self, z: Tensor) -> Tensor:
         """Mixing weights g, shape ``(*batch, H)``: softmax gate, or 1/H without a gate."""
@@ -261,7 +240,7 @@ class _InherBase(nn.Module):
         )
 
 
-class InherLinear(_InherBase):
+class InherLinear(InherLayer):
     """Inherited ``nn.Linear``: ``(…, in_features) → (…, out_features)``, one gate per position."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, heads: int = 3, *, bias: bool = True, **kwargs) -> None:
@@ -285,45 +264,52 @@ class InherLinear(_InherBase):
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
 
 
-class InherConv2d(_InherBase):
-    """Inherited ``nn.Conv2d`` (groups = 1): a k×k conv ``C_in → r`` with the teacher's stride,
-    padding and dilation, then H gated 1×1 convs ``r → C_out``; one gate vector per image."""
+class InherConvNd(InherLayer):
+    """Inherited ``nn.ConvNd`` (groups = 1), N spatial dimensions (:attr:`spatial_dims`): a k×…×k
+    conv ``C_in → r`` with the teacher's stride, padding and dilation, then H gated 1×…×1 convs
+    ``r → C_out``; one gate vector per sample (the compressed features averaged over space).
+    Subclasses set :attr:`spatial_dims` and :attr:`conv` (``F.conv2d``, ``F.conv1d``)."""
+
+    spatial_dims: int = 2
+    conv = staticmethod(F.conv2d)
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
+        kernel_size: int | tuple[int, ...],
         rank: int,
         heads: int = 3,
         *,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
         bias: bool = True,
         **kwargs,
     ) -> None:
-        pair = nn.modules.utils._pair
+        def tup(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * self.spatial_dims
+
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
-        self.padding = padding if isinstance(padding, str) else pair(padding)
+        self.kernel_size, self.stride, self.dilation = tup(kernel_size), tup(stride), tup(dilation)
+        self.padding = padding if isinstance(padding, str) else tup(padding)
         super().__init__((in_channels, *self.kernel_size), out_channels, rank, heads, bias=bias, **kwargs)
 
     def _pool(self, z: Tensor) -> Tensor:
-        return z.mean(dim=(-2, -1))
+        return z.mean(dim=tuple(range(2, z.dim())))
 
     def forward(self, x: Tensor) -> Tensor:
-        z = F.conv2d(x, self.down, None, self.stride, self.padding, self.dilation)
-        n, _, h, w = z.shape
+        z = self.conv(x, self.down, None, self.stride, self.padding, self.dilation)
+        n, spatial = z.shape[0], z.shape[2:]
         flat = z.flatten(2)  # (N, R, L)
         folded = self._folded_heads()
         if folded is not None:
             up, bias = folded
             if torch.onnx.is_in_onnx_export():  # ONNX Runtime runs a 1×1 Conv faster than Expand + MatMul
-                return F.conv2d(z, up[:, :, None, None], bias)
+                return self.conv(z, up.reshape(*up.shape, *([1] * self.spatial_dims)), bias)
             # eager PyTorch on CPU: a batched product is ~2× faster than a 1×1 conv at batch 64
             y = torch.bmm(up.expand(n, -1, -1), flat)
-            return y.view(n, -1, h, w) if bias is None else (y + bias[:, None]).view(n, -1, h, w)
+            return y.view(n, -1, *spatial) if bias is None else (y + bias[:, None]).view(n, -1, *spatial)
         g = self.gate_weights(z)  # (N, H)
         bias = self._mixed_bias(g)
         if self.structure == "asymmetric":
@@ -333,7 +319,7 @@ class InherConv2d(_InherBase):
         else:
             y = torch.matmul(self._heads_concat(), self._mix_input(flat, g, feature_dim=1))
             y = y if bias is None else y + bias[:, :, None]
-        return y.view(n, -1, h, w)
+        return y.view(n, -1, *spatial)
 
     def extra_repr(self) -> str:
         return (
@@ -342,4 +328,13 @@ class InherConv2d(_InherBase):
         )
 
 
-INHER_LAYERS = (InherLinear, InherConv2d)
+class InherConv2d(InherConvNd):
+    """Inherited ``nn.Conv2d`` (groups = 1): a k×k conv ``C_in → r`` with the teacher's stride,
+    padding and dilation, then H gated 1×1 convs ``r → C_out``; one gate vector per image."""
+
+    spatial_dims = 2
+    conv = staticmethod(F.conv2d)
+
+
+#: every inherited layer type (``isinstance(m, INHER_LAYERS)``), those of kinds added later included
+INHER_LAYERS = (InherLayer,)

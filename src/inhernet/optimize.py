@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ConfigError
-from .inherit import PLAN_ATTR
+from .plan import PLAN_ATTR
 from .layers import INHER_LAYERS, InherConv2d
 from .utils import call_model
 

@@ -25,11 +25,14 @@ from __future__ import annotations
 import heapq
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .config import ConfigError, InheritConfig
+from .config import InheritConfig
+from .errors import ConfigError
+from .registry import RANK_POLICIES
 
 
 @dataclass
@@ -105,24 +108,46 @@ class _Cost:
         return inherited_params(spec, rank, cfg.heads, cfg.structure, cfg.gate)
 
 
+@dataclass(frozen=True)
+class RankPolicy:
+    """A way of choosing ranks, and what the pipeline must give it.
+
+    ``ranks(specs, cfg, budget_left)`` returns ``{name: rank or None (dense)}``. ``needs_spectrum``:
+    the specs must carry their singular values (whitened ones under ``init="whitened"``).
+    ``sees_all_layers``: it decides only once it has seen every selected layer (a budget), so the
+    pipeline first collects every spec (and spectrum) and decides before it factorises anything;
+    otherwise each layer is decided alone, when the pipeline reaches it.
+    """
+
+    name: str
+    ranks: Callable[[list[LayerSpec], InheritConfig, int | None], dict[str, int | None]]
+    needs_spectrum: bool = False
+    sees_all_layers: bool = False
+
+
+def policy_for(cfg: InheritConfig) -> RankPolicy:
+    """The registered policy ``cfg`` selects: ``rank`` / ``rank_fraction`` / ``energy``, or
+    ``budget:<budget_mode>``."""
+    name = f"budget:{cfg.budget_mode}" if cfg.policy == "budget" else cfg.policy
+    return RANK_POLICIES.get(name)
+
+
 def needs_spectrum(cfg: InheritConfig) -> bool:
-    """Whether the policy reads singular values (energy threshold or spectral budget)."""
-    return cfg.energy is not None or (cfg.budget is not None and cfg.budget_mode == "spectral")
+    """Whether the config's policy reads singular values (energy threshold or spectral budget)."""
+    return policy_for(cfg).needs_spectrum
 
 
 def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int | None = None) -> dict[str, RankDecision]:
-    """Decide every selected layer's rank.
+    """Decide the rank of every layer in ``specs`` with the config's policy.
 
     ``budget_left`` (budget policies only) is the parameter budget minus every parameter that is
     not in a selected layer (norms, classifier, excluded layers).
     """
-    if cfg.budget is not None:
-        if budget_left is None:
-            raise ValueError("a budget policy needs budget_left")
-        alloc = _budget_uniform if cfg.budget_mode == "uniform" else _budget_spectral
-        ranks = alloc(specs, cfg, budget_left)
-    else:
-        ranks = {s.name: _per_layer_rank(s, cfg) for s in specs}
+    policy = policy_for(cfg)
+    if policy.sees_all_layers and budget_left is None:
+        raise ValueError(f"the {policy.name} policy needs budget_left")
+    ranks = policy.ranks(specs, cfg, budget_left)
+    if cfg.budget is None:
         for s in specs:
             override = _pattern_rank(s.name, cfg.rank_pattern)
             if override is not None:
@@ -156,14 +181,21 @@ def _pattern_rank(name: str, pattern: dict[str, int]) -> int | None:
     return None
 
 
-def _per_layer_rank(spec: LayerSpec, cfg: InheritConfig) -> int:
-    if cfg.rank_fraction is not None:
-        return max(1, int(cfg.rank_fraction * spec.full_rank))
-    if cfg.energy is not None:
-        c = spec.cumulative_energy()
+def _one_rank(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int | None) -> dict[str, int | None]:
+    return {s.name: cfg.uniform_rank for s in specs}
+
+
+def _rank_fraction(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int | None) -> dict[str, int | None]:
+    return {s.name: max(1, int(cfg.rank_fraction * s.full_rank)) for s in specs}
+
+
+def _energy(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int | None) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for s in specs:
+        c = s.cumulative_energy()
         # smallest r with c[r] >= threshold (tolerate float round-off at energy=1)
-        return max(1, int(torch.searchsorted(c, torch.tensor(cfg.energy - 1e-12, dtype=c.dtype)).item()))
-    return cfg.uniform_rank
+        out[s.name] = max(1, int(torch.searchsorted(c, torch.tensor(cfg.energy - 1e-12, dtype=c.dtype)).item()))
+    return out
 
 
 def _budget_uniform(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int) -> dict[str, int | None]:
@@ -230,3 +262,13 @@ def _budget_spectral(specs: list[LayerSpec], cfg: InheritConfig, budget_left: in
         left -= delta
         push(i)
     return rank
+
+
+for _policy in (
+    RankPolicy("rank", _one_rank),
+    RankPolicy("rank_fraction", _rank_fraction),
+    RankPolicy("energy", _energy, needs_spectrum=True),
+    RankPolicy("budget:uniform", _budget_uniform, sees_all_layers=True),
+    RankPolicy("budget:spectral", _budget_spectral, needs_spectrum=True, sees_all_layers=True),
+):
+    RANK_POLICIES.register(_policy.name, _policy)

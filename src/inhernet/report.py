@@ -9,15 +9,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .inherit import PLAN_ATTR, InheritPlan, LayerRecord
+from .plan import LayerRecord, get_plan
 from .diagnostics import head_stats, multi_head_layers
-from .utils import call_model, eval_mode, markdown_table, text_table
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters, each shared (tied) tensor counted once."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
-    return sum(p.numel() for p in params.values())
+from .utils import call_model, count_parameters, eval_mode, markdown_table, text_table
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, *, example_input: Any = None) -> int:
@@ -33,13 +27,6 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | None = None, *, e
     with torch.no_grad(), eval_mode(model), counter:
         call_model(model, example_input)
     return int(counter.get_total_flops())
-
-
-def get_plan(model: nn.Module) -> InheritPlan:
-    plan = getattr(model, PLAN_ATTR, None)
-    if plan is None:
-        raise ValueError("this model carries no inheritance plan: pass a model returned by inhernet.inherit or inhernet.load.")
-    return plan
 
 
 @dataclass

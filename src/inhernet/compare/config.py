@@ -25,15 +25,14 @@ Unknown keys are errors that list the valid keys and suggest the closest one.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from inhernet.config import ConfigError
+from inhernet.errors import ConfigError
 from inhernet.train import validate
-from inhernet.utils import stable_hash
+from inhernet.utils import did_you_mean, stable_hash
 
 __all__ = [
     "CompareConfig",
@@ -100,10 +99,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     valid = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in data if k not in valid]
     if unknown:
-        msgs = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
-            msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        msgs = [f"{k!r}{did_you_mean(k, valid)}" for k in unknown]
         raise ConfigKeyError(f"unknown key(s) in {where}: {', '.join(msgs)}. Valid keys: {', '.join(valid)}.")
     kwargs = {}
     for k, v in data.items():
@@ -255,8 +251,7 @@ class MethodConfig:
         # the name is the run folder's name (out_dir/runs/<name>/): "..", "../x" or ".x" would escape or hide it
         _validated(validate.check_folder_name, "method name", self.name)
         if self.kind not in METHOD_KINDS:
-            close = difflib.get_close_matches(self.kind, METHOD_KINDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(self.kind, METHOD_KINDS)
             raise CompareConfigError(f"method {self.name!r}: kind={self.kind!r}{hint}; valid kinds: "
                                      f"{', '.join(METHOD_KINDS)}")
         _check(self.kd in KD_CHOICES, f"method {self.name!r}: kd={self.kd!r}; use false, true, kd, dkd or lskd")
@@ -289,10 +284,7 @@ class MethodConfig:
         valid = [f.name for f in dataclasses.fields(DistillLoss) if f.name != "kind"]
         unknown = [k for k in self.loss if k not in valid]
         if unknown:
-            msgs = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
-                msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            msgs = [f"{k!r}{did_you_mean(k, valid)}" for k in unknown]
             raise ConfigKeyError(f"unknown key(s) in methods[{self.name}].loss: {', '.join(msgs)}. "
                                  f"Valid keys: {', '.join(valid)}.")
         try:
@@ -408,9 +400,8 @@ class CompareConfig:
 
         for what, arch in (("teacher.arch", self.teacher.arch), ("student.arch", self.student.arch)):
             if not is_model(arch):
-                close = difflib.get_close_matches(arch, list_models(), n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise CompareConfigError(f"{what}={arch!r} is not a known model.{hint} Known: {', '.join(list_models())}")
+                hint = did_you_mean(arch, list_models(), n=3)
+                raise CompareConfigError(f"{what}={arch!r} is not a known model{hint}. Known: {', '.join(list_models())}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

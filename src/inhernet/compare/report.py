@@ -13,6 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from inhernet.utils import atomic_write
+
 __all__ = ["build_results", "curve_stats", "format_table", "has_head_curves", "mean_std", "plot_heads", "plot_results",
            "write_report"]
 
@@ -348,9 +350,7 @@ def write_report(results: dict, out_dir: os.PathLike | str) -> str:
     InherNet recorded head diagnostics) into ``out_dir``; return the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    os.replace(tmp, out / "results.json")
+    atomic_write(out / "results.json", json.dumps(results, indent=2, default=str))
     table = format_table(results)
     heads_png = "\n![head cosine and gate entropy per epoch](heads_vs_epoch.png)\n" if has_head_curves(results) else ""
     (out / "results.md").write_text(f"# {results['name']}\n\n{table}\n\n![accuracy per epoch](acc_vs_epoch.png)\n\n"

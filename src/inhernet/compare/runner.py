@@ -41,17 +41,19 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from inhernet.errors import TrainingError
 from inhernet.train.fit import global_rank
 from inhernet.train.identity import file_digest
-from inhernet.utils import stable_hash
+from inhernet.utils import atomic_write, stable_hash
 
 from .config import CompareConfig, MethodConfig
 
 __all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model"]
 
 
-class CompareError(RuntimeError):
-    """A comparison cannot proceed; the message says why."""
+class CompareError(TrainingError):
+    """A comparison cannot proceed; the message says why. A :class:`inhernet.errors.TrainingError`
+    (so also a ``RuntimeError``, as before)."""
 
 
 class StaleRunError(CompareError):
@@ -60,9 +62,7 @@ class StaleRunError(CompareError):
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
 def _read_json(path: Path) -> Optional[dict]:

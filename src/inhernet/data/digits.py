@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from .errors import DatasetNotFoundError
-from .splits import _STREAM_TEST_SPLIT, DataSplits, _rng, build_splits, stratified_split
+from .splits import STREAM_TEST_SPLIT, DataSplits, build_splits, split_rng, stratified_split
 
 __all__ = ["DIGITS_TEST_SEED", "load_digits"]
 
@@ -40,7 +40,7 @@ def load_digits(*, root: str | os.PathLike | None = None, val_fraction: float = 
     bunch = _sk_load_digits()
     images = np.asarray(bunch.images, dtype=np.float32)[:, None]  # N x 1 x 8 x 8, values 0..16
     labels = np.asarray(bunch.target, dtype=np.int64)
-    rng = _rng(DIGITS_TEST_SEED, _STREAM_TEST_SPLIT)
+    rng = split_rng(DIGITS_TEST_SEED, STREAM_TEST_SPLIT)
     test_idx, train_idx = stratified_split(labels, int(round(len(labels) * test_fraction)), rng)
     return build_splits("digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
                         classes=[str(d) for d in range(10)], scale=16.0,

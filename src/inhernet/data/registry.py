@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from inhernet.errors import ConfigError
+from inhernet.utils import did_you_mean
+
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits
 from .mnist import load_fashion_mnist, load_mnist
@@ -36,7 +39,8 @@ def _canonical(name: str) -> str:
         key = key.replace("_", "")
         key = {"fashionmnist": "fashion_mnist"}.get(key, key)
     if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
+        raise ConfigError(f"unknown data set {name!r}{did_you_mean(key, list_datasets())}; available: "
+                          f"{', '.join(list_datasets())}")
     return key
 
 

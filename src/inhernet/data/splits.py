@@ -19,11 +19,11 @@ import torch
 from .augment import RandomCropFlip
 from .tensordata import TensorData
 
-__all__ = ["DataSplits", "build_splits", "stratified_split", "channel_stats"]
+__all__ = ["STREAM_TEST_SPLIT", "DataSplits", "build_splits", "channel_stats", "split_rng", "stratified_split"]
 
 # Independent random streams per purpose, so that e.g. asking for a subset never moves the
 # validation split.
-_STREAM_VAL, _STREAM_SUBSET, _STREAM_TEST_SUBSET, _STREAM_TEST_SPLIT = 1, 2, 3, 4
+_STREAM_VAL, _STREAM_SUBSET, _STREAM_TEST_SUBSET, STREAM_TEST_SPLIT = 1, 2, 3, 4
 
 
 @dataclass(repr=False)
@@ -69,7 +69,9 @@ class DataSplits:
         )
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
+def split_rng(seed: int, stream: int) -> np.random.Generator:
+    """The random generator of one purpose (``STREAM_*``) of a seeded split: independent streams,
+    so asking for a subset never moves the validation split."""
     return np.random.default_rng([stream, seed])
 
 
@@ -190,15 +192,15 @@ def build_splits(
     test_y = test_y.astype(np.int64)
 
     n_val = int(round(len(train_y) * float(val_fraction)))
-    val_idx, train_idx = stratified_split(train_y, n_val, _rng(seed, _STREAM_VAL))
+    val_idx, train_idx = stratified_split(train_y, n_val, split_rng(seed, _STREAM_VAL))
     _check_count("subset", subset, len(train_idx))
     if subset is not None:
-        keep, _ = stratified_split(train_y[train_idx], int(subset), _rng(seed, _STREAM_SUBSET))
+        keep, _ = stratified_split(train_y[train_idx], int(subset), split_rng(seed, _STREAM_SUBSET))
         train_idx = train_idx[keep]
     test_idx = None
     _check_count("test_subset", test_subset, len(test_y))
     if test_subset is not None:
-        test_idx, _ = stratified_split(test_y, int(test_subset), _rng(seed, _STREAM_TEST_SUBSET))
+        test_idx, _ = stratified_split(test_y, int(test_subset), split_rng(seed, _STREAM_TEST_SUBSET))
 
     train_part = train_x[train_idx]
     mean, std = channel_stats(train_part, scale)

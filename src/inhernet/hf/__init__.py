@@ -2,8 +2,8 @@
 
 * :func:`default_target_modules`: the attention and MLP projections of an architecture (what
   ``inherit`` targets on a ``PreTrainedModel`` when ``target_modules`` is ``None``);
-* GPT-2's transposed ``Conv1D`` is eligible (:mod:`inhernet.hf.conv1d`), inherited as an
-  ``InherLinear``;
+* GPT-2's transposed ``Conv1D`` is eligible (the core's layer kind ``"Conv1D"``,
+  :mod:`inhernet.kinds`), inherited as an ``InherLinear``;
 * ``inhernet.save(model, folder, tokenizer=tok)`` also writes ``config.json`` (+ generation config
   and tokenizer files), so ``inhernet.load(folder)`` rebuilds the model from the folder alone
   (:mod:`inhernet.hf.io`);
@@ -16,29 +16,15 @@ without it.
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 from torch import nn
 
-from .targets import default_target_modules
+from ..targets import default_target_modules, is_transformers_model
+from .streaming import inherit_checkpoint
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a ``transformers.PreTrainedModel`` (False when transformers is not loaded)."""
-    module = sys.modules.get("transformers.modeling_utils")
-    cls = getattr(module, "PreTrainedModel", None)
-    return cls is not None and isinstance(model, cls)
-
-
-def __getattr__(name: str) -> Any:
-    # inhernet.hf.inherit_checkpoint, imported on first use (streaming imports the engine, which
-    # imports inhernet.hf.conv1d: importing it here eagerly would be circular)
-    if name == "inherit_checkpoint":
-        from .streaming import inherit_checkpoint
-
-        return inherit_checkpoint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """Whether ``model`` is a ``transformers.PreTrainedModel`` (by its class hierarchy)."""
+    return is_transformers_model(model)
 
 
 __all__ = ["default_target_modules", "inherit_checkpoint", "is_hf_model"]

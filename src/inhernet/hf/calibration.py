@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .lm import pack_documents
 
-__all__ = ["read_documents", "text_calibration"]
+__all__ = ["folder_calibration", "read_documents", "text_calibration"]
 
 
 def read_documents(path: str | os.PathLike) -> list[str]:
@@ -48,3 +48,17 @@ def text_calibration(tokenizer: Any, texts: Iterable[str], *, blocks: int = 16, 
         raise ConfigError(f"the calibration text gives fewer than {seq_len} tokens, not one block; "
                           "give more text or a smaller --calibration-seq-len")
     return [{"input_ids": ids[i:i + batch_size]} for i in range(0, len(ids), batch_size)]
+
+
+def folder_calibration(folder: str | os.PathLike, text_file: str | os.PathLike, *, blocks: int = 16,
+                       seq_len: int = 128, batch_size: int = 4) -> list[dict[str, Any]]:
+    """Calibration batches for the model in the ``save_pretrained`` ``folder``, from ``text_file``
+    (one document per line), tokenised with the folder's own tokenizer (:func:`text_calibration`)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{folder} has no tokenizer to cut the calibration text into tokens ({err}); save the "
+                          "tokenizer beside the model (tokenizer.save_pretrained(folder)).") from err
+    return text_calibration(tokenizer, read_documents(text_file), blocks=blocks, seq_len=seq_len, batch_size=batch_size)

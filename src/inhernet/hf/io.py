@@ -22,6 +22,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..errors import InherNetLoadError
+
 #: files a Hugging Face model folder may carry besides its weights (copied by inherit_checkpoint)
 SIDE_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 WEIGHT_INDEX_SUFFIX = ".index.json"
@@ -90,8 +92,6 @@ def model_class(name: str) -> type:
 
     cls = getattr(transformers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        from ..io import InherNetLoadError
-
         raise InherNetLoadError(
             f"transformers {transformers.__version__} has no model class {name!r}; the folder needs the "
             "transformers version it was saved with, or pass base_model=<the architecture> to inhernet.load."
@@ -107,8 +107,6 @@ def build_empty_model(folder: Path, hf: dict[str, Any], config: Any = None) -> n
         config = AutoConfig.from_pretrained(str(folder))
     name = hf.get("architecture") or (config.architectures or [None])[0]
     if not name:
-        from ..io import InherNetLoadError
-
         raise InherNetLoadError(f"{folder}/config.json names no architecture; pass base_model to inhernet.load.")
     cls = model_class(name)
     kwargs: dict[str, Any] = {}
@@ -124,3 +122,15 @@ def build_empty_model(folder: Path, hf: dict[str, Any], config: Any = None) -> n
 
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
     return model
+
+
+class HFFormat:
+    """The transformers model format of ``inhernet.save`` / ``inhernet.load`` (registered as the
+    entry point ``inhernet.model_formats: transformers``): ``save_files`` writes config.json and
+    friends and returns the ``"hf"`` record; ``build`` rebuilds the empty architecture."""
+
+    save_files = staticmethod(save_hf_files)
+    build = staticmethod(build_empty_model)
+
+
+HF_FORMAT = HFFormat()

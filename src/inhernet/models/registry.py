@@ -14,12 +14,14 @@ Every registered factory must accept the keyword arguments ``num_classes`` and `
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import TypeVar
 
 from torch import nn
+
+from inhernet.errors import ConfigError
+from inhernet.utils import did_you_mean
 
 __all__ = ["create_model", "is_model", "list_models", "register_model"]
 
@@ -81,16 +83,14 @@ def create_model(
         **kwargs: forwarded to the model factory.
 
     Raises:
-        ValueError: if ``name`` is not registered; the message lists close matches and all
-            available names.
+        inhernet.errors.ConfigError: (a ``ValueError``) if ``name`` is not registered; the message
+            lists close matches and all available names.
     """
     try:
         factory = _MODEL_ENTRYPOINTS[name]
     except KeyError:
         available = list_models()
-        close = difflib.get_close_matches(str(name), available, n=3, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown model {name!r}.{hint} Available models: {', '.join(available)}"
+        raise ConfigError(
+            f"Unknown model {name!r}{did_you_mean(name, available, n=3)}. Available models: {', '.join(available)}"
         ) from None
     return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)

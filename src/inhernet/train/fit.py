@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data.loader import TensorLoader
 from ..diagnostics import has_gated_layers
+from ..utils import atomic_write
 from .guard import NonFiniteGuard
 from .heads import HeadDiagnostics
 from .losses import DistillLoss
@@ -141,9 +142,7 @@ class JsonlMetrics(Callback):
         start = trainer.current_epoch
         keep = [r for r in read_metrics(self.path) if r.get("epoch", 0) < start]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()

@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from inhernet.errors import TrainingError
+
 __all__ = ["NonFiniteGuard", "TrainingDivergedError", "FIXES"]
 
 #: what usually makes a run diverge, in the order to try
@@ -24,8 +26,10 @@ FIXES = ("lower the learning rate (e.g. lr / 10)", "train without KD (loss ce / 
          "distillation term diverges", "check the teacher: its logits must be finite on the training data")
 
 
-class TrainingDivergedError(RuntimeError):
-    """A training run produced a non-finite loss or gradient; the message names run, step and fixes."""
+class TrainingDivergedError(TrainingError):
+    """A training run produced a non-finite loss or gradient; the message names run, step and fixes.
+
+    A :class:`inhernet.errors.TrainingError` (so also a ``RuntimeError``, as before)."""
 
     def __init__(self, run: str, step: int, epoch: int, what: str, lr: Optional[float] = None) -> None:
         self.run, self.step, self.epoch, self.what, self.lr = run, step, epoch, what, lr

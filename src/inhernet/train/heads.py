@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ..diagnostics import GateMonitor, HeadReport, gate_grad_ratios, gated_layers
+from ..utils import atomic_write
 
 __all__ = ["HeadDiagnostics", "HEADS_NAME"]
 
@@ -135,7 +136,5 @@ class HeadDiagnostics(Callback):
         if trainer.is_global_zero:
             folder = self.out_dir or Path(trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / HEADS_NAME
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"epoch": trainer.current_epoch, **report.to_dict()}, indent=2))
-            os.replace(tmp, path)
+            atomic_write(folder / HEADS_NAME, json.dumps({"epoch": trainer.current_epoch, **report.to_dict()},
+                                                         indent=2))

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from inhernet.config import ConfigError
-from inhernet.utils import stable_hash
+from inhernet.errors import ConfigError
+from inhernet.utils import atomic_write, stable_hash
 
 from .fit import CHECKPOINT_NAME
 
@@ -182,9 +182,7 @@ def clear_run(out_dir: Union[str, os.PathLike]) -> None:
 
 def _write_record(out: Path, record: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (RUN_RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, out / RUN_RECORD)
+    atomic_write(out / RUN_RECORD, json.dumps(record, indent=2, default=str))
 
 
 def record_run(plan: RunPlan) -> None:

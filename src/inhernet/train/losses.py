@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inhernet.errors import ConfigError
+
 __all__ = [
     "LOSS_KINDS",
     "DistillLoss",
@@ -175,16 +177,16 @@ class DistillLoss:
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss kind {self.kind!r}; expected one of {', '.join(LOSS_KINDS)}")
+            raise ConfigError(f"unknown loss kind {self.kind!r}; expected one of {', '.join(LOSS_KINDS)}")
         if self.temperature is not None and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillLoss":
         valid = {f.name for f in fields(cls)}
         bad = sorted(set(d) - valid)
         if bad:
-            raise ValueError(f"unknown loss option(s) {bad}; valid: {sorted(valid)}")
+            raise ConfigError(f"unknown loss option(s) {bad}; valid: {sorted(valid)}")
         return cls(**d)
 
     @property

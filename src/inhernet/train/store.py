@@ -8,8 +8,15 @@
 * A Lightning checkpoint (``*.ckpt`` from :func:`inhernet.train.fit`) of a dense model, a run folder
   (its ``model/``), or a bare state dict (``.safetensors`` / ``.pt``, with ``arch=`` given) also load.
 
-A file of another architecture than the one expected raises :class:`ArchitectureMismatchError`,
-which says what was found and what was expected.
+Every load error is an :class:`inhernet.errors.InherNetLoadError` (``ModelLoadError`` here, the same
+class), and two causes are told apart, because their fixes differ:
+
+* a **damaged** file (a truncated or unreadable ``model.safetensors``, a ``model_config.json`` that is
+  not JSON, a torch file that cannot be unpickled) raises :class:`CorruptCheckpointError`: save or
+  copy the model again;
+* a readable file of **another architecture** than the one expected (a recorded ``arch`` or size
+  that differs, weights whose keys or shapes do not fit) raises :class:`ArchitectureMismatchError`,
+  which says what was found and what was expected.
 """
 
 from __future__ import annotations
@@ -22,23 +29,29 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["ArchitectureMismatchError", "ArchitectureUnknownError", "ModelLoadError", "load_model", "save_model",
-           "model_info", "DENSE_CONFIG_NAME"]
+from inhernet.errors import ArchitectureMismatchError, CorruptCheckpointError, InherNetLoadError
+from inhernet.utils import atomic_write, state_dict_problems
+
+__all__ = ["ArchitectureMismatchError", "ArchitectureUnknownError", "CorruptCheckpointError", "ModelLoadError",
+           "load_model", "save_model", "model_info", "DENSE_CONFIG_NAME"]
 
 DENSE_CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
 INHERIT_CONFIG_NAME = "inhernet_config.json"
 
 
-class ModelLoadError(ValueError):
-    """A model file or folder cannot be loaded; the message says why and what to do."""
+#: the error of a model file or folder that cannot be loaded (the message says why and what to do):
+#: the one load error of the package, :class:`inhernet.errors.InherNetLoadError`, under its older name
+ModelLoadError = InherNetLoadError
 
 
-class ArchitectureMismatchError(ModelLoadError):
-    """The saved model is not of the architecture it was expected to be."""
+def _damaged(path: Path, detail: Any) -> CorruptCheckpointError:
+    """The error for a saved file that cannot be read: what is wrong with it and the fix."""
+    return CorruptCheckpointError(f"{path} is damaged ({detail}); it cannot be read as a saved model. Save the "
+                                  "model again, or copy it again from where it came from.")
 
 
-class ArchitectureUnknownError(ModelLoadError):
+class ArchitectureUnknownError(InherNetLoadError):
     """A bare state dict was given without ``arch=``: nothing says which architecture to build.
     ``path`` is the file; a command line that has an ``--arch`` option says to use it."""
 
@@ -78,13 +91,10 @@ def save_model(model: nn.Module, folder: Union[str, os.PathLike], *, arch: str, 
         return folder
     from safetensors.torch import save_model as st_save
 
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    st_save(model, str(tmp), metadata={"format": "inhernet-dense", "arch": arch})
-    os.replace(tmp, folder / WEIGHTS_NAME)
+    atomic_write(folder / WEIGHTS_NAME,
+                 lambda tmp: st_save(model, str(tmp), metadata={"format": "inhernet-dense", "arch": arch}))
     meta = {"format": "inhernet-dense", "format_version": 1, **info}
-    tmp = folder / (DENSE_CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, folder / DENSE_CONFIG_NAME)
+    atomic_write(folder / DENSE_CONFIG_NAME, json.dumps(meta, indent=2))
     stale = folder / INHERIT_CONFIG_NAME
     if stale.exists():
         stale.unlink()
@@ -111,8 +121,11 @@ def model_info(path: Union[str, os.PathLike]) -> dict:
             return {"kind": "dense", "path": str(p), **info}
         raise ModelLoadError(f"{p} holds no saved model (no {INHERIT_CONFIG_NAME} or {DENSE_CONFIG_NAME}).")
     if p.suffix == ".ckpt":
-        ck = _torch_load(p)
-        meta = (ck.get("hyper_parameters") or {}).get("model_meta") or {}
+        ck = _read_checkpoint(p)
+        hparams = ck.get("hyper_parameters") or {}
+        meta = (hparams.get("model_meta") if isinstance(hparams, dict) else None) or {}
+        if not isinstance(meta, dict):
+            raise _damaged(p, f"its hyper_parameters.model_meta is a {type(meta).__name__}, not a mapping")
         return {"kind": "checkpoint", "path": str(p), **{k: meta.get(k) for k in ("arch", "num_classes",
                                                                                     "in_channels")},
                 "inherited": bool(meta.get("inherited"))}
@@ -120,25 +133,25 @@ def model_info(path: Union[str, os.PathLike]) -> dict:
 
 
 def _read_dense_config(path: Path) -> dict:
-    """A dense model's ``model_config.json``: a JSON object, else a ModelLoadError naming the damage."""
+    """A dense model's ``model_config.json``: a JSON object, else a CorruptCheckpointError naming the damage."""
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{path} is not valid JSON ({err}); the file is damaged, save the model again.") from err
+        raise _damaged(path, f"not valid JSON: {err}") from err
     if not isinstance(meta, dict):
-        raise ModelLoadError(f"{path} is damaged: it holds a JSON {type(meta).__name__}, not an object; save the "
-                             "model again.")
+        raise _damaged(path, f"it holds a JSON {type(meta).__name__}, not an object")
     return meta
 
 
 def _check_info(info: dict, path: Path, where: str) -> None:
-    """The architecture fields a saved model records: ``arch`` a string, the sizes positive ints."""
+    """The architecture fields a saved model records: ``arch`` a string, the sizes positive ints; else
+    the file is damaged (CorruptCheckpointError)."""
     if info["arch"] is not None and not isinstance(info["arch"], str):
-        raise ModelLoadError(f"{path} is damaged: {where}['arch'] is {info['arch']!r}, not a model name.")
+        raise _damaged(path, f"{where}['arch'] is {info['arch']!r}, not a model name")
     for key in ("num_classes", "in_channels"):
         v = info[key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ModelLoadError(f"{path} is damaged: {where}[{key!r}] is {v!r}, not a positive integer.")
+            raise _damaged(path, f"{where}[{key!r}] is {v!r}, not a positive integer")
 
 
 def _resolve(p: Path) -> Path:
@@ -153,10 +166,30 @@ def _resolve(p: Path) -> Path:
 
 
 def _torch_load(p: Path) -> Any:
+    """What a torch file holds; a file that cannot be unpickled is damaged (CorruptCheckpointError)."""
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read {p}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the bytes are not a torch file
+        raise _damaged(p, f"torch.load failed: {type(err).__name__}: {err}") from err
+
+
+def _read_checkpoint(p: Path) -> dict:
+    """A Lightning checkpoint: a mapping with a ``state_dict`` mapping, else the file is damaged."""
+    ck = _torch_load(p)
+    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
+        raise _damaged(p, "not a training checkpoint: it holds no 'state_dict' mapping")
+    return ck
+
+
+def _read_safetensors(p: Path) -> dict:
+    """The tensors of a safetensors file; a missing, truncated or unreadable one is damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError) as err:
+        raise _damaged(p, f"not a readable safetensors file: {err}") from err
 
 
 def _check_expected(found: Optional[str], expect: Optional[str], p: Path) -> None:
@@ -166,24 +199,23 @@ def _check_expected(found: Optional[str], expect: Optional[str], p: Path) -> Non
             f"or change the expected architecture to {found!r}.")
 
 
-def _load_state(model: nn.Module, state: dict, p: Path, arch: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+def _check_state_dict(state: Any, p: Path) -> None:
+    """A bare weights file must hold a state dict (parameter names to tensors), else a ModelLoadError."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ModelLoadError(f"{p} holds a {type(state).__name__}, not a state dict (a mapping of parameter names "
+                             "to tensors); give a saved model folder, a training checkpoint or a state dict file.")
+
+
+def _load_state(model: nn.Module, state: Any, p: Path, arch: str) -> None:
+    """Load ``state`` (read from ``p``) into ``model`` strictly (:func:`inhernet.utils.state_dict_problems`);
+    weights that do not fit are an ArchitectureMismatchError naming the misfit."""
+    _check_state_dict(state, p)
+    problems = state_dict_problems(model, state)
+    if problems:
         raise ArchitectureMismatchError(
-            f"the weights in {p} do not fit architecture {arch!r}: " + "; ".join(parts)
+            f"the weights in {p} do not fit architecture {arch!r}: " + "; ".join(problems)
             + ". The file was saved from another architecture (or other num_classes / in_channels).")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)  # checked strictly above (tied tensors may be stored once)
 
 
 def load_model(
@@ -224,32 +256,31 @@ def load_model(
     if kind == "inherited":
         try:
             model = inhernet.load(p, base)
+        except InherNetLoadError:
+            raise  # inhernet.load names the cause: damaged files are never reported as a mismatch
         except ValueError as err:
-            raise ArchitectureMismatchError(str(err)) from err
+            raise ModelLoadError(f"cannot load the inherited model in {p}: {err}") from err
     elif kind == "dense":
-        from safetensors.torch import load_file
-
-        _load_state(base, load_file(str(p / WEIGHTS_NAME)), p, arch)
+        _load_state(base, _read_safetensors(p / WEIGHTS_NAME), p, arch)
         model = base
     elif kind == "checkpoint":
         if info.get("inherited"):
             raise ModelLoadError(f"{p} is a training checkpoint of an inherited model; load the model folder "
                                  "saved next to it (…/model) instead.")
-        ck = _torch_load(p)
+        ck = _read_checkpoint(p)
         state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
         _load_state(base, state, p, arch)
         model = base
     else:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
+            state = _read_safetensors(p)
         else:
             state = _torch_load(p)
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
             if isinstance(state, nn.Module):
                 state = state.state_dict()
+        _check_state_dict(state, p)
         if any(k.startswith("model.") for k in state) and not any(k in base.state_dict() for k in state):
             state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
         _load_state(base, state, p, arch)

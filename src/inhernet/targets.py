@@ -1,5 +1,9 @@
 """Default layers to inherit in a Hugging Face model: the attention and MLP projections.
 
+Data and duck typing only: nothing here imports transformers (a model that is a
+``transformers.PreTrainedModel`` has imported it already), so the core engine can apply the
+defaults without depending on :mod:`inhernet.hf`.
+
 ``inherit(model)`` on a ``transformers.PreTrainedModel`` with ``target_modules=None`` uses
 :func:`default_target_modules`: one regex (stored in the plan's config, so the choice is visible)
 matching the PEFT-style projection names of the model's family (``config.model_type``) **inside the
@@ -18,6 +22,8 @@ from __future__ import annotations
 import re
 
 from torch import nn
+
+__all__ = ["GENERIC", "TARGETS", "default_target_modules", "is_transformers_model", "targets_for"]
 
 _BERT = ("query", "key", "value", "dense")  # attention.self.{query,key,value}, attention.output.dense, intermediate.dense, output.dense
 _LLAMA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -53,6 +59,12 @@ def targets_for(model_type: str) -> str:
     if names is None:
         return GENERIC
     return _IN_BLOCK + "(?:" + "|".join(re.escape(n) for n in names) + ")"
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``transformers.PreTrainedModel``, by its class hierarchy (no import)."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
+               for c in type(model).__mro__)
 
 
 def default_target_modules(model: nn.Module) -> str:
