@@ -131,6 +131,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
     plan = get_plan(model)
     folder = Path(folder)
     check_save_target(folder, overwrite=overwrite)
+    shard_bytes = None if max_shard_size is None else parse_size(max_shard_size)  # before anything is written
     old_weights = recorded_weight_files(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = None
@@ -144,7 +145,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
         atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "inhernet"}))
         files = [WEIGHTS_NAME]
     else:
-        writer = ShardWriter(folder, parse_size(max_shard_size))
+        writer = ShardWriter(folder, shard_bytes)
         try:
             for key, tensor in state.items():
                 writer.add(key, tensor)
@@ -352,6 +353,12 @@ def _saved_config(data: dict[str, Any], path: str | os.PathLike) -> InheritConfi
     again and the budget is not re-validated (a model budget is stored as its parameter count,
     which may be smaller than an int budget may be). A config this version cannot read raises
     :class:`InherNetLoadError`."""
+    unknown = [k for k in data.get("layer_types", []) if isinstance(k, str) and k not in LAYER_KINDS]
+    if unknown:
+        raise InherNetLoadError(
+            f"{path} was inherited with the layer kind(s) {', '.join(map(repr, unknown))}, which are not registered "
+            "in this process: import the module that registers them (inhernet.registry.LAYER_KINDS.register) "
+            "before inhernet.load.")
     try:
         return InheritConfig.from_dict({**data, "budget": None})
     except (ConfigError, TypeError, ValueError) as err:

@@ -33,12 +33,17 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "M
 
 def parse_size(size: int | str) -> int:
     """Bytes from an int or a string like ``"500MB"`` / ``"2GB"`` / ``"1GiB"`` (as transformers)."""
+    hint = f"max_shard_size={size!r}: give a positive number of bytes as an int or a string like '500MB' or '2GB'."
+    if isinstance(size, bool):
+        raise ConfigError(hint)
     if isinstance(size, int):
+        if size < 1:
+            raise ConfigError(hint)
         return size
-    m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", str(size))
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ConfigError(f"max_shard_size={size!r}: give bytes as an int or a string like '500MB' or '2GB'.")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", str(size))
+    if not m or m.group(2).upper() not in _UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(hint)
+    return max(1, int(float(m.group(1)) * _UNITS[m.group(2).upper()]))
 
 
 def checkpoint_index(folder: Path, *, only: str | None = None) -> dict[str, str]:

@@ -9,6 +9,7 @@ can evaluate, calibrate or distil from a model without leaving a trace on it.
 from __future__ import annotations
 
 import difflib
+import inspect
 import hashlib
 import json
 import os
@@ -16,9 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["atomic_write", "call_model", "count_parameters", "did_you_mean", "eval_mode", "markdown_table",
+from .targets import is_transformers_model
+
+__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table",
            "sha256_file", "stable_hash", "state_dict_problems", "text_table", "tied_names"]
 
 
@@ -111,14 +115,59 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any] | str | b
 
 
 def call_model(model: nn.Module, example: Any) -> Any:
-    """``model(**example)`` for a dict, ``model(*example)`` for a tuple, else ``model(example)``: how
-    counting, diagnostics and optimisation run a model on an example input. (Calibration batches
-    follow a richer rule, :func:`inhernet.calibrate.model_inputs`, which also unpacks ``(x, y)``.)"""
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, tuple):
-        return model(*example)
-    return model(example)
+    """Run ``model`` on one example or batch, unpacked by :func:`model_inputs`: the one rule by which
+    counting, diagnostics, optimisation and calibration call a model."""
+    args, kwargs = model_inputs(model, example)
+    return model(*args, **kwargs)
+
+
+def _is_class_labels(item: Any, first: Any) -> bool:
+    """Whether ``item`` looks like the class labels of the batch ``first``: a 1-D integer tensor with
+    one entry per sample."""
+    return (isinstance(item, Tensor) and isinstance(first, Tensor) and first.dim() > 0 and item.dim() == 1
+            and item.shape[0] == first.shape[0] and not item.is_floating_point() and not item.is_complex()
+            and item.dtype != torch.bool)
+
+
+def _second_positional(model: nn.Module) -> str:
+    """What ``model``'s forward does with a second positional argument: ``"required"``,
+    ``"optional"`` or ``"none"`` (``"optional"`` when the signature cannot be read)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no introspectable signature
+        return "optional"
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return "optional"
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return "none"
+    return "required" if positional[1].default is inspect.Parameter.empty else "optional"
+
+
+def model_inputs(model: nn.Module, batch: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` that a ``batch`` (a calibration batch, an example input) is passed to ``model`` with.
+
+    The rule:
+
+    * a mapping (a dict, a tokenizer's ``BatchEncoding``) is keyword arguments: ``model(**batch)``
+      (Hugging Face models);
+    * a tensor is the input: ``model(batch)``;
+    * a tuple or list is positional arguments, ``model(*batch)``, with one exception, for a plain
+      ``nn.Module`` (not a Hugging Face ``PreTrainedModel``): a pair ``(x, y)`` with ``y`` a tensor,
+      as a ``DataLoader`` over a ``TensorDataset(x, y)`` yields it, is an input and its targets,
+      run as ``model(x)`` with ``y`` unused — unless the model's forward needs a second input: it
+      requires a second positional argument, or it accepts an optional one and ``y`` is not a 1-D
+      integer tensor of class labels. To be explicit, give dicts of keyword inputs.
+    """
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2 and isinstance(batch[1], Tensor) and not is_transformers_model(model):
+            second = _second_positional(model)
+            if second == "none" or (second == "optional" and _is_class_labels(batch[1], batch[0])):
+                return (batch[0],), {}
+        return tuple(batch), {}
+    return (batch,), {}
 
 
 def text_table(header: list[str], rows: list[list[str]], left: set[int]) -> list[str]:

@@ -71,6 +71,8 @@ def cholesky_factor(second_moment: Tensor) -> Tensor:
     ×10 while the factorisation fails (a singular or numerically indefinite ``G``), up to
     ``MAX_DAMPING``; an all-zero ``G`` (a layer whose input is always zero) gives ``L = I``."""
     g = second_moment.double()
+    if not torch.isfinite(g).all():
+        raise ValueError("the input second moment has non-finite entries; the calibration statistics are damaged")
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     scale = float(g.diagonal().mean())
     if not scale > 0:
