@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 import inhernet
-from inhernet.calibrate import cholesky_factor, input_second_moments
+from inhernet.calibrate import input_second_moments
+from inhernet.factorise.whitening import cholesky_factor
 from inhernet.compare import load_config, prepare_teacher
 from inhernet.compare.runner import CALIBRATION_IMAGES, calibration_batches, load_data
 from inhernet.models import create_model

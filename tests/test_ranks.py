@@ -109,3 +109,39 @@ def test_spectral_allocation_keeps_more_energy_than_uniform_on_a_real_network():
 def test_rank_pattern_with_budget_is_rejected():
     with pytest.raises(ConfigError, match="rank_pattern cannot be combined with a budget"):
         InheritConfig(budget=1000, rank_pattern={".*": 4})
+
+
+def _embedding_heavy_llama():
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False)
+    return tf.LlamaForCausalLM(cfg).eval()
+
+
+def test_budget_scope_targets_counts_the_selected_layers_only():
+    """budget_scope='targets' (the LLM-compression convention): a fraction of the targeted layers'
+    parameters, the embeddings / norms / LM head untouched; the whole-network budget of the same
+    fraction cannot even fit rank 1 on an embedding-heavy model, and says how to fix it."""
+    teacher = _embedding_heavy_llama()
+    model = inhernet.inherit(teacher, budget=0.6, budget_scope="targets", heads=1, progress=False)
+    plan = model.inhernet_plan
+    selected = [r for r in plan.layers if r.rank is not None or r.skipped.startswith("rank ")]
+    before = sum(r.params_before for r in selected)
+    after = sum(r.params_after for r in selected)
+    assert 0.5 * before < after <= 0.6 * before
+    rest = plan.teacher_params - before
+    assert inhernet.count_parameters(model) == rest + after <= plan.budget
+    assert "budget_scope='targets'" in inhernet.layer_report(model).summary()
+    with pytest.raises(ConfigError, match="budget_scope='targets'"):
+        inhernet.inherit(teacher, budget=0.6, heads=1, progress=False)
+
+
+def test_budget_scope_targets_refuses_a_model_budget_and_a_full_budget():
+    with pytest.raises(ConfigError, match="model budget"):
+        InheritConfig(budget=torch.nn.Linear(4, 4), budget_scope="targets")
+    with pytest.raises(ConfigError, match="budget_scope"):
+        InheritConfig(budget=0.5, budget_scope="layers")
+    teacher = _embedding_heavy_llama()
+    with pytest.raises(ConfigError, match="nothing would be compressed"):
+        inhernet.inherit(teacher, budget=10**9, budget_scope="targets", progress=False)

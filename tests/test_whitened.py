@@ -224,7 +224,8 @@ def test_whitened_conv2d_full_rank_equals_the_teacher_and_truncation_beats_plain
         torch.testing.assert_close(full(x), teacher(x), rtol=1e-4, atol=1e-4)
     err_plain, err_aware = _first_layer_errors(teacher, x)
     # the optimum on these inputs: the mean squared output error is the Eckart–Young tail of W·L
-    from inhernet.calibrate import cholesky_factor, input_second_moments
+    from inhernet.calibrate import input_second_moments
+    from inhernet.factorise.whitening import cholesky_factor
 
     L = cholesky_factor(input_second_moments(teacher, {"0": teacher[0]}, [x])["0"])
     tail = torch.linalg.svdvals(teacher[0].weight.detach().reshape(16, -1).double() @ L)[3:].pow(2).sum().item()
@@ -252,7 +253,8 @@ def test_whitened_on_a_hugging_face_decoder_with_dict_batches():
 
 def test_whitened_factors_are_balanced_and_keep_the_product():
     """Each rank-one component's up column and down row get the same norm (as a plain SVD's do)."""
-    from inhernet.calibrate import cholesky_factor, input_second_moments
+    from inhernet.calibrate import input_second_moments
+    from inhernet.factorise.whitening import cholesky_factor
     from inhernet.factorise.svd import truncated_svd
 
     teacher, x = _mlp(), _anisotropic()

@@ -74,3 +74,64 @@ def test_perplexity_equals_lm_perplexity_on_the_same_windows_and_restores_the_mo
     fewer = wikitext2_perplexity(model, ByteTokenizer(), seq_len=seq_len, max_windows=2, progress=False)
     assert fewer["windows"] == 2 and fewer["tokens"] == 2 * (seq_len - 1)
     assert fewer["nll"] == pytest.approx(perplexity(model, windows[:2])["nll"], rel=1e-6)
+
+
+def _tiny_lm_folder(folder):
+    """A tiny random Llama with a byte-level BPE tokenizer trained on the spot, saved as a
+    ``save_pretrained`` folder (nothing downloads)."""
+    tf = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the cat sat on the mat", "a dog ran in the park", "wiki text rows"] * 20, trainer)
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    model = tf.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
+def test_evaluate_command_scores_text_and_wikitext2_as_json(tmp_path, capsys):
+    """``inhernet evaluate FOLDER --text FILE --json`` prints one JSON object with the perplexity and
+    the scored tokens, equal to windows_perplexity on the same windows; --wikitext2 likewise; an
+    inherited folder (inhernet.save with its tokenizer) is read too."""
+    import json
+
+    import inhernet
+    from inhernet.cli import main
+    from inhernet.hf.lm import text_windows, windows_perplexity
+
+    model, tokenizer = _tiny_lm_folder(tmp_path / "lm")
+    text = "the cat sat on the mat. " * 60
+    (tmp_path / "t.txt").write_text(text)
+    assert main(["evaluate", str(tmp_path / "lm"), "--text", str(tmp_path / "t.txt"), "--seq-len", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = windows_perplexity(model, text_windows(tokenizer, text, 32))
+    assert out["tokens"] == ref["tokens"] > 0 and out["perplexity"] == pytest.approx(ref["ppl"], rel=1e-6)
+    assert main(["evaluate", str(tmp_path / "lm"), "--wikitext2", "--seq-len", "32", "--max-windows", "3", "--json"]) == 0
+    wt = json.loads(capsys.readouterr().out)
+    assert wt["windows"] == 3 and wt["tokens"] == 3 * 31 and wt["text"] == "WikiText-2 (test)"
+    inherited = inhernet.inherit(model, rank=4, heads=2, progress=False)
+    inhernet.save(inherited, tmp_path / "inh", tokenizer=tokenizer)
+    assert main(["evaluate", str(tmp_path / "inh"), "--text", str(tmp_path / "t.txt"), "--seq-len", "32", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["perplexity"] == pytest.approx(windows_perplexity(inherited, text_windows(tokenizer, text, 32))["ppl"],
+                                              rel=1e-6)
+    assert got["params"] == inhernet.count_parameters(inherited) < out["params"]
+
+
+def test_a_non_finite_window_is_an_error_that_names_it(tmp_path):
+    from inhernet.hf.lm import text_windows, windows_perplexity
+
+    model, tokenizer = _tiny_lm_folder(tmp_path / "lm")
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    windows = text_windows(tokenizer, "the cat sat on the mat. " * 30, 16)
+    with pytest.raises(ValueError, match=r"windows 0\.\.1 give a non-finite loss"):
+        windows_perplexity(model, windows, batch_size=2)

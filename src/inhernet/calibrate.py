@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .factorise.whitening import GramAccumulator, cholesky_factor
+from .factorise.whitening import GramAccumulator
 from .kinds import LayerKind, kind_of
 from .targets import is_transformers_model
 from .utils import eval_mode, model_inputs
@@ -145,13 +147,16 @@ class CalibrationRecord:
 class Host(Protocol):
     """What a collector needs from the pipeline's weight source: the model (real or a meta skeleton)
     and a way to give a submodule (``prefix``, ``""`` the whole model), or everything but one, real
-    values before it runs."""
+    values before it runs — at once, or as each module outside ``prefix`` is first called — and to
+    drop them again."""
 
     model: nn.Module
 
     def materialise(self, prefix: str) -> None: ...
 
-    def materialise_except(self, prefix: str) -> None: ...
+    def materialise_on_use(self, prefix: str) -> AbstractContextManager: ...
+
+    def release_except(self, prefix: str) -> None: ...
 
 
 #: what the pipeline does with a unit: ``visit(unit, factors)`` inherits its layers (``factors``:
@@ -192,14 +197,20 @@ def _nbytes(obj: Any) -> int:
 
 
 class _Statistics:
-    """Forward pre-hooks that accumulate the input Gram matrix of each chosen layer."""
+    """Forward pre-hooks that accumulate the input Gram matrix of each chosen layer.
+
+    Linear layers that read the very same input tensor (a transformer's q/k/v projections, a gated
+    MLP's gate/up) share one accumulator, so each distinct input's statistics are held once."""
 
     def __init__(self, model: nn.Module, layers: dict[str, LayerKind]) -> None:
         self.kinds = layers
         self.modules = {name: model.get_submodule(name) for name in layers}
         self.acc = {name: GramAccumulator() for name in layers}
+        self.alias: dict[str, str] = {}  # layer → the layer whose accumulator it shares
         self.batch = -1
         self._handles: list[Any] = []
+        self._inputs: dict[str, Tensor] = {}  # this batch's input of each linear layer (kept alive)
+        self._inputs_batch = -1
 
     def __enter__(self) -> "_Statistics":
         for name, module in self.modules.items():
@@ -210,12 +221,33 @@ class _Statistics:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._inputs = {}
+
+    def _owner(self, name: str, x: Tensor) -> str | None:
+        """The earlier layer of this batch that read ``x`` itself (a linear kind only), if any."""
+        if self._inputs_batch != self.batch:
+            self._inputs, self._inputs_batch = {}, self.batch
+        if not self.kinds[name].linear:
+            return None
+        owner = next((n for n, t in self._inputs.items() if t is x), None)
+        self._inputs[name] = x
+        return owner
 
     def _hook(self, name: str):
         kind = self.kinds[name]
 
         def accumulate(module: nn.Module, args: tuple) -> None:
-            if not self.acc[name].add(kind.layer_inputs(module, args[0].detach())):
+            x = args[0]
+            owner = self._owner(name, x)
+            if self.acc[name].rows == 0 and name not in self.alias and owner is not None:
+                self.alias[name] = self.alias.get(owner, owner)  # same input: share the statistics
+                self.acc[name] = self.acc[owner]
+            if name in self.alias:
+                if owner is None or self.alias.get(owner, owner) != self.alias[name]:
+                    raise RuntimeError(f"layer {name!r} no longer reads the input of {self.alias[name]!r} "
+                                       "on every batch; cannot share its statistics")
+                return
+            if not self.acc[name].add(kind.layer_inputs(module, x.detach())):
                 raise ConfigError(
                     f"calibration batch {self.batch}: the input of layer {name!r} is non-finite (NaN/Inf): "
                     "the teacher overflows or produces NaN on this batch. Check "
@@ -226,22 +258,36 @@ class _Statistics:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.acc.values())
+        return sum(a.nbytes for a in {id(a): a for a in self.acc.values()}.values())
 
-    def factors(self) -> dict[str, Tensor]:
-        missing = [name for name, a in self.acc.items() if a.rows == 0]
+    def factors(self, names: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Each layer's (of ``names``, default all) input Cholesky factor, one per distinct input;
+        the sums are freed as the factors are made, so the peak is the statistics plus one factor."""
+        chosen = {name: self.acc[name] for name in (self.acc if names is None else names)}
+        missing = [name for name, a in chosen.items() if a.rows == 0]
         if missing:
             raise ConfigError(f"the calibration batches never reached {len(missing)} layer(s) (e.g. {missing[0]!r}); "
                               "give batches the model's forward accepts, with samples in them, that run those layers.")
-        return {name: cholesky_factor(a.mean()) for name, a in self.acc.items()}
+        done: dict[int, Tensor] = {}
+        for acc in chosen.values():
+            if id(acc) not in done:
+                done[id(acc)] = acc.factor()
+        return {name: done[id(acc)] for name, acc in chosen.items()}
+
+    def means(self) -> dict[str, Tensor]:
+        return {name: acc.mean() for name, acc in self.acc.items()}
 
 
 def _run_batches(model: nn.Module, calibration: Any, on_batch: Callable[[int], None] | None = None,
-                 stop_ok: bool = False) -> int:
+                 stop_ok: bool = False, progress: str | None = None) -> int:
     """Run every calibration batch through ``model`` (no grad, eval mode); returns how many.
-    ``stop_ok``: a :class:`_Stop` raised by a hook ends the batch's forward pass normally."""
+    ``stop_ok``: a :class:`_Stop` raised by a hook ends the batch's forward pass normally.
+    ``progress``: the description of a progress bar over the batches (None: no bar)."""
     index = -1
-    for index, batch in enumerate(_batches(calibration)):
+    batches = _batches(calibration)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    bar = tqdm(batches, total=total, desc=progress, unit="batch", disable=progress is None, leave=False, delay=1.0)
+    for index, batch in enumerate(bar):
         if on_batch is not None:
             on_batch(index)
         args, kwargs = _prepare(model, batch, index)
@@ -265,11 +311,12 @@ def _run_batches(model: nn.Module, calibration: Any, on_batch: Callable[[int], N
 
 
 def _measure(model: nn.Module, layers: dict[str, LayerKind], calibration: Any,
-             record: CalibrationRecord) -> dict[str, Tensor]:
+             record: CalibrationRecord, progress: bool = False) -> dict[str, Tensor]:
     """Input Cholesky factors of ``layers``, from one pass of the whole ``model`` over the batches."""
     stats = _Statistics(model, layers)
     with torch.no_grad(), eval_mode(model), stats:
-        record.batches = _run_batches(model, calibration, on_batch=lambda i: setattr(stats, "batch", i))
+        record.batches = _run_batches(model, calibration, on_batch=lambda i: setattr(stats, "batch", i),
+                                      progress="calibrating" if progress else None)
     record.peak_statistics_bytes = max(record.peak_statistics_bytes, stats.nbytes)
     record.rows = record.rows or next(iter(stats.acc.values())).rows
     return stats.factors()
@@ -280,13 +327,13 @@ class OnePass:
 
     mode = "one_pass"
 
-    def __init__(self, layers: dict[str, LayerKind], calibration: Any) -> None:
-        self.layers, self.calibration = layers, calibration
+    def __init__(self, layers: dict[str, LayerKind], calibration: Any, *, progress: bool = False) -> None:
+        self.layers, self.calibration, self.progress = layers, calibration, progress
         self.record = CalibrationRecord(self.mode)
 
     def walk(self, host: Host, visit: Visit, done: Done) -> None:
         host.materialise("")
-        factors = _measure(host.model, self.layers, self.calibration, self.record)
+        factors = _measure(host.model, self.layers, self.calibration, self.record, self.progress)
         unit = Unit(list(self.layers), "")
         visit(unit, factors)
         done(unit)
@@ -320,8 +367,8 @@ class Sequential:
     mode = "sequential"
 
     def __init__(self, model: nn.Module, layers: dict[str, LayerKind], calibration: Any, block_list: str,
-                 *, whole_model_ok: bool) -> None:
-        self.layers, self.calibration, self.block_list = layers, calibration, block_list
+                 *, whole_model_ok: bool, progress: bool = False) -> None:
+        self.layers, self.calibration, self.block_list, self.progress = layers, calibration, block_list, progress
         self.blocks = [f"{block_list}.{i}" for i in range(len(model.get_submodule(block_list)))]
         self.inside = {b: [n for n in layers if n.startswith(b + ".")] for b in self.blocks}
         inside = {n for names in self.inside.values() for n in names}
@@ -355,27 +402,31 @@ class Sequential:
 
     def walk(self, host: Host, visit: Visit, done: Done) -> None:
         model = host.model
-        host.materialise_except(self.block_list)  # embeddings, final norm, heads: what runs around the blocks
-        # layers outside the blocks that run before the first block: measured (and inherited) first
+        # what runs before the first block (embeddings, rotary tables) gets real values as it is
+        # called; what never runs before it (the final norm, the LM head) stays on the meta device
         stats = _Statistics(model, {n: self.layers[n] for n in self.outside})
-        inputs = self._capture(model, stats)
-        pre = [n for n in self.outside if stats.acc[n].rows > 0]
-        post = [n for n in self.outside if stats.acc[n].rows == 0]
-        if post and not self.whole_model_ok:
-            raise ConfigError(
-                f"calibration_mode='sequential' on a streamed checkpoint cannot calibrate layers that run after the "
-                f"blocks of {self.block_list!r} (e.g. {post[0]!r}): their inputs need the whole inherited model. "
-                "Exclude them (exclude_modules), use calibration_mode='one_pass' (loads the whole teacher), or "
-                "inherit the loaded model in memory.")
-        if pre:
-            self.record.peak_statistics_bytes = max(self.record.peak_statistics_bytes, stats.nbytes)
-            unit = Unit(pre, None)
-            visit(unit, {n: cholesky_factor(stats.acc[n].mean()) for n in pre})
-            inputs = self._capture(model, None)  # the first block's inputs, through the inherited layers
-            done(unit)
+        with host.materialise_on_use(self.block_list):
+            inputs = self._capture(model, stats)
+            # layers outside the blocks that run before the first block: measured (and inherited) first
+            pre = [n for n in self.outside if stats.acc[n].rows > 0]
+            post = [n for n in self.outside if stats.acc[n].rows == 0]
+            if post and not self.whole_model_ok:
+                raise ConfigError(
+                    f"calibration_mode='sequential' on a streamed checkpoint cannot calibrate layers that run after "
+                    f"the blocks of {self.block_list!r} (e.g. {post[0]!r}): their inputs need the whole inherited "
+                    "model. Exclude them (exclude_modules), use calibration_mode='one_pass' (loads the whole "
+                    "teacher), or inherit the loaded model in memory.")
+            if pre:
+                self.record.peak_statistics_bytes = max(self.record.peak_statistics_bytes, stats.nbytes)
+                unit = Unit(pre, None)
+                visit(unit, stats.factors(pre))
+                inputs = self._capture(model, None)  # the first block's inputs, through the inherited layers
+                done(unit)
         del stats
+        host.release_except(self.block_list)
         self.record.peak_activation_bytes = _nbytes(inputs)
-        for block_name in self.blocks:
+        for block_name in tqdm(self.blocks, desc="calibrating blocks", unit="block", disable=not self.progress,
+                               leave=False, delay=1.0):
             host.materialise(block_name)
             block = model.get_submodule(block_name)
             names = self.inside[block_name]
@@ -390,6 +441,7 @@ class Sequential:
                 factors = stats.factors()
                 del stats
                 visit(Unit(names, block_name), factors)
+                del factors
                 block = model.get_submodule(block_name)
             if block_name != self.blocks[-1]:
                 with torch.no_grad(), eval_mode(block):
@@ -402,14 +454,14 @@ class Sequential:
             done(Unit(names, block_name))
         del inputs
         if post:  # after the blocks: one pass over the (inherited) model
-            factors = _measure(model, {n: self.layers[n] for n in post}, self.calibration, self.record)
+            factors = _measure(model, {n: self.layers[n] for n in post}, self.calibration, self.record, self.progress)
             unit = Unit(post, "")
             visit(unit, factors)
             done(unit)
 
 
 def calibration_plan(model: nn.Module, layers: dict[str, LayerKind], calibration: Any, mode: str,
-                     *, whole_model_ok: bool = True):
+                     *, whole_model_ok: bool = True, progress: bool = False):
     """The collector for ``init="whitened"`` in ``mode`` (``auto`` resolved: sequential when the
     model has exactly one list of repeated blocks holding the layers, one pass otherwise)."""
     block_list, found = find_block_list(model, layers)
@@ -419,8 +471,8 @@ def calibration_plan(model: nn.Module, layers: dict[str, LayerKind], calibration
         raise ConfigError(f"calibration_mode='sequential' needs one list of repeated blocks, but {where}; use "
                           "calibration_mode='one_pass' (or 'auto', which picks it for such models).")
     if mode == "one_pass" or (mode == "auto" and block_list is None):
-        return OnePass(layers, calibration)
-    return Sequential(model, layers, calibration, block_list, whole_model_ok=whole_model_ok)
+        return OnePass(layers, calibration, progress=progress)
+    return Sequential(model, layers, calibration, block_list, whole_model_ok=whole_model_ok, progress=progress)
 
 
 def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
@@ -449,4 +501,4 @@ def input_second_moments(model: nn.Module, layers: dict[str, nn.Module], calibra
     if missing:
         raise ConfigError(f"the calibration batches never reached {len(missing)} layer(s) (e.g. {missing[0]!r}); "
                           "give batches the model's forward accepts, with samples in them, that run those layers.")
-    return {name: a.mean() for name, a in stats.acc.items()}
+    return stats.means()

@@ -107,6 +107,10 @@ def _add_inherit_args(p: argparse.ArgumentParser) -> None:
                    help="parameter budget: an int count, a float fraction of the teacher, or a model name "
                         "(as many parameters as that model, e.g. resnet20)")
     g.add_argument("--budget-mode", default="spectral", choices=["spectral", "uniform"])
+    g.add_argument("--budget-scope", default="model", choices=["model", "targets"],
+                   help="what --budget counts: the whole network (default) or only the selected layers (the "
+                        "LLM-compression convention: --budget 0.6 --budget-scope targets keeps 60%% of the "
+                        "targeted projections' parameters)")
     g.add_argument("--rank-multiple", type=int, default=1)
     g.add_argument("--head-scale", default="exact", choices=["exact", "paper"])
     g.add_argument("--init", default="svd", choices=["svd", "whitened", "random"],
@@ -181,7 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default=None, help="architecture (only for bare state-dict files)")
     s.add_argument("--latency", action="store_true", help="also measure CPU latency per image (batch 1)")
     s.add_argument("--json", action="store_true", help="print JSON")
-    _add_data_args(s)
+    lm = s.add_argument_group("language models (a Hugging Face causal-LM folder)")
+    lm.add_argument("--text", action="append", default=None, metavar="FILE",
+                    help="perplexity on this UTF-8 text file (repeatable): tokenised whole, non-overlapping windows")
+    lm.add_argument("--wikitext2", action="store_true",
+                    help="perplexity on WikiText-2 (test, shipped with inhernet) as the compression papers score it")
+    lm.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context, <= 2048)")
+    lm.add_argument("--max-windows", type=int, default=None, help="score only the first windows")
+    lm.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    _add_data_args(s, required=False)
 
     s = sub.add_parser("export", help="export a saved model to ONNX, checked against PyTorch with ONNX Runtime",
                        description="Write a saved model (InherNet or dense) as an ONNX file with a dynamic batch "
@@ -381,7 +393,7 @@ def _inherit_config(a: argparse.Namespace, budget: Any) -> Any:
 
     return inhernet.InheritConfig(
         rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy, budget=budget,
-        budget_mode=a.budget_mode, rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
+        budget_mode=a.budget_mode, budget_scope=getattr(a, "budget_scope", "model"), rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
         calibration_mode=getattr(a, "calibration_mode", "auto"), gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
 
 
@@ -408,6 +420,11 @@ def _inherit_hf_checkpoint(a: argparse.Namespace) -> int:
                                      seq_len=a.calibration_seq_len)
     out = inhernet.hf.inherit_checkpoint(a.teacher, a.out, cfg, calibration=batches, max_shard_size=a.max_shard_size,
                                          overwrite=a.overwrite)
+    from inhernet.io import read_config
+    from inhernet.plan import InheritPlan
+    from inhernet.report import plan_report
+
+    print(plan_report(InheritPlan.from_dict(read_config(out)["plan"])))
     print(f"saved -> {out} (load it with inhernet.load({str(out)!r}))")
     return 0
 
@@ -473,9 +490,43 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_lm(a: argparse.Namespace) -> int:
+    """``evaluate FOLDER --text FILE`` / ``--wikitext2``: perplexity of a causal LM."""
+    import inhernet
+    from inhernet.hf.evaluate import evaluate_text, load_causal_lm
+
+    texts = None
+    if a.text:
+        texts = []
+        for path in a.text:
+            if not Path(path).is_file():
+                raise ConfigError(f"--text {path}: no such file; give UTF-8 text files to score.")
+            texts.append(Path(path).read_text(encoding="utf-8"))
+    model, tokenizer = load_causal_lm(a.model)
+    r = evaluate_text(model, tokenizer, texts, wikitext2=a.wikitext2, seq_len=a.seq_len, batch_size=a.batch_size,
+                      max_windows=a.max_windows, progress=not a.json)
+    out = {"model": str(a.model), **r, "params": inhernet.count_parameters(model)}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"{a.model}: perplexity {r['perplexity']:.3f} on {r['text']} ({r['tokens']:,} scored tokens, "
+              f"{r['windows']} windows of {r['seq_len']}); parameters {out['params']:,}")
+        if a.wikitext2:
+            print("  (WikiText-2 as shipped lacks the empty rows: close to, not identical with, published numbers)")
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     import inhernet
     from inhernet.train import evaluate, measure_latency
+
+    if a.text or a.wikitext2:
+        if a.text and a.wikitext2:
+            raise ConfigError("give --text FILE or --wikitext2, not both")
+        return _evaluate_lm(a)
+    if a.data is None:
+        raise ConfigError("evaluate needs --data NAME for an image model (or --text FILE / --wikitext2 for a "
+                          "language model)")
 
     data = _load_data(a)
     model, info = _load_model(a.model, arch=a.arch, num_classes=data.num_classes, in_channels=data.in_channels)

@@ -27,6 +27,8 @@ HEAD_SCALES = ("exact", "paper")
 GATES = ("softmax", "none")
 STRUCTURES = ("asymmetric", "symmetric")
 SVD_METHODS = ("exact", "randomized")
+#: what a budget counts: the whole network, or only the selected layers (the LLM-compression convention)
+BUDGET_SCOPES = ("model", "targets")
 #: how ``init="whitened"`` measures input statistics (see :mod:`inhernet.calibrate`)
 CALIBRATION_MODES = ("auto", "sequential", "one_pass")
 #: ``target_modules`` shortcut (as in PEFT): every Linear/Conv1D except the output layer
@@ -66,6 +68,12 @@ class InheritConfig:
                       "as many parameters as that model". ``budget_mode`` picks how it is spent:
                       ``"uniform"`` (the largest single rank that fits, as the paper would pick) or
                       ``"spectral"`` (a global allocation by spectrum energy gained per parameter).
+      budget_scope:   what the budget counts. ``"model"`` (default): the whole inherited network,
+                      embeddings, norms and the classifier included (``budget=0.6`` on a small
+                      transformer whose embeddings are a third of it leaves little for the blocks).
+                      ``"targets"``: only the selected layers — the LLM-compression convention ("60 %
+                      of the decoder-linear parameters"): ``budget=0.6`` keeps 60 % of what the
+                      targeted layers hold, an int is a count for them; everything else is unchanged.
       rank_pattern:   ``{regex: rank}`` overrides, matched against layer names (first full match
                       wins); it applies on top of the policy above, not under a budget.
       rank_multiple:  round each rank down to a multiple of this (at least the multiple itself).
@@ -144,6 +152,7 @@ class InheritConfig:
     energy: float | None = None
     budget: Budget = None
     budget_mode: str = "spectral"
+    budget_scope: str = "model"
     rank_pattern: dict[str, int] = field(default_factory=dict)
     rank_multiple: int = 1
     dense_at_full_rank: bool = True
@@ -198,7 +207,7 @@ class InheritConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ConfigError(f"{name}={value!r} must be a number in (0, 1].")
-        for name in ("budget_mode", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
+        for name in ("budget_mode", "budget_scope", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a string.")
         _positive_int("seed", self.seed, allow_zero=True)
@@ -231,6 +240,10 @@ class InheritConfig:
             _positive_int(f"rank_pattern[{pattern!r}]", r)
         if self.budget is not None and self.rank_pattern:
             raise ConfigError("rank_pattern cannot be combined with a budget; the budget allocates every rank.")
+        _choice("budget_scope", self.budget_scope, BUDGET_SCOPES)
+        if self.budget_scope == "targets" and isinstance(self.budget, nn.Module):
+            raise ConfigError("budget_scope='targets' counts the selected layers only; a model budget counts a whole "
+                              "network: give a fraction or a parameter count, or budget_scope='model'.")
         _choice("budget_mode", self.budget_mode,
                 [n.partition(":")[2] for n in RANK_POLICIES.names() if n.startswith("budget:")])
         _choice("head_scale", self.head_scale, HEAD_SCALES)

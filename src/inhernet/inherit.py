@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import InheritConfig
 from .errors import ConfigError
-from .io import check_save_target, recorded_weight_files, remove_stale_weights, write_meta
+from .io import after_inherit, check_save_target, recorded_weight_files, remove_stale_weights, write_meta
 from .pipeline import CheckpointSource, ModuleSink, ModuleSource, ShardSink, merge_config, run
 from .plan import PLAN_ATTR
 from .shards import checkpoint_index, parse_size
@@ -64,7 +64,7 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     model.requires_grad_(True)
     plan = run(ModuleSource(model), ModuleSink(), cfg, calibration, progress=progress)
     setattr(model, PLAN_ATTR, plan)
-    return model
+    return after_inherit(model)
 
 
 def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: InheritConfig | None = None, *,

@@ -75,6 +75,16 @@ def model_format(model: nn.Module) -> Any:
     return None
 
 
+def after_inherit(model: nn.Module) -> nn.Module:
+    """Let the model's format (if any) adapt a model ``inherit`` or ``load`` returns: its optional
+    ``after_inherit(model)`` hook (transformers: ``save_pretrained`` then writes this format,
+    :mod:`inhernet.hf.pretrained`). Returns ``model``."""
+    hook = getattr(model_format(model), "after_inherit", None)
+    if hook is not None:
+        hook(model)
+    return model
+
+
 def saved_format(folder: Path, name: str) -> Any:
     entry = _format_entry(name)
     if entry is None:
@@ -112,7 +122,8 @@ def check_save_target(folder: str | os.PathLike, *, overwrite: bool = False) -> 
 
 
 def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] | None = None,
-         tokenizer: Any = None, overwrite: bool = False, max_shard_size: int | str | None = None) -> Path:
+         tokenizer: Any = None, overwrite: bool = False, max_shard_size: int | str | None = None,
+         state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` (returned by ``inherit`` or ``load``) to ``folder``.
 
     ``extra`` is stored under ``"extra"`` in the JSON (e.g. the base architecture's name and
@@ -121,7 +132,9 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
     anything with ``save_pretrained``) writes its files there too; ``load(folder)`` then needs no
     base model. ``max_shard_size`` (bytes, or ``"500MB"`` / ``"2GB"``) splits the weights into shards
     of at most that size (``model-0000i-of-0000N.safetensors`` + ``model.safetensors.index.json``,
-    as ``save_pretrained`` names them); by default one ``model.safetensors``. Returns the folder's path.
+    as ``save_pretrained`` names them); by default one ``model.safetensors``. ``state_dict``: the
+    tensors to write instead of the model's own (the same keys and shapes, e.g. gathered from a
+    distributed model by a trainer). Returns the folder's path.
 
     A folder that already holds a saved model (:func:`holds_model`) is refused with
     :class:`ModelExistsError` unless ``overwrite=True``, so a model is never replaced by accident.
@@ -132,6 +145,10 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
     folder = Path(folder)
     check_save_target(folder, overwrite=overwrite)
     shard_bytes = None if max_shard_size is None else parse_size(max_shard_size)  # before anything is written
+    if state_dict is not None:
+        problems = state_dict_problems(model, state_dict)
+        if problems:
+            raise ArchitectureMismatchError(f"save(state_dict=...) needs this model's keys and shapes: {'; '.join(problems)}.")
     old_weights = recorded_weight_files(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = None
@@ -140,7 +157,7 @@ def save(model: nn.Module, folder: str | os.PathLike, *, extra: dict[str, Any] |
         hf = fmt.save_files(model, folder, tokenizer)
     elif tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
-    state = _state_once(model)
+    state = _state_once(model, state_dict)
     if max_shard_size is None:
         atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "inhernet"}))
         files = [WEIGHTS_NAME]
@@ -180,12 +197,13 @@ def recorded_weight_files(folder: Path) -> set[str]:
     return {n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".safetensors")}
 
 
-def _state_once(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each tied tensor once, under its first name in state-dict order (for a
-    Hugging Face model the tie's source, e.g. the input embeddings, as ``save_pretrained`` keeps)."""
+def _state_once(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict (``state``, or the model's own) with each tied tensor once, under its first
+    name in state-dict order (for a Hugging Face model the tie's source, e.g. the input embeddings,
+    as ``save_pretrained`` keeps)."""
     shared = tied_names(model)
     out: dict[str, torch.Tensor] = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in (model.state_dict() if state is None else state).items():
         if not any(other in out for other in shared.get(key, [])):
             out[key] = tensor.detach().contiguous()
     return out
@@ -410,7 +428,7 @@ def load(folder: str | os.PathLike, base_model: nn.Module | None = None, *,
     if rebuilt:
         base_model.to(device).eval()
     setattr(base_model, PLAN_ATTR, plan)
-    return base_model
+    return after_inherit(base_model)
 
 
 def _load_weights(model: nn.Module, paths: list[Path], device: str, *, assign: bool) -> None:

@@ -24,10 +24,11 @@ or block by block) and the head initialisation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -100,11 +101,24 @@ def check_materialised(teacher: nn.Module) -> None:
         )
 
 
-def resolve_budget(cfg: InheritConfig, teacher_params: int) -> int | None:
-    """The budget as a parameter count (None without one); ConfigError when it compresses nothing."""
+def resolve_budget(cfg: InheritConfig, teacher_params: int, selected_params: int | None = None) -> int | None:
+    """The budget as a parameter count for the whole network (None without one); ConfigError when it
+    compresses nothing. With ``budget_scope="targets"`` the budget is of the ``selected_params``
+    (the dense size of the selected layers), the rest of the network counted as it is."""
     b = cfg.budget
     if b is None:
         return None
+    if cfg.budget_scope == "targets":
+        if selected_params is None:
+            raise ValueError("budget_scope='targets' needs the selected layers' parameter count")
+        rest = teacher_params - selected_params
+        n = int(b * selected_params) if isinstance(b, float) else int(b)
+        what = (f"budget={b} of the selected layers' {selected_params:,} parameters" if isinstance(b, float)
+                else f"budget={b:,} parameters for the selected layers")
+        if n >= selected_params:
+            raise ConfigError(f"{what} is at or above their size ({selected_params:,}): nothing would be compressed. "
+                              "Give a smaller budget (a float below 1.0 is a fraction of them).")
+        return rest + n
     if isinstance(b, nn.Module):
         n, what = count_parameters(b), f"the budget model's {count_parameters(b):,} parameters"
     elif isinstance(b, float):
@@ -194,10 +208,13 @@ class ModuleSource:
     def materialise(self, prefix: str) -> None:
         pass
 
-    def materialise_except(self, prefix: str) -> None:
-        pass
+    def materialise_on_use(self, prefix: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def release(self, prefix: str) -> None:
+        pass
+
+    def release_except(self, prefix: str) -> None:
         pass
 
     def close(self) -> None:
@@ -258,24 +275,50 @@ class CheckpointSource:
     def materialise(self, prefix: str) -> None:
         self._load(lambda key: _under(key, prefix))
 
-    def materialise_except(self, prefix: str) -> None:
-        self._load(lambda key: not _under(key, prefix))
+    @contextlib.contextmanager
+    def materialise_on_use(self, prefix: str) -> Iterator[None]:
+        """While active, every module outside ``prefix`` gets its own (direct) tensors from the
+        checkpoint when it is first called: what a forward pass up to the first block needs, and
+        nothing it does not reach (an LM head)."""
+        handles = []
+        for name, module in self.model.named_modules():
+            if name and _under(name, prefix):
+                continue
+            keys = [f"{name}.{leaf}" if name else leaf for leaf, t in [*module._parameters.items(), *module._buffers.items()]
+                    if t is not None and t.is_meta]
+            if keys:
+                def load(mod: nn.Module, args: tuple, keys: list[str] = keys) -> None:
+                    self._load(lambda key: key in keys)
 
-    def release(self, prefix: str) -> None:
-        """Meta tensors again for everything under ``prefix`` loaded from the checkpoint, and for the
-        inherited layers there (written to the sink by now)."""
-        for key in [k for k in self.loaded if _under(k, prefix)]:
+                handles.append(module.register_forward_pre_hook(load))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def release_except(self, prefix: str) -> None:
+        """Meta tensors again for everything loaded outside ``prefix``."""
+        self._release([k for k in self.loaded if not _under(k, prefix)])
+
+    def _release(self, keys: list[str]) -> None:
+        for key in keys:
             owner_name, _, leaf = key.rpartition(".")
             owner = self.model.get_submodule(owner_name) if owner_name else self.model
             t = getattr(owner, leaf, None)
             if isinstance(t, Tensor) and not t.is_meta:
                 self._set(key, torch.empty_like(t, device="meta"))
             self.loaded.discard(key)
+        release_memory()
+
+    def release(self, prefix: str) -> None:
+        """Meta tensors again for everything under ``prefix`` loaded from the checkpoint, and for the
+        inherited layers there (written to the sink by now)."""
         root = self.model.get_submodule(prefix) if prefix else self.model
         for name, module in root.named_modules():
             if isinstance(module, INHER_LAYERS):
                 module.to("meta")
-        release_memory()
+        self._release([k for k in self.loaded if _under(k, prefix)])
 
     def close(self) -> None:
         self.reader.close()
@@ -387,7 +430,8 @@ def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> 
     cands = {c.name: c for c in eligible}
     specs = {c.name: LayerSpec(c.name, c.kind.name, *c.kind.dims(c.module.weight), c.module.bias is not None)
              for c in eligible}
-    budget = resolve_budget(cfg, teacher_params)
+    selected = sum(s.dense_params for s in specs.values())
+    budget = resolve_budget(cfg, teacher_params, selected)
     budget_left = None if budget is None else budget - (teacher_params - sum(s.dense_params for s in specs.values()))
     policy = policy_for(cfg)
     kinds = {n: c.kind for n, c in cands.items()}
@@ -395,7 +439,8 @@ def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> 
     def collector():
         if not init.needs_calibration:
             return NoCalibration(list(cands))
-        return calibration_plan(model, kinds, calibration, cfg.calibration_mode, whole_model_ok=source.whole_model_ok)
+        return calibration_plan(model, kinds, calibration, cfg.calibration_mode, whole_model_ok=source.whole_model_ok,
+                                progress=progress)
 
     def spectrum(name: str, weight: Tensor, factors: dict[str, Tensor]) -> Tensor:
         return singular_values(cands[name].kind.matrix(weight.detach()), factors.get(name))

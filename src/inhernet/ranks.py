@@ -170,6 +170,13 @@ def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int
     return decisions
 
 
+def _scope_hint(cfg: InheritConfig) -> str:
+    if cfg.budget_scope == "model":
+        return (" (it counts the whole network, whose embeddings, norms and heads stay as they are; to give the "
+                "budget to the selected layers only, pass budget_scope='targets')")
+    return ""
+
+
 def _round_down(rank: int, multiple: int) -> int:
     return max(multiple, (rank // multiple) * multiple)
 
@@ -210,7 +217,7 @@ def _budget_uniform(specs: list[LayerSpec], cfg: InheritConfig, budget_left: int
         smallest = sum(cost(s, step) for s in specs)
         raise ConfigError(
             f"the budget leaves {budget_left:,} parameters for the selected layers, but even rank {step} "
-            f"everywhere needs {smallest:,}; raise the budget, or factorise more layers "
+            f"everywhere needs {smallest:,}; raise the budget{_scope_hint(cfg)}, or factorise more layers "
             "(fewer exclude_modules) so more of the network shrinks."
         )
     return {s.name: best for s in specs}
@@ -229,7 +236,7 @@ def _budget_spectral(specs: list[LayerSpec], cfg: InheritConfig, budget_left: in
     if left < 0:
         raise ConfigError(
             f"the budget leaves {budget_left:,} parameters for the selected layers, but the smallest "
-            f"allocation (rank {step} everywhere) needs {budget_left - left:,}; raise the budget."
+            f"allocation (rank {step} everywhere) needs {budget_left - left:,}; raise the budget{_scope_hint(cfg)}."
         )
 
     def next_step(s: LayerSpec) -> tuple[float, int, int | None] | None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .plan import LayerRecord, get_plan
+from .plan import InheritPlan, LayerRecord, get_plan
 from .diagnostics import head_stats, multi_head_layers
 from .utils import call_model, count_parameters, eval_mode, markdown_table, text_table
 
@@ -41,6 +41,8 @@ class LayerReport:
     model_params: int
     budget: int | None
     head_cos: dict[str, float] = field(default_factory=dict)
+    #: what the budget counts (``InheritConfig.budget_scope``): "model" or "targets"
+    budget_scope: str = "model"
 
     HEADER = ("layer", "kind", "shape", "rank", "heads", "params before", "params after", "energy kept", "head cos",
               "note")
@@ -66,6 +68,12 @@ class LayerReport:
         if self.budget is not None:
             verdict = "within" if self.model_params <= self.budget else "OVER"
             line += f"; budget {self.budget:,}: {verdict} budget"
+            if self.budget_scope == "targets":
+                sel = [r for r in self.rows if r.rank is not None or not r.skipped or not _never_selected(r)]
+                before = sum(r.params_before for r in sel)
+                after = sum(r.params_after for r in sel)
+                line += (f" (budget_scope='targets': the {len(sel)} selected layers keep {after:,} of their "
+                         f"{before:,} parameters, {after / max(before, 1):.1%}; the rest of the network as it was)")
         return line
 
     def __str__(self) -> str:
@@ -84,4 +92,18 @@ def layer_report(model: nn.Module) -> LayerReport:
     plan = get_plan(model)
     cos = {name: st["cosine_mean"] for name, layer in multi_head_layers(model)
            if (st := head_stats(layer))["cosine_mean"] is not None}
-    return LayerReport(plan.layers, plan.teacher_params, count_parameters(model), plan.budget, cos)
+    return LayerReport(plan.layers, plan.teacher_params, count_parameters(model), plan.budget, cos,
+                       plan.config.get("budget_scope", "model"))
+
+
+def plan_report(plan: InheritPlan) -> LayerReport:
+    """The :class:`LayerReport` of a plan alone (a streamed inheritance, a saved folder's
+    ``inhernet_config.json``), without the model: its parameter count follows from the records
+    (the teacher's, minus what each layer had, plus what it has); no head cosines."""
+    params = plan.teacher_params - sum(r.params_before for r in plan.layers) + sum(r.params_after for r in plan.layers)
+    return LayerReport(plan.layers, plan.teacher_params, params, plan.budget, {}, plan.config.get("budget_scope", "model"))
+
+
+def _never_selected(record: LayerRecord) -> bool:
+    """A dense layer that selection skipped (as opposed to one the rank policy kept dense)."""
+    return bool(record.skipped) and not record.skipped.startswith(("rank ", "the budget allocation"))

@@ -65,21 +65,33 @@ class GramAccumulator:
             raise ValueError("no rows were added")
         return self.sum / self.rows
 
+    def factor(self) -> Tensor:
+        """:func:`cholesky_factor` of the mean, consuming the sum (freed: the accumulator is spent),
+        so the peak is one ``d_in × d_in`` matrix and its factor."""
+        if self.sum is None or self.rows == 0:
+            raise ValueError("no rows were added")
+        g, self.sum = self.sum.div_(self.rows), None
+        return cholesky_factor(g, overwrite=True)
 
-def cholesky_factor(second_moment: Tensor) -> Tensor:
+
+def cholesky_factor(second_moment: Tensor, *, overwrite: bool = False) -> Tensor:
     """Lower-triangular ``L`` (float64) with ``L Lᵀ = G + δ·mean(diag G)·I``, ``δ = DAMPING``, raised
     ×10 while the factorisation fails (a singular or numerically indefinite ``G``), up to
-    ``MAX_DAMPING``; an all-zero ``G`` (a layer whose input is always zero) gives ``L = I``."""
+    ``MAX_DAMPING``; an all-zero ``G`` (a layer whose input is always zero) gives ``L = I``.
+    ``overwrite``: damp ``second_moment`` itself (a float64 tensor the caller no longer needs)
+    instead of a copy, so the peak is ``G`` and ``L``, not three ``d_in × d_in`` matrices."""
     g = second_moment.double()
     if not torch.isfinite(g).all():
         raise ValueError("the input second moment has non-finite entries; the calibration statistics are damaged")
-    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     scale = float(g.diagonal().mean())
     if not scale > 0:
-        return eye
-    damping = DAMPING
+        return torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    damping, added = DAMPING, 0.0
+    work = g if overwrite and g is second_moment else g.clone()
     while True:
-        factor, info = torch.linalg.cholesky_ex(g + damping * scale * eye)
+        work.diagonal().add_(damping * scale - added)  # in place: no d_in × d_in temporaries
+        added = damping * scale
+        factor, info = torch.linalg.cholesky_ex(work)
         if int(info) == 0 or damping >= MAX_DAMPING:
             break
         damping *= 10

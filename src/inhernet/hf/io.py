@@ -5,6 +5,10 @@
 the tokenizer's files when one is given. It records in ``inhernet_config.json`` (key ``"hf"``) the
 model class, the attention implementation and the dtype.
 
+``config.json`` is protected (:mod:`inhernet.hf.pretrained`): transformers' ``from_pretrained`` refuses
+it with a message naming ``inhernet.load``, instead
+of building the dense architecture with random projections; :func:`build_empty_model` reads it back.
+
 ``load(folder)`` without a base model calls :func:`build_empty_model`: the class is looked up in
 ``transformers`` by name and built with ``_from_config`` while every parameter is created on the
 meta device (buffers stay real, so rotary tables and position ids are computed as usual). No random
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InherNetLoadError
+from .pretrained import enable_save_pretrained, protect_config, read_base_config
 
 #: files a Hugging Face model folder may carry besides its weights (copied by inherit_checkpoint)
 SIDE_FILE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
@@ -53,6 +58,7 @@ def save_hf_files(model: nn.Module, folder: Path, tokenizer: Any = None) -> dict
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]
     config.save_pretrained(str(folder))
+    protect_config(model, folder)  # from_pretrained must refuse the folder, naming inhernet.load
     generation = getattr(model, "generation_config", None)
     can_generate = getattr(model, "can_generate", lambda: False)
     if generation is not None and can_generate():
@@ -101,10 +107,8 @@ def model_class(name: str) -> type:
 
 def build_empty_model(folder: Path, hf: dict[str, Any], config: Any = None) -> nn.Module:
     """The base architecture of a saved folder, parameters on the meta device, buffers real."""
-    from transformers import AutoConfig
-
     if config is None:
-        config = AutoConfig.from_pretrained(str(folder))
+        config = read_base_config(folder)
     name = hf.get("architecture") or (config.architectures or [None])[0]
     if not name:
         raise InherNetLoadError(f"{folder}/config.json names no architecture; pass base_model to inhernet.load.")
@@ -127,10 +131,13 @@ def build_empty_model(folder: Path, hf: dict[str, Any], config: Any = None) -> n
 class HFFormat:
     """The transformers model format of ``inhernet.save`` / ``inhernet.load`` (registered as the
     entry point ``inhernet.model_formats: transformers``): ``save_files`` writes config.json and
-    friends and returns the ``"hf"`` record; ``build`` rebuilds the empty architecture."""
+    friends and returns the ``"hf"`` record; ``build`` rebuilds the empty architecture;
+    ``after_inherit`` runs on every model ``inhernet.inherit`` / ``inhernet.load`` return, and gives
+    it a ``save_pretrained`` that writes the inhernet folder (:mod:`inhernet.hf.pretrained`)."""
 
     save_files = staticmethod(save_hf_files)
     build = staticmethod(build_empty_model)
+    after_inherit = staticmethod(enable_save_pretrained)
 
 
 HF_FORMAT = HFFormat()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["forward_tokens_per_second", "generate_tokens_per_second", "next_token_nll", "pack_documents",
-           "perplexity"]
+           "perplexity", "text_windows", "windows_perplexity"]
 
 
 def pack_documents(tokenizer: Any, texts: Iterable[str], seq_len: int, *, separator_id: int | None = None,
@@ -79,6 +79,49 @@ def perplexity(model: nn.Module, blocks: Tensor, batch_size: int = 8) -> dict[st
     return {"ppl": math.exp(mean), "nll": mean, "tokens": count}
 
 
+def text_windows(tokenizer: Any, text: str, seq_len: int, *, max_windows: int | None = None) -> Tensor:
+    """Non-overlapping token windows ``(n, seq_len)`` (int64) of ``text`` tokenised once as a whole
+    (``tokenizer(text)``, its own special tokens included), the incomplete tail dropped: the
+    standard LM-evaluation protocol (WikiText-2 in the compression papers)."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} must be at least 2 (one input and one target token)")
+    ids = torch.as_tensor(tokenizer(text)["input_ids"], dtype=torch.long).flatten()
+    n = ids.numel() // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return ids[:n * seq_len].view(n, seq_len)
+
+
+def windows_perplexity(model: nn.Module, windows: Tensor, *, batch_size: int = 1,
+                       progress: str | None = None) -> dict[str, float]:
+    """Token-weighted perplexity of a causal LM over ``windows`` ``(n, seq_len)``, ``batch_size``
+    windows at a time on the model's device: ``{"ppl", "nll", "tokens", "windows", "seq_len"}``.
+    A batch whose loss is not finite (an overflow, a broken model) raises ``ValueError`` naming the
+    windows — it is never dropped silently. ``progress``: the label of a bar over the windows."""
+    from tqdm.auto import tqdm
+
+    if len(windows) == 0:
+        raise ValueError("no window to score: the text is shorter than one window")
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    total, count = 0.0, 0
+    with tqdm(total=len(windows), desc=progress, unit="window", disable=progress is None) as bar:
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i:i + batch_size].to(device)
+            r = perplexity(model, batch, batch_size=len(batch))
+            if not math.isfinite(r["nll"]):
+                raise ValueError(f"windows {i}..{i + len(batch) - 1} give a non-finite loss ({r['nll']}): the model "
+                                 "overflows or is broken there (evaluate in float32; check the weights).")
+            total += r["nll"] * r["tokens"]
+            count += r["tokens"]
+            bar.update(len(batch))
+    nll = total / count
+    return {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": len(windows),
+            "seq_len": int(windows.shape[1])}
+
+
 def _median_seconds(calls: Mapping[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, float]:
     """Median wall time of each call, timed round-robin (every round runs each call once in turn,
     so background load on a shared core hits all of them alike), after ``warmup`` untimed rounds."""
@@ -116,3 +159,4 @@ def generate_tokens_per_second(models: Mapping[str, nn.Module], prompt_ids: Tens
     calls = {name: functools.partial(model.generate, prompt_ids, do_sample=False, min_new_tokens=new_tokens,
                                      max_new_tokens=new_tokens) for name, model in models.items()}
     return {name: new_tokens / t for name, t in _median_seconds(calls, rounds, warmup).items()}
+

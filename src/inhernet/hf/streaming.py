@@ -28,6 +28,7 @@ from ..inherit import inherit_checkpoint as inherit_safetensors
 from ..io import CONFIG_NAME
 from ..shards import checkpoint_dtype, checkpoint_index
 from .io import SIDE_FILE_SUFFIXES, WEIGHT_INDEX_SUFFIX, build_empty_model, hf_meta
+from .pretrained import protect_config
 
 __all__ = ["inherit_checkpoint"]
 
@@ -63,9 +64,13 @@ def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: I
     dtype = checkpoint_dtype(src, checkpoint_index(src))
     skeleton = build_empty_model(src, {"architecture": arch, "dtype": dtype}, config=hf_config)
     hf = {**hf_meta(skeleton), "dtype": dtype}
+
+    def finish(folder: Path) -> None:
+        _copy_side_files(src, folder)
+        protect_config(skeleton, folder)  # transformers must not build the dense model from it
+
     return inherit_safetensors(src, dst, config, model=skeleton, calibration=calibration, max_shard_size=max_shard_size,
-                               progress=progress, overwrite=overwrite, hf=hf,
-                               on_success=lambda folder: _copy_side_files(src, folder), **overrides)
+                               progress=progress, overwrite=overwrite, hf=hf, on_success=finish, **overrides)
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:

@@ -17,7 +17,6 @@ so where you quote them.
 from __future__ import annotations
 
 import hashlib
-import math
 from importlib import resources
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .lm import perplexity
+from .lm import text_windows, windows_perplexity
 
 __all__ = ["WIKITEXT2_SHA256", "wikitext2_path", "wikitext2_perplexity", "wikitext2_text", "wikitext2_windows"]
 
@@ -57,24 +56,15 @@ def wikitext2_windows(tokenizer: Any, seq_len: int = 2048, *, max_windows: int |
     the field does (``tokenizer(text)``, the tokenizer's own special tokens included, e.g. a BOS at
     the very start for Llama tokenizers); the incomplete tail is dropped, and with ``max_windows``
     only the first that many are kept."""
-    if seq_len < 2:
-        raise ValueError(f"seq_len={seq_len} must be at least 2 (one input and one target token)")
-    ids = torch.as_tensor(tokenizer(wikitext2_text())["input_ids"], dtype=torch.long).flatten()
-    n = ids.numel() // seq_len
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return ids[:n * seq_len].view(n, seq_len)
+    return text_windows(tokenizer, wikitext2_text(), seq_len, max_windows=max_windows)
 
 
 def wikitext2_perplexity(model: nn.Module, tokenizer: Any, *, seq_len: int = 2048, batch_size: int = 1,
                          max_windows: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Token-weighted perplexity of the causal LM ``model`` on WikiText-2 (test split).
-
-    The windows of :func:`wikitext2_windows` are scored ``batch_size`` at a time by
-    :func:`inhernet.hf.lm.perplexity` (next-token NLL, ``seq_len - 1`` predicted tokens per window)
-    on the model's device; the per-batch NLLs are combined weighted by their token counts, so the
-    result equals ``perplexity(model, windows)`` up to float summation order. The model is in eval
-    mode during the call and its mode is restored after. ``progress`` shows a bar over the windows.
+    """Token-weighted perplexity of the causal LM ``model`` on WikiText-2 (test split): the windows
+    of :func:`wikitext2_windows` scored by :func:`inhernet.hf.lm.windows_perplexity` (next-token
+    NLL, ``seq_len - 1`` predicted tokens per window, on the model's device, eval mode restored
+    after; a non-finite window is an error that names it). ``progress`` shows a bar over the windows.
 
     Returns ``{"ppl", "nll", "tokens", "windows", "seq_len"}``. These numbers are close to, not
     identical with, the published ones (the shipped text lacks the empty rows; see the module
@@ -83,22 +73,4 @@ def wikitext2_perplexity(model: nn.Module, tokenizer: Any, *, seq_len: int = 204
     windows = wikitext2_windows(tokenizer, seq_len, max_windows=max_windows)
     if len(windows) == 0:
         raise ValueError(f"WikiText-2 gives fewer than seq_len={seq_len} tokens with this tokenizer")
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        with tqdm(total=len(windows), desc="WikiText-2", unit="window", disable=not progress) as bar:
-            for i in range(0, len(windows), batch_size):
-                batch = windows[i:i + batch_size].to(device)
-                r = perplexity(model, batch, batch_size=len(batch))
-                total += r["nll"] * r["tokens"]
-                count += r["tokens"]
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
-    nll = total / count
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": count, "windows": len(windows), "seq_len": seq_len}
+    return windows_perplexity(model, windows, batch_size=batch_size, progress="WikiText-2" if progress else None)
