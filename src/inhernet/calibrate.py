@@ -445,11 +445,10 @@ class Sequential:
                 block = model.get_submodule(block_name)
             if block_name != self.blocks[-1]:
                 with torch.no_grad(), eval_mode(block):
-                    outputs = []
-                    for args, kwargs in inputs:
+                    for i, (args, kwargs) in enumerate(inputs):  # in place: one batch's outputs beside the inputs
                         out = block(*args, **kwargs)
-                        outputs.append(_with_hidden(args, kwargs, out[0] if isinstance(out, tuple) else out))
-                inputs = outputs
+                        inputs[i] = _with_hidden(args, kwargs, out[0] if isinstance(out, tuple) else out)
+                        del args, kwargs, out
                 self.record.peak_activation_bytes = max(self.record.peak_activation_bytes, _nbytes(inputs))
             done(Unit(names, block_name))
         del inputs

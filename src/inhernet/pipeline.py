@@ -253,9 +253,12 @@ class CheckpointSource:
         return self.reader.get(stored)
 
     def layer_tensors(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """The layer's weight and bias: the ones in memory when its block is materialised, else read."""
         module = self.model.get_submodule(name)
-        weight = self.tensor(f"{name}.weight")
-        bias = self.tensor(f"{name}.bias") if module.bias is not None else None
+        weight = module.weight if not module.weight.is_meta else self.tensor(f"{name}.weight")
+        bias = None
+        if module.bias is not None:
+            bias = module.bias if not module.bias.is_meta else self.tensor(f"{name}.bias")
         return weight, bias
 
     def _set(self, key: str, value: Tensor) -> None:

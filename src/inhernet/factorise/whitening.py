@@ -40,18 +40,19 @@ class GramAccumulator:
         self.rows = 0
 
     def add(self, rows: Tensor) -> bool:
-        """Add the rows ``(n, d_in)``; returns False (adding nothing) when the sum would become
-        non-finite, so the caller can name the batch."""
+        """Add the rows ``(n, d_in)``; returns False (adding nothing) when they are not finite, so
+        the caller can name the batch. The product accumulates in place (``addmm_``): no
+        ``d_in × d_in`` temporary beside the sum."""
         if rows.shape[0] == 0:
             return True
+        if not torch.isfinite(rows).all():
+            return False
+        if self.sum is None:
+            self.sum = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=rows.device)
         step = max(1, ROWS_PER_CHUNK // max(1, rows.shape[1]))
-        total = None
         for i in range(0, rows.shape[0], step):
             chunk = rows[i:i + step].double()
-            total = chunk.T @ chunk if total is None else total + chunk.T @ chunk
-        if not torch.isfinite(total).all():
-            return False
-        self.sum = total if self.sum is None else self.sum + total
+            self.sum.addmm_(chunk.T, chunk)
         self.rows += rows.shape[0]
         return True
 
