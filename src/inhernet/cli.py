@@ -31,6 +31,8 @@ EPILOG = """examples:
   inhernet evaluate runs/ft --data fashion_mnist --latency
   inhernet export runs/ft --input-shape 1 28 28 --out runs/ft.onnx   # checked with ONNX Runtime
   inhernet compare configs/demo.yaml            # resumable; --force retrains
+  # your own model (an import path) and data (.npz, or an image folder with a sub-folder per class):
+  inhernet train-teacher --arch mymodels:make_cnn --data optdigits.npz --epochs 10 --out runs/my_teacher
   inhernet report runs/demo                      # rebuild table and plots
   # several processes / machines (PyTorch DDP through Lightning):
   inhernet compare configs/demo.yaml --devices 2 --strategy ddp
@@ -41,8 +43,12 @@ EPILOG = """examples:
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required, metavar="NAME",
-                   help="data set: fashion_mnist, mnist, digits, cifar10, cifar100")
-    g.add_argument("--data-root", default=None, metavar="DIR", help="folder with the data files (CIFAR: required)")
+                   help="data set: fashion_mnist, mnist, digits, cifar10, cifar100, or your own: a .npz file "
+                        "(x_train, y_train, x_test, y_test; or x, y) or an image folder (one sub-folder per class, "
+                        "optionally inside train/ and test/)")
+    g.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder with the data files (CIFAR: required; your own data: what a relative --data is "
+                        "relative to)")
     g.add_argument("--subset", type=int, default=None, help="use this many training images (stratified)")
     g.add_argument("--test-subset", type=int, default=None, help="use this many test images (stratified)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="share of the training set held out (default 0.1)")
@@ -135,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-teacher", help="train a dense model (teacher or baseline) from scratch",
                        description="Train a model of the zoo from scratch with cross-entropy; writes OUT/model "
                                    "(safetensors + model_config.json), OUT/metrics.jsonl and OUT/checkpoints/last.ckpt.")
-    s.add_argument("--arch", required=True, help="model name (see --list-models)")
+    s.add_argument("--arch", required=True,
+                   help="model name (see `inhernet models`), or your own model as an import path "
+                        "package.module:factory (called with num_classes= / in_channels= if it takes them)")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_data_args(s)
     _add_train_args(s)
@@ -153,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="DIR", help="output folder for the InherNet")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a model already saved in --out (refused otherwise); other files there are kept")
-    s.add_argument("--arch", default=None, help="teacher architecture (only for bare state-dict files)")
+    s.add_argument("--arch", default=None, help="teacher architecture, a name or package.module:factory (only for "
+                                                "bare state-dict files)")
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
     s.add_argument("--in-channels", type=int, default=None, help="(only for bare state-dict files)")
     _add_inherit_args(s)
@@ -182,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="accuracy, parameters, FLOPs and CPU latency of any saved model")
     s.add_argument("model", metavar="MODEL", help="saved model folder, run folder or .ckpt")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
-    s.add_argument("--arch", default=None, help="architecture (only for bare state-dict files)")
+    s.add_argument("--arch", default=None, help="architecture, a name or package.module:factory (only for bare "
+                                                "state-dict files)")
     s.add_argument("--latency", action="store_true", help="also measure CPU latency per image (batch 1)")
     s.add_argument("--json", action="store_true", help="print JSON")
     lm = s.add_argument_group("language models (a Hugging Face causal-LM folder)")
@@ -209,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="write the layers as they are instead of inhernet.optimize_for_inference's form (heads "
                         "folded, BatchNorm folded, layers not faster factorised made dense)")
-    s.add_argument("--arch", default=None, help="architecture (only for bare state-dict files)")
+    s.add_argument("--arch", default=None, help="architecture, a name or package.module:factory (only for bare "
+                                                "state-dict files)")
     s.add_argument("--num-classes", type=int, default=None, help="(only for bare state-dict files)")
 
     s = sub.add_parser("compare", help="run a whole comparison from a YAML config (resumable)",
@@ -274,6 +285,10 @@ def _run_identity(a: argparse.Namespace, **source: Any) -> dict:
     (``--data-root``) and how it is run (devices, threads, progress bar) are not part of it."""
     data = {"name": a.data, "subset": a.subset, "test_subset": a.test_subset, "val_fraction": a.val_fraction,
             "seed": a.data_seed}
+    from inhernet.data import data_file_digest, is_data_path
+
+    if is_data_path(a.data, a.data_root):  # your own files: their contents (an edited file is another run)
+        data["digest"] = data_file_digest(a.data, a.data_root)
     return {"command": a.command, **source, "data": data, "schedule": {**_schedule(a), "augment": a.augment},
             "seed": a.seed}
 
@@ -342,12 +357,13 @@ def _user_message(err: BaseException) -> str:
 def cmd_train_teacher(a: argparse.Namespace) -> int:
     import lightning as L
 
-    from inhernet.models import create_model
+    from inhernet.models import create_model, resolve_architecture
     from inhernet.train import evaluate, fit, save_model
     from inhernet.train.identity import finish_run
 
     _setup(a)
     _check_schedule(a)
+    resolve_architecture(a.arch)  # an unknown name or a bad import path fails before anything is loaded or written
     data = _load_data(a)
     plan = _claim_out(a, _run_identity(a, arch=a.arch, loss="ce"))
     if plan.action == "skip":
@@ -653,6 +669,15 @@ def _resume_hint(a: argparse.Namespace, argv: Optional[Sequence[str]]) -> str:
     return f"to resume, run the same command again: inhernet {shlex.join(args)}"
 
 
+def _add_working_folder_to_path() -> None:
+    """Let ``--arch mymodels:make_cnn`` (and ``arch:`` in a config) find ``mymodels.py`` in the current
+    folder, as ``python -m`` would: the ``inhernet`` script's own folder is on ``sys.path``, the working
+    folder is not. Appended last, so it never hides an installed package."""
+    here = os.getcwd()
+    if not any(p in ("", ".", here) for p in sys.path):
+        sys.path.append(here)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -665,6 +690,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _add_working_folder_to_path()
     from inhernet.train.signals import TrainingInterrupted, sigterm_as_interrupt
 
     try:

@@ -7,8 +7,9 @@ training schedule shared by every method::
     out_dir: runs/demo              # results, per-run folders
     cache_dir: cache                # trained teachers, keyed by a hash of their config
     data: {name: fashion_mnist, subset: 5000, test_subset: 2000, val_fraction: 0.02, seed: 0}
+                                    # or your own: {name: data/mine.npz} / {name: data/images/}
     teacher: {arch: resnet56, epochs: 6}        # or {arch: resnet56, path: saved/teacher}
-    student: {arch: resnet20}
+    student: {arch: resnet20}                   # or your own: {arch: mypkg.models:make_cnn}
     schedule: {epochs: 6, batch_size: 64, lr: 0.05}
     seeds: [0, 1]
     methods:
@@ -396,12 +397,18 @@ class CompareConfig:
         _check(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
                f"seeds={self.seeds!r} must be a non-empty list of integers")
         _check(len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds!r} repeats a seed")
-        from inhernet.models import is_model, list_models
+        from inhernet.models import is_import_path, is_model, list_models, resolve_architecture
 
         for what, arch in (("teacher.arch", self.teacher.arch), ("student.arch", self.student.arch)):
-            if not is_model(arch):
+            if is_import_path(arch):  # your own model: importable and callable, checked now
+                try:
+                    resolve_architecture(arch)
+                except ConfigError as err:
+                    raise CompareConfigError(f"{what}: {err}") from err
+            elif not is_model(arch):
                 hint = did_you_mean(arch, list_models(), n=3)
-                raise CompareConfigError(f"{what}={arch!r} is not a known model{hint}. Known: {', '.join(list_models())}")
+                raise CompareConfigError(f"{what}={arch!r} is not a known model{hint}. Known: {', '.join(list_models())}"
+                                         "; or give your own model as an import path 'package.module:factory'")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -75,6 +75,10 @@ def _read_json(path: Path) -> Optional[dict]:
 def _data_identity(cfg: CompareConfig) -> dict:
     d = asdict(cfg.data)
     d.pop("root", None)
+    from inhernet.data import data_file_digest, is_data_path
+
+    if is_data_path(cfg.data.name, cfg.data.root):  # your own files: their contents, so an edit is noticed
+        d["digest"] = data_file_digest(cfg.data.name, cfg.data.root)
     return d
 
 
@@ -139,11 +143,13 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
         return model, {"source": "path", "path": str(info["path"]), "arch": t.arch, "key": teacher_key(cfg),
                        "test_acc": ev["acc"], "params": inhernet.count_parameters(model), "curve": None}
 
+    from inhernet.models import arch_slug
+
     key = teacher_key(cfg)
-    folder = Path(cfg.cache_dir) / "teachers" / f"{t.arch}-{key}"
+    folder = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(t.arch)}-{key}"
     if not _single_process(cfg):
         return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
-    lock = Path(cfg.cache_dir) / "teachers" / f"{t.arch}-{key}.lock"
+    lock = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(t.arch)}-{key}.lock"
     with file_lock(lock, wait=False) as taken:
         if taken:
             return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)

@@ -8,10 +8,19 @@
 Models: ``resnet{8,14,20,32,44,56,110}``, ``resnet8x4``, ``resnet32x4``, ``wrn_{16,40}_{1,2}`` and
 ``vgg{8,11,13,16,19}`` (with BatchNorm). Every factory takes ``num_classes`` (default 100) and
 ``in_channels`` (default 3), accepts any input of at least 28x28 pixels, and returns logits.
+Your own model is given as an import path ``package.module:factory`` wherever a name is accepted.
 """
 
 from . import resnet, vgg, wrn  # noqa: F401  (importing registers the models)
-from .registry import create_model, is_model, list_models, register_model
+from .registry import (
+    arch_slug,
+    create_model,
+    is_import_path,
+    is_model,
+    list_models,
+    register_model,
+    resolve_architecture,
+)
 from .resnet import ResNet
 from .vgg import VGG
 from .wrn import WideResNet
@@ -20,8 +29,11 @@ __all__ = [
     "ResNet",
     "VGG",
     "WideResNet",
+    "arch_slug",
     "create_model",
+    "is_import_path",
     "is_model",
     "list_models",
     "register_model",
+    "resolve_architecture",
 ]

@@ -68,7 +68,9 @@ def _is_inherited(model: nn.Module) -> bool:
 
 def save_model(model: nn.Module, folder: Union[str, os.PathLike], *, arch: str, num_classes: int,
                in_channels: int, extra: Optional[dict] = None, overwrite: bool = False) -> Path:
-    """Save a dense model (``arch`` = its registry name) or an inherited one (``arch`` = the teacher's).
+    """Save a dense model (``arch`` = its registry name, or the import path ``package.module:factory``
+    of your own model) or an inherited one (``arch`` = the teacher's). :func:`load_model` rebuilds
+    the architecture from ``arch`` (:func:`inhernet.models.create_model`) and loads the weights.
 
     A folder that already holds a model is refused (:class:`inhernet.io.ModelExistsError`) unless
     ``overwrite=True``: the CLI's ``--overwrite``, or a run folder that training itself rewrites.
