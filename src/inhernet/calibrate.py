@@ -260,22 +260,52 @@ class _Statistics:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in {id(a): a for a in self.acc.values()}.values())
 
-    def factors(self, names: Iterable[str] | None = None) -> dict[str, Tensor]:
-        """Each layer's (of ``names``, default all) input Cholesky factor, one per distinct input;
-        the sums are freed as the factors are made, so the peak is the statistics plus one factor."""
+    def factors(self, names: Iterable[str] | None = None) -> "Factors":
+        """Each layer's (of ``names``, default all) input Cholesky factor, made on first use from
+        the sum it consumes (:class:`Factors`)."""
         chosen = {name: self.acc[name] for name in (self.acc if names is None else names)}
         missing = [name for name, a in chosen.items() if a.rows == 0]
         if missing:
             raise ConfigError(f"the calibration batches never reached {len(missing)} layer(s) (e.g. {missing[0]!r}); "
                               "give batches the model's forward accepts, with samples in them, that run those layers.")
-        done: dict[int, Tensor] = {}
-        for acc in chosen.values():
-            if id(acc) not in done:
-                done[id(acc)] = acc.factor()
-        return {name: done[id(acc)] for name, acc in chosen.items()}
+        return Factors(chosen)
 
     def means(self) -> dict[str, Tensor]:
         return {name: acc.mean() for name, acc in self.acc.items()}
+
+
+class Factors(Mapping):
+    """``layer name → input Cholesky factor``, each made when first asked for (consuming its Gram
+    sum) and dropped by :meth:`done` once every layer that reads that input is inherited: a block's
+    statistics turn into factors one input at a time instead of all at once."""
+
+    def __init__(self, accumulators: dict[str, GramAccumulator]) -> None:
+        self._acc = accumulators
+        self._made: dict[int, Tensor] = {}
+        self._left: dict[int, int] = {}
+        for acc in accumulators.values():
+            self._left[id(acc)] = self._left.get(id(acc), 0) + 1
+
+    def __getitem__(self, name: str) -> Tensor:
+        acc = self._acc[name]
+        if id(acc) not in self._made:
+            self._made[id(acc)] = acc.factor()
+        return self._made[id(acc)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acc)
+
+    def __len__(self) -> int:
+        return len(self._acc)
+
+    def done(self, name: str) -> None:
+        """``name`` is inherited: its factor is dropped once no other layer still needs it."""
+        acc = self._acc.get(name)
+        if acc is None:
+            return
+        self._left[id(acc)] -= 1
+        if self._left[id(acc)] == 0:
+            self._made.pop(id(acc), None)
 
 
 def _run_batches(model: nn.Module, calibration: Any, on_batch: Callable[[int], None] | None = None,

@@ -502,6 +502,9 @@ def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> 
                 set_submodule(model, name, new)
                 records.append(record)
             specs[name].spectrum = None
+            done_with = getattr(factors, "done", None)  # a lazily made factor is freed once its layers are done
+            if done_with is not None:
+                done_with(name)
             bar.update()
 
     def done(unit: Unit) -> None:
