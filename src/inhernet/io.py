@@ -371,7 +371,8 @@ def _saved_config(data: dict[str, Any], path: str | os.PathLike) -> InheritConfi
     again and the budget is not re-validated (a model budget is stored as its parameter count,
     which may be smaller than an int budget may be). A config this version cannot read raises
     :class:`InherNetLoadError`."""
-    unknown = [k for k in data.get("layer_types", []) if isinstance(k, str) and k not in LAYER_KINDS]
+    types = data.get("layer_types", [])
+    unknown = [k for k in types if isinstance(k, str) and k not in LAYER_KINDS] if isinstance(types, list) else []
     if unknown:
         raise InherNetLoadError(
             f"{path} was inherited with the layer kind(s) {', '.join(map(repr, unknown))}, which are not registered "

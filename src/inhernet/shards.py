@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -152,34 +153,64 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
 
 
 class ShardWriter:
-    """Collects output tensors and writes a shard whenever the next tensor would overflow it."""
+    """Writes output tensors to shards of at most ``max_bytes``, starting a new shard whenever the
+    next tensor would overflow the current one.
+
+    A tensor's bytes go to disk as soon as it is added (to the shard's data file), so the memory
+    held is one tensor, not one shard: the header of a safetensors file, which lists every tensor,
+    is written in front of the data when the shard is complete (:meth:`flush`)."""
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder, self.max_bytes = folder, max_bytes
-        self.pending: dict[str, torch.Tensor] = {}
+        self.pending: dict[str, dict[str, Any]] = {}  # key → dtype / shape / offsets in the data file
         self.pending_bytes = 0
         self.shards: list[tuple[str, list[str]]] = []  # (temporary file name, keys)
         self.total_bytes = 0
+        self._data = None  # the open data file of the shard being written
+
+    def _data_path(self) -> Path:
+        return self.folder / f"model-{len(self.shards) + 1:05d}.safetensors.data.tmp"
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
         if self.pending and self.pending_bytes + size > self.max_bytes:
             self.flush()
-        self.pending[key] = tensor.detach().contiguous()
+        if self._data is None:
+            self._data = open(self._data_path(), "wb")
+        t = tensor.detach().contiguous()
+        self.pending[key] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                             "data_offsets": [self.pending_bytes, self.pending_bytes + size]}
+        if t.numel():
+            self._data.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         self.pending_bytes += size
         self.total_bytes += size
 
     def flush(self) -> None:
+        """Complete the current shard: its header, then its data, as one ``.tmp`` file."""
         if not self.pending:
             return
+        self._data.close()
+        self._data = None
+        data = self._data_path()
         name = f"model-{len(self.shards) + 1:05d}.safetensors.tmp"
-        write_safetensors(self.folder / name, self.pending, metadata={"format": "inhernet"})
+        header: dict[str, Any] = {"__metadata__": {"format": "inhernet"}, **self.pending}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        with open(self.folder / name, "wb") as out, open(data, "rb") as src:
+            out.write(len(blob).to_bytes(8, "little"))
+            out.write(blob)
+            shutil.copyfileobj(src, out, 1 << 20)
+        data.unlink()
         self.shards.append((name, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
         release_memory()
 
     def abort(self) -> None:
         """Remove every shard written so far (a failed run leaves the folder as it was)."""
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+        self._data_path().unlink(missing_ok=True)
         self.pending, self.pending_bytes = {}, 0
         for tmp, _ in self.shards:
             (self.folder / tmp).unlink(missing_ok=True)
