@@ -236,8 +236,10 @@ class CheckpointSource:
         self.model, self.folder = meta_copy(skeleton), folder
         self.reader = ShardReader(folder, index)
         self.tied = tied_names(skeleton)
-        self.keys = list(skeleton.state_dict(keep_vars=True).keys())
-        self.loaded: set[str] = set()
+        self.keys = list(self.model.state_dict(keep_vars=True).keys())
+        #: key → (the module that holds it, its attribute) of every tensor given real values; the
+        #: module is kept, not looked up again, since an inherited layer may have replaced it since
+        self.loaded: dict[str, tuple[nn.Module, str]] = {}
 
     def stored_key(self, key: str) -> str | None:
         """The name the checkpoint stores ``key``'s tensor under (a tied tensor is stored once)."""
@@ -261,9 +263,8 @@ class CheckpointSource:
             bias = module.bias if not module.bias.is_meta else self.tensor(f"{name}.bias")
         return weight, bias
 
-    def _set(self, key: str, value: Tensor) -> None:
-        owner_name, _, leaf = key.rpartition(".")
-        owner = self.model.get_submodule(owner_name) if owner_name else self.model
+    @staticmethod
+    def _set(owner: nn.Module, leaf: str, value: Tensor) -> None:
         if leaf in owner._parameters:
             setattr(owner, leaf, nn.Parameter(value, requires_grad=False))
         else:
@@ -272,8 +273,10 @@ class CheckpointSource:
     def _load(self, keep) -> None:
         for key, t in self.model.state_dict(keep_vars=True).items():
             if keep(key) and t.is_meta and key not in self.loaded:
-                self._set(key, self.tensor(key))
-                self.loaded.add(key)
+                owner_name, _, leaf = key.rpartition(".")
+                owner = self.model.get_submodule(owner_name) if owner_name else self.model
+                self._set(owner, leaf, self.tensor(key))
+                self.loaded[key] = (owner, leaf)
 
     def materialise(self, prefix: str) -> None:
         self._load(lambda key: _under(key, prefix))
@@ -306,12 +309,10 @@ class CheckpointSource:
 
     def _release(self, keys: list[str]) -> None:
         for key in keys:
-            owner_name, _, leaf = key.rpartition(".")
-            owner = self.model.get_submodule(owner_name) if owner_name else self.model
-            t = getattr(owner, leaf, None)
+            owner, leaf = self.loaded.pop(key)
+            t = owner._parameters.get(leaf, owner._buffers.get(leaf))
             if isinstance(t, Tensor) and not t.is_meta:
-                self._set(key, torch.empty_like(t, device="meta"))
-            self.loaded.discard(key)
+                self._set(owner, leaf, torch.empty_like(t, device="meta"))
         release_memory()
 
     def release(self, prefix: str) -> None:
