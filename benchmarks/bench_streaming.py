@@ -307,11 +307,13 @@ def report(args, rows: dict, shapes: dict, src: Path) -> str:
                 f"({parts['idle_mb']:,.0f} MiB) + statistics ({parts['statistics_mb']:,.1f}) + activations "
                 f"({parts['activations_mb']:,.1f}) + weights in flight (the rest, {parts['weights_in_flight_mb']:,.0f}). "
                 "Extrapolated (fp32, the same calibration tokens, rank and shard size): statistics × Σ d_in² of a "
-                "block (one d_in × d_in second moment per projection), activations × hidden size, weights in flight "
-                "× max(one block, the embedding matrix), idle constant; loading the teacher = idle + (measured load "
-                "− idle) × parameter ratio. Scaling the whole rest with the block size is conservative (the output "
-                "shard buffer in it is bounded by `max_shard_size`, not by the model); real 7 B / 70 B checkpoints are "
-                "mostly bf16, which halves the teacher and the weights-in-flight terms. An extrapolation, not a measurement.",
+                "block (one d_in × d_in float64 second moment per distinct projection input: q/k/v share one, "
+                "gate/up one), activations × hidden size, weights in flight (the block's weights, its inherited "
+                "layers, the SVD workspace and the forward pass's temporaries; the embedding matrix while the first "
+                "block's inputs are captured) × max(one block, the embedding matrix), idle constant; loading the "
+                "teacher = idle + (measured load − idle) × parameter ratio. Output shards are written tensor by "
+                "tensor, so `max_shard_size` adds nothing. Real 7 B / 70 B checkpoints are mostly bf16, which "
+                "halves the teacher and the weights-in-flight terms. An extrapolation, not a measurement.",
                 "",
                 "| shapes | parameters | load the teacher GiB | stream-whitened peak GiB | ratio |",
                 "|---|---:|---:|---:|---:|",
