@@ -550,12 +550,17 @@ def _checkpoint(tmp_path, teacher, name="model.safetensors"):
     return src
 
 
-def test_streamed_sequential_refuses_a_head_after_the_blocks_and_leaves_dst_alone(tmp_path):
+def _blocknet_checkpoint(tmp_path):
+    """A BlockNet teacher, its checkpoint folder, a meta skeleton and one calibration batch."""
     teacher = toy_blocknet()
     src = _checkpoint(tmp_path, teacher)
     with torch.device("meta"):
         skeleton = blocknet_arch()
-    x = torch.randn(8, 16)
+    return teacher, src, skeleton, torch.randn(8, 16)
+
+
+def test_streamed_sequential_refuses_a_head_after_the_blocks_and_leaves_dst_alone(tmp_path):
+    teacher, src, skeleton, x = _blocknet_checkpoint(tmp_path)
     cfg = dict(init="whitened", calibration=[x], calibration_mode="sequential", exclude_classifier=False, rank=2,
                heads=2, progress=False)
     dst = tmp_path / "dst"
@@ -582,11 +587,7 @@ def test_streamed_sequential_refuses_a_head_after_the_blocks_and_leaves_dst_alon
 
 
 def test_streamed_sequential_equals_in_memory_without_the_head(tmp_path):
-    teacher = toy_blocknet()
-    src = _checkpoint(tmp_path, teacher)
-    with torch.device("meta"):
-        skeleton = blocknet_arch()
-    x = torch.randn(8, 16)
+    teacher, src, skeleton, x = _blocknet_checkpoint(tmp_path)
     cfg = dict(init="whitened", calibration=[x], calibration_mode="sequential", rank=4, heads=2, progress=False)
     dst = inhernet.inherit_checkpoint(src, tmp_path / "dst", model=skeleton, **cfg)
     streamed = inhernet.load(dst, base_model=blocknet_arch())
