@@ -191,3 +191,28 @@ def test_text_calibration_uses_sep_without_eos_and_rejects_too_little_text(tmp_p
         text_calibration(WordTokenizer(), ["w1 w2"], blocks=1, seq_len=8)
     with pytest.raises(ConfigError, match="not a file"):
         read_documents(tmp_path / "missing.txt")
+
+
+def test_cli_inherits_and_evaluates_a_gguf_file_directly(tmp_path, capsys):
+    """``inhernet inherit FILE.gguf`` dequantises it once (into --gguf-cache) and streams the copy;
+    ``inhernet evaluate FILE.gguf --text ...`` scores it; the inherited folder evaluates too."""
+    import json
+
+    from inhernet.cli import main
+
+    _write_tiny_gguf(tmp_path / "tiny.gguf")
+    text = tmp_path / "t.txt"
+    text.write_text("ab a b ab " * 40)
+    cache = tmp_path / "gguf-cache"
+    assert main(["evaluate", str(tmp_path / "tiny.gguf"), "--gguf-cache", str(cache), "--text", str(text),
+                 "--seq-len", "16", "--json"]) == 0
+    teacher = json.loads(capsys.readouterr().out)
+    assert teacher["tokens"] > 0 and len(list(cache.iterdir())) == 1
+    assert main(["inherit", str(tmp_path / "tiny.gguf"), "--gguf-cache", str(cache), "--rank", "4", "--heads", "1",
+                 "--out", str(tmp_path / "inh")]) == 0
+    assert "layers inherited" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "inh"), "--text", str(text), "--seq-len", "16", "--json"]) == 0
+    inherited = json.loads(capsys.readouterr().out)
+    assert inherited["tokens"] == teacher["tokens"] and inherited["params"] < teacher["params"]
+    assert main(["evaluate", str(tmp_path / "missing.gguf"), "--wikitext2"]) == 2  # a one-line error, no traceback
+    assert "no such GGUF file" in capsys.readouterr().err

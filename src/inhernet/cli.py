@@ -154,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "safetensors, sharded or not) is inherited tensor by tensor without loading "
                                    "the teacher, so it may be larger than memory.")
     s.add_argument("teacher", metavar="TEACHER",
-                   help="saved teacher: a model folder, a run folder, a .ckpt, or a Hugging Face checkpoint folder")
+                   help="saved teacher: a model folder, a run folder, a .ckpt, a Hugging Face checkpoint folder, a "
+                        ".gguf file, or smollm2 (the packaged SmolLM2-135M GGUF)")
+    s.add_argument("--gguf-cache", default=None, metavar="DIR",
+                   help="where a GGUF teacher is dequantised once (default ~/.cache/inhernet/gguf)")
     s.add_argument("--max-shard-size", default="1GB",
                    help="largest output shard when a Hugging Face checkpoint is streamed (default 1GB; bounds "
                         "peak memory)")
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--seq-len", type=int, default=None, help="window length (default: the model's context, <= 2048)")
     lm.add_argument("--max-windows", type=int, default=None, help="score only the first windows")
     lm.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    lm.add_argument("--gguf-cache", default=None, metavar="DIR",
+                    help="MODEL may be a .gguf file or smollm2: dequantised once here (default ~/.cache/inhernet/gguf)")
     _add_data_args(s, required=False)
 
     s = sub.add_parser("export", help="export a saved model to ONNX, checked against PyTorch with ONNX Runtime",
@@ -456,6 +461,7 @@ def cmd_inherit(a: argparse.Namespace) -> int:
         raise ConfigError(
             "--init whitened needs --calibration TEXT_FILE" if whitened else
             "--calibration is only used with --init whitened; add --init whitened or drop --calibration")
+    a.teacher = _gguf_to_folder(a)
     if _is_hf_checkpoint(a.teacher):
         return _inherit_hf_checkpoint(a)
     if whitened:
@@ -506,10 +512,24 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _gguf_to_folder(a: argparse.Namespace) -> str:
+    """A model argument naming a GGUF file (``smollm2`` or ``FILE.gguf``) becomes the folder of its
+    dequantised fp32 copy (made once under ``--gguf-cache``); anything else is returned as it is."""
+    from inhernet.hf.gguf import DEFAULT_CACHE, gguf_folder, gguf_source
+
+    name = a.teacher if hasattr(a, "teacher") else a.model
+    source = gguf_source(str(name))
+    if source is None:
+        return name
+    return str(gguf_folder(source, a.gguf_cache or DEFAULT_CACHE))
+
+
 def _evaluate_lm(a: argparse.Namespace) -> int:
     """``evaluate FOLDER --text FILE`` / ``--wikitext2``: perplexity of a causal LM."""
     import inhernet
     from inhernet.hf.evaluate import evaluate_text, load_causal_lm
+
+    a.model = _gguf_to_folder(a)
 
     texts = None
     if a.text:

@@ -38,23 +38,34 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_gguf_causal_lm(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for the GGUF file ``gguf_path``: an fp32 ``AutoModelForCausalLM`` in
-    eval mode and its tokenizer.
+#: where the command line keeps dequantised GGUF models (``--gguf-cache`` overrides it)
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inhernet" / "gguf"
 
-    The first call dequantises the file and saves model and tokenizer to
-    ``cache_dir/<file stem>-<file size>/`` (the size guards against a different file of the same
-    name); later calls load that folder. Runs offline (``HF_HUB_OFFLINE=1`` is set if unset).
-    """
+
+def gguf_source(name: str) -> Path | None:
+    """The GGUF file a command-line model argument names: ``smollm2`` (the packaged SmolLM2-135M,
+    :func:`smollm2_gguf_path`) or a path ending in ``.gguf``; None for anything else."""
+    if name.lower() in ("smollm2", "smollm2-135m"):
+        return smollm2_gguf_path()
+    if name.lower().endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such GGUF file")
+        return path
+    return None
+
+
+def gguf_folder(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """The ``save_pretrained`` folder (fp32 safetensors + tokenizer) of the GGUF file ``gguf_path``,
+    made on first use under ``cache_dir/<file stem>-<file size>/`` (the size guards against a
+    different file of the same name) by dequantising every tensor once. Runs offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_path = Path(gguf_path)
     folder = Path(cache_dir) / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
     if (folder / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        return model.eval(), tokenizer
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     source, name = str(gguf_path.parent), gguf_path.name
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
@@ -66,4 +77,15 @@ def load_gguf_causal_lm(gguf_path: str | os.PathLike, cache_dir: str | os.PathLi
     model.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
     partial.rename(folder)
+    return folder
+
+
+def load_gguf_causal_lm(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for the GGUF file ``gguf_path``: an fp32 ``AutoModelForCausalLM`` in
+    eval mode and its tokenizer, loaded from :func:`gguf_folder` (dequantised once, then cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf_folder(gguf_path, cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
     return model.eval(), tokenizer
