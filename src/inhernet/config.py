@@ -94,7 +94,7 @@ class InheritConfig:
                       classifier, while ``exclude_classifier``). ``None`` means every layer of
                       ``layer_types`` for a plain ``nn.Module``; for a Hugging Face
                       ``PreTrainedModel`` it means the architecture's attention and MLP projections
-                      (:func:`inhernet.hf.default_target_modules`; embeddings, heads, patch
+                      (:func:`inhernet.targets.default_target_modules`; embeddings, heads, patch
                       embeddings and norms stay dense). Layers whose weight is tied to another
                       module's stay dense.
       exclude_modules: same syntax; these stay dense.

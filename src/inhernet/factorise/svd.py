@@ -103,7 +103,7 @@ def truncated_svd(weight: Tensor, rank: int, *, method: str = "exact", niter: in
     with ``rank + OVERSAMPLE`` columns and ``niter`` power iterations, its Gaussian test matrix drawn
     from ``generator`` (a CPU ``torch.Generator``; default one seeded with ``seed``), never from the
     global RNG, so results repeat and concurrent calls do not disturb each other.
-    With ``whiten=L`` (lower-triangular, :func:`inhernet.calibrate.cholesky_factor`) it factorises
+    With ``whiten=L`` (lower-triangular, :func:`inhernet.factorise.whitening.cholesky_factor`) it factorises
     ``W·L`` and returns ``Vh·L⁻¹`` as ``Vh``: ``U_r Σ_r Vh`` is then the rank-r map with the least
     output error on inputs of second moment ``L Lᵀ``, and the energies are those of ``W·L``.
     """
