@@ -62,7 +62,7 @@ def test_whitened_errors_name_the_fix():
     teacher, x = _mlp(), _anisotropic()
     with pytest.raises(ConfigError, match="calibration"):
         inhernet.inherit(teacher, init="whitened", rank=4, progress=False)
-    with pytest.raises(ConfigError, match="only used by init='whitened'"):
+    with pytest.raises(ConfigError, match="only used by an init that needs them"):
         inhernet.inherit(teacher, rank=4, calibration=[x], progress=False)
     with pytest.raises(ConfigError, match="never reached"):
         inhernet.inherit(_SkipsA(), init="whitened", calibration=[torch.randn(3, 4)], rank=2, target_modules=["a"],

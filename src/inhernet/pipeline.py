@@ -427,7 +427,8 @@ def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> 
         raise ConfigError(f"init={cfg.init!r} needs calibration data: inherit(model, ..., calibration=batches), "
                           "a few batches of real inputs (a dict is passed as model(**batch)).")
     if not init.needs_calibration and calibration is not None:
-        raise ConfigError(f"calibration batches are only used by init='whitened'; pass init='whitened' or drop them.")
+        raise ConfigError(f"calibration batches are only used by an init that needs them (init='whitened'), not by "
+                          f"init={cfg.init!r}; pass init='whitened' or drop them.")
     teacher_params = count_parameters(model)
     order = {c.name: i for i, c in enumerate(find_layers(model))}
     eligible, skipped = select_layers(model, cfg)
@@ -436,7 +437,7 @@ def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> 
              for c in eligible}
     selected = sum(s.dense_params for s in specs.values())
     budget = resolve_budget(cfg, teacher_params, selected)
-    budget_left = None if budget is None else budget - (teacher_params - sum(s.dense_params for s in specs.values()))
+    budget_left = None if budget is None else budget - (teacher_params - selected)  # what the selected layers may use
     policy = policy_for(cfg)
     kinds = {n: c.kind for n, c in cands.items()}
 
