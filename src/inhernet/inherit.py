@@ -20,7 +20,7 @@ from torch import nn
 from .config import InheritConfig
 from .errors import ConfigError
 from .io import after_inherit, check_save_target, recorded_weight_files, remove_stale_weights, write_meta
-from .pipeline import CheckpointSource, ModuleSink, ModuleSource, ShardSink, merge_config, run
+from .pipeline import CheckpointSource, ModuleSink, ModuleSource, ShardSink, check_materialised, merge_config, run
 from .plan import PLAN_ATTR
 from .shards import checkpoint_index, parse_size
 
@@ -58,7 +58,7 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     resolved regex.
     """
     cfg = merge_config(config, overrides)
-    ModuleSource(teacher)  # refuse a meta-device teacher before copying it
+    check_materialised(teacher)  # refuse a meta-device teacher before copying it
     model = teacher if inplace else copy.deepcopy(teacher)
     # trainable whatever flags the teacher carries (a frozen teacher, e.g. one used for KD)
     model.requires_grad_(True)

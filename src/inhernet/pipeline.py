@@ -198,8 +198,7 @@ class ModuleSource:
     whole_model_ok = True
 
     def __init__(self, model: nn.Module) -> None:
-        check_materialised(model)
-        self.model = model
+        self.model = model  # real values: inherit() checked them (check_materialised) before copying
 
     def layer_tensors(self, name: str) -> tuple[Tensor, Tensor | None]:
         module = self.model.get_submodule(name)

@@ -5,11 +5,11 @@ An InherNet's state dict holds factors (``q_proj.down``, ``q_proj.up``, ...) whe
 its projection weights, initialise them at random and only log it. So:
 
 * :func:`enable_save_pretrained` (run by ``inhernet.inherit`` and ``inhernet.load`` through the
-  format hook ``HF_FORMAT.after_inherit``) swaps the instance's class for a subclass whose
-  ``save_pretrained`` writes what :func:`inhernet.save` writes. The subclass keeps the base class's
-  ``__name__``, ``__qualname__`` and ``__module__``, so what is recorded (``architectures``, the
-  ``"hf"`` record, ``base_model_class``) and every name-based check in transformers or PEFT sees the
-  base class; ``Trainer.save_model`` and every Trainer checkpoint then write an inhernet folder, and
+  format hook ``HF_FORMAT.after_inherit``) sets the instance's ``save_pretrained`` to one that
+  writes what :func:`inhernet.save` writes; the class is unchanged, so what is recorded
+  (``architectures``, the ``"hf"`` record, ``base_model_class``) and every type check in
+  transformers or PEFT see the base class. ``Trainer.save_model`` and every Trainer checkpoint then
+  write an inhernet folder, and
   Trainer's resume (``load_state_dict`` of the folder's ``model.safetensors``) reads it back.
 * :func:`protect_config` (run by ``inhernet.save`` on every Hugging Face folder) makes the folder's
   ``config.json`` refuse to build the dense model, with a message naming ``inhernet.load``:
