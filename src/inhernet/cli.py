@@ -128,6 +128,42 @@ def _add_inherit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inherit-seed", type=int, default=0, help="seed of the gate / random init (default 0)")
 
 
+#: the image-model defaults of the finetune options the Hugging Face path defaults otherwise
+FINETUNE_IMAGE_DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4}
+FINETUNE_HF_DEFAULTS = {"batch_size": 8, "lr": 5e-5, "weight_decay": 0.01, "temperature": 2.0}
+
+
+def _add_hf_finetune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Hugging Face models (MODEL holds config.json): --batch-size defaults to 8, --lr to 5e-5 (AdamW), "
+        "--weight-decay to 0.01; --seed seeds the training, --data-seed the held-out / validation split")
+    g.add_argument("--text", action="append", default=None, metavar="FILE",
+                   help="causal LM: train on this text (repeatable): a .txt file (documents separated by an empty "
+                        "line), .jsonl / .csv, or glosses, fortunes, wikitext2 (packaged)")
+    g.add_argument("--seq-len", type=int, default=128, help="causal LM: tokens per training block (default 128)")
+    g.add_argument("--held-out", type=float, default=0.1,
+                   help="causal LM: share of the documents held out for the perplexity (default 0.1)")
+    g.add_argument("--max-train-blocks", type=int, default=None, help="causal LM: use at most this many blocks")
+    g.add_argument("--text-column", default="text", help="classification (--data FILE): the text column")
+    g.add_argument("--label-column", default="label", help="classification: the label column")
+    g.add_argument("--text-pair-column", default=None, help="classification: the second text of sentence pairs")
+    g.add_argument("--max-length", type=int, default=128, help="classification: tokens per example (default 128)")
+    g.add_argument("--max-steps", type=int, default=None, help="optimiser steps to train (required)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
+    g.add_argument("--schedule", default="cosine", help="lr after the warm-up: cosine (default), linear, constant")
+    g.add_argument("--warmup", type=_number, default=0.05,
+                   help="warm-up: steps (an int) or a fraction of --max-steps (a float < 1; default 0.05)")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default 1; 0: none)")
+    g.add_argument("--precision", default=None, help="bf16-mixed (also on a CPU) or 32-true (default)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    g.add_argument("--kd-alpha", type=float, default=None,
+                   help="with --teacher: loss = (1-a) * task + a * T^2 * KL(teacher || student) (default 0.5)")
+    g.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: at the end)")
+    g.add_argument("--eval-batch-size", type=int, default=8, help="evaluation batch size per process (default 8)")
+    g.add_argument("--checkpoint-every", type=int, default=None,
+                   help="checkpoint every N steps (default: about ten per run, at least every 50 steps)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inhernet",
@@ -180,16 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "teacher at once; auto (default): sequential when the model has one list of blocks")
 
     s = sub.add_parser("finetune", help="fine-tune a saved model (InherNet or dense), optionally with KD",
-                       description="Train a saved model further with the task loss or a distillation loss.")
-    s.add_argument("model", metavar="MODEL", help="saved model folder (inhernet.save / train-teacher) or .ckpt")
+                       description="Train a saved model further with the task loss or a distillation loss. A "
+                                   "Hugging Face model folder (config.json: inhernet.save of a transformers "
+                                   "model, or save_pretrained) is trained for --max-steps AdamW steps: as a "
+                                   "causal LM on --text, or as a sequence classifier on --data FILE; writes "
+                                   "OUT/model (read by inhernet evaluate / inhernet.load / from_pretrained), "
+                                   "OUT/metrics.jsonl (one row per step) and OUT/checkpoints/last.ckpt.")
+    s.add_argument("model", metavar="MODEL", help="saved model folder (inhernet.save / train-teacher), .ckpt, or a "
+                                                  "Hugging Face model folder (config.json)")
     s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--teacher", default=None, metavar="PATH", help="saved teacher for kd / dkd / lskd")
+    s.add_argument("--teacher", default=None, metavar="PATH",
+                   help="saved teacher for kd / dkd / lskd; for a Hugging Face model a folder of the same tokenizer "
+                        "(then KD with --kd-alpha)")
     s.add_argument("--loss", default="ce", choices=["ce", "kd", "dkd", "lskd"], help="objective (default ce)")
     s.add_argument("--alpha", type=float, default=None, help="KD: weight of the KD term (CE gets 1-alpha); DKD: TCKD weight")
     s.add_argument("--beta", type=float, default=8.0, help="DKD: NCKD weight (default 8)")
-    s.add_argument("--temperature", type=float, default=None, help="KD/DKD temperature (default 4; LSKD 2)")
-    _add_data_args(s)
+    s.add_argument("--temperature", type=float, default=None,
+                   help="KD/DKD temperature (default 4; LSKD 2; a Hugging Face model: 2)")
+    _add_data_args(s, required=False)  # required for an image model: checked in cmd_finetune
     _add_train_args(s)
+    # None = "not given": the image path fills in its defaults, the Hugging Face path its own (8, 5e-5, 0.01)
+    s.set_defaults(epochs=None, batch_size=None, lr=None, weight_decay=None)
+    _add_hf_finetune_args(s)
 
     s = sub.add_parser("evaluate", help="accuracy, parameters, FLOPs and CPU latency of any saved model")
     s.add_argument("model", metavar="MODEL", help="saved model folder, run folder or .ckpt")
@@ -231,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare", help="run a whole comparison from a YAML config (resumable)",
                        description="Train (or reuse) the teacher, then every method x seed under one schedule; "
                                    "writes results.json, results.md and plots to the config's out_dir. Finished "
-                                   "runs are skipped, an interrupted one resumes.")
-    s.add_argument("config", metavar="CONFIG", help="YAML file (see configs/demo.yaml)")
+                                   "runs are skipped, an interrupted one resumes. The config's task picks the "
+                                   "runner: image-classification (default), sequence-classification or causal-lm "
+                                   "(Hugging Face teachers; every model scored before and after fine-tuning).")
+    s.add_argument("config", metavar="CONFIG", help="YAML file (see configs/demo.yaml, configs/text_demo.yaml)")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip finished runs, resume unfinished ones (default)")
     mode.add_argument("--force", action="store_true", help="delete this config's runs in out_dir and retrain them "
@@ -240,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default=None, help="override the config's out_dir")
     s.add_argument("--cache-dir", default=None, help="override the config's cache_dir")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
-    s.add_argument("--epochs", type=int, default=None, help="override schedule.epochs")
+    s.add_argument("--epochs", type=int, default=None, help="override schedule.epochs (image-classification)")
+    s.add_argument("--max-steps", type=int, default=None,
+                   help="override schedule.max_steps (sequence-classification / causal-lm)")
     _add_dist_args(s)
 
     s = sub.add_parser("report", help="rebuild the table and plots of a finished (or partial) comparison")
@@ -480,10 +532,35 @@ def cmd_inherit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _is_hf_folder(path: str) -> bool:
+    """A Hugging Face model folder: ``config.json`` (inhernet.save of a transformers model, or save_pretrained)."""
+    return (Path(path) / "config.json").is_file()
+
+
+#: finetune options only the Hugging Face path reads (given with an image model: an error)
+_HF_ONLY = ("text", "seq_len", "held_out", "max_train_blocks", "text_column", "label_column", "text_pair_column",
+            "max_length", "max_steps", "grad_accum", "schedule", "warmup", "max_grad_norm", "precision",
+            "gradient_checkpointing", "kd_alpha", "eval_every", "eval_batch_size", "checkpoint_every")
+
+
 def cmd_finetune(a: argparse.Namespace) -> int:
     from inhernet.train import DistillLoss, evaluate, fit, load_model, save_model
     from inhernet.train.identity import file_digest, finish_run
 
+    if _is_hf_folder(a.model):
+        return _finetune_hf(a)
+    defaults = argparse.ArgumentParser()
+    _add_hf_finetune_args(defaults)
+    given = [name for name in _HF_ONLY if getattr(a, name) != defaults.get_default(name)]
+    if given:
+        raise ConfigError(f"{_cli(given[0])} is for a Hugging Face model folder (one with config.json); {a.model} "
+                          "is not one: drop it (an image model trains for --epochs).")
+    if a.data is None:
+        raise ConfigError(f"finetune needs --data NAME for the image model {a.model} (or MODEL a Hugging Face model "
+                          "folder with --text FILE / --data FILE)")
+    for name, value in FINETUNE_IMAGE_DEFAULTS.items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
     _setup(a)
     _check_schedule(a)
     data = _load_data(a)
@@ -512,6 +589,109 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cli(name: str) -> str:
+    from inhernet.train.validate import cli_option
+
+    return cli_option(name)
+
+
+def _hf_data_identity(a: argparse.Namespace) -> dict:
+    """What the Hugging Face fine-tuning data is: the sources (files by their contents) and how they are cut."""
+    from inhernet.train.identity import file_digest
+
+    def source(name: str) -> dict:
+        return {"sha256": file_digest(name)} if Path(name).is_file() else {"name": name}  # a file by its contents
+
+    if a.text:
+        return {"task": "causal-lm", "sources": [source(t) for t in a.text], "seq_len": a.seq_len,
+                "held_out": a.held_out, "max_train_blocks": a.max_train_blocks, "seed": a.data_seed}
+    return {"task": "sequence-classification", "source": source(a.data), "text_column": a.text_column,
+            "label_column": a.label_column, "text_pair_column": a.text_pair_column, "max_length": a.max_length,
+            "val_fraction": a.val_fraction, "seed": a.data_seed}
+
+
+def _finetune_hf(a: argparse.Namespace) -> int:
+    """``finetune FOLDER`` of a Hugging Face model: a causal LM on ``--text``, or a sequence
+    classifier on ``--data FILE``, for ``--max-steps`` steps (:func:`inhernet.train.finetune.finetune`)."""
+    import torch
+
+    from inhernet.hf.folders import load_text_model, save_text_model
+    from inhernet.train.finetune import check_finetune_options, finetune
+    from inhernet.train.identity import file_digest, finish_run
+    from inhernet.train.validate import cli_option
+
+    for name, wrong in (("epochs", None), ("loss", "ce"), ("alpha", None), ("milestones", None),
+                        ("augment", "default"), ("subset", None), ("test_subset", None)):
+        if getattr(a, name) != wrong:
+            why = {"epochs": "it trains for --max-steps optimiser steps",
+                   "loss": "distil with --teacher FOLDER --kd-alpha A", "alpha": "the KD weight is --kd-alpha"}
+            raise ConfigError(f"{_cli(name)} is for image models; {a.model} is a Hugging Face model folder"
+                              f"{': ' + why[name] if name in why else ''}.")
+    if bool(a.text) == (a.data is not None):
+        raise ConfigError(f"{a.model} is a Hugging Face model: give --text FILE (causal LM) or --data FILE "
+                          "(sequence classification, with --text-column / --label-column), one of them.")
+    if a.max_steps is None:
+        raise ConfigError("--max-steps N is required for a Hugging Face model (it trains for N optimiser steps).")
+    for name, value in FINETUNE_HF_DEFAULTS.items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
+    task = "causal-lm" if a.text else "sequence-classification"
+    kd_alpha = a.kd_alpha if a.kd_alpha is not None else (0.5 if a.teacher else 0.0)
+    max_grad_norm = a.max_grad_norm or None
+    dist = _dist_kwargs(a)
+    train_kw = dict(max_steps=a.max_steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
+                    weight_decay=a.weight_decay, schedule=a.schedule, warmup=a.warmup, max_grad_norm=max_grad_norm,
+                    precision=a.precision, eval_every=a.eval_every, eval_batch_size=a.eval_batch_size,
+                    checkpoint_every=a.checkpoint_every, kd_alpha=kd_alpha, temperature=a.temperature)
+    # every bad option fails here, before a model is loaded or a file written
+    check_finetune_options(task=task, teacher=a.teacher, teacher_logits="auto", strategy=dist["strategy"],
+                           accelerator=dist["accelerator"], option=cli_option, **train_kw)
+    if a.teacher and not _is_hf_folder(a.teacher):
+        raise ConfigError(f"--teacher {a.teacher}: a Hugging Face model is distilled from a Hugging Face model folder "
+                          "(config.json) of the same tokenizer.")
+    _setup(a)
+    from inhernet.hf.textdata import encode_classification, load_classification, load_lm_data
+
+    if task == "causal-lm":
+        model, tokenizer = load_text_model(a.model, task)
+        data = load_lm_data(tokenizer, a.text, seq_len=a.seq_len, held_out_fraction=a.held_out, seed=a.data_seed,
+                            max_train_blocks=a.max_train_blocks)
+        num_labels = None
+    else:
+        raw = load_classification(a.data, text_column=a.text_column, label_column=a.label_column,
+                                  text_pair_column=a.text_pair_column, val_fraction=a.val_fraction, seed=a.data_seed)
+        num_labels = raw.num_labels
+        model, tokenizer = load_text_model(a.model, task, num_labels=num_labels)
+        data = argparse.Namespace(**{name: encode_classification(tokenizer, getattr(raw, name),
+                                                                 max_length=a.max_length)
+                                     for name in ("train", "val", "test")})
+    teacher = load_text_model(a.teacher, task, num_labels=num_labels)[0] if a.teacher else None
+    identity = {"command": a.command, "model": {"folder_sha256": file_digest(a.model)},
+                "teacher": {"folder_sha256": file_digest(a.teacher)} if a.teacher else None,
+                "data": _hf_data_identity(a), "seed": a.seed,
+                "schedule": {**train_kw, "gradient_checkpointing": a.gradient_checkpointing}}
+    plan = _claim_out(a, identity)
+    if plan.action == "skip":
+        return 0
+    dtype = next(model.parameters()).dtype
+    if dtype in (torch.float16, torch.bfloat16):  # AdamW on half-precision weights loses small updates
+        model.float()
+    res = finetune(model.train(), data, task=task, out_dir=a.out, teacher=teacher, tokenizer=tokenizer, seed=a.seed,
+                   resume=not plan.fresh, gradient_checkpointing=a.gradient_checkpointing, **train_kw, **dist)
+    if res.model_dir is None or not _rank0():
+        return 0
+    if dtype != torch.float32 and dtype.is_floating_point:  # saved in the precision it came in
+        save_text_model(res.model.to(dtype), res.model_dir, tokenizer=tokenizer, progress=bool(dist["progress"]))
+    shown = {k: v for k, v in res.final.items() if not k.endswith("/tokens")}
+    result = {"final": shown, "steps": len(res.metrics), "tokens_seen": res.tokens_seen}
+    if "test/acc" in shown:
+        result["test_acc"] = shown["test/acc"]
+    finish_run(plan, result)
+    text = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in shown.items())
+    print(f"{text or 'no evaluation data'} after {len(res.metrics)} steps -> {res.model_dir}")
+    return 0
+
+
 def _gguf_to_folder(a: argparse.Namespace) -> str:
     """A model argument naming a GGUF file (``smollm2`` or ``FILE.gguf``) becomes the folder of its
     dequantised fp32 copy (made once under ``--gguf-cache``); anything else is returned as it is."""
@@ -527,7 +707,8 @@ def _gguf_to_folder(a: argparse.Namespace) -> str:
 def _evaluate_lm(a: argparse.Namespace) -> int:
     """``evaluate FOLDER --text FILE`` / ``--wikitext2``: perplexity of a causal LM."""
     import inhernet
-    from inhernet.hf.evaluate import evaluate_text, load_causal_lm
+    from inhernet.hf.evaluate import evaluate_text
+    from inhernet.hf.folders import load_causal_lm
 
     a.model = _gguf_to_folder(a)
 
@@ -621,6 +802,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
                                                     ("seeds", a.seeds)) if v}
     if a.epochs is not None:  # --epochs 0 is refused by the config's validation, not dropped
         overrides["schedule"] = {"epochs": a.epochs}
+    if a.max_steps is not None:
+        overrides["schedule"] = {**overrides.get("schedule", {}), "max_steps": a.max_steps}
     tr = {k: v for k, v in (("accelerator", a.accelerator), ("devices", a.devices and _devices(a.devices)),
                             ("num_nodes", a.num_nodes), ("strategy", a.strategy), ("threads", a.threads)) if v}
     if a.progress:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .targets import is_transformers_model
 
-__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table",
+__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "read_json", "write_json",
            "sha256_file", "stable_hash", "state_dict_problems", "text_table", "tied_names"]
 
 
@@ -206,3 +206,23 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (parents created; non-JSON values as ``str``)."""
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(p, json.dumps(obj, indent=2, default=str))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON object in ``path``, or ``None`` when it is missing or unreadable (a file cut short by a kill)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+

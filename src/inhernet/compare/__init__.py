@@ -3,7 +3,9 @@
     from inhernet.compare import load_config, run_compare
     results = run_compare(load_config("configs/demo.yaml"))
 
-See :mod:`inhernet.compare.config` for the YAML schema and :mod:`inhernet.compare.runner` for the
+A config's ``task`` picks the schema: ``image-classification`` (default; :mod:`inhernet.compare.config`)
+or ``sequence-classification`` / ``causal-lm`` with a Hugging Face teacher
+(:mod:`inhernet.compare.text_config`). See :mod:`inhernet.compare.config` for the image schema and :mod:`inhernet.compare.runner` for the
 folder layout, caching and resume rules.
 """
 
@@ -19,10 +21,12 @@ from .config import (
     StudentConfig,
     TeacherConfig,
     TrainerConfig,
-    load_config,
 )
+from .api import load_config, rebuild_report, run_compare
 from .report import build_results, format_table, plot_results, write_report
-from .runner import CompareError, StaleRunError, build_method_model, prepare_teacher, rebuild_report, run_compare
+from .runner import CompareError, StaleRunError, build_method_model, prepare_teacher
+from .text_config import TEXT_TASKS, TextCompareConfig, TextMethodConfig
+from .text_runner import run_text_compare
 
 __all__ = [
     "METHOD_KINDS",
@@ -38,6 +42,10 @@ __all__ = [
     "StudentConfig",
     "TeacherConfig",
     "TrainerConfig",
+    "TEXT_TASKS",
+    "TextCompareConfig",
+    "TextMethodConfig",
+    "run_text_compare",
     "build_method_model",
     "build_results",
     "format_table",

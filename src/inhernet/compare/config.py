@@ -90,7 +90,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return True
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def build_section(cls: type, data: Any, where: str) -> Any:
     """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     if data is None:
         data = {}
@@ -107,7 +107,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         tp = hints.get(k, Any)
         nested = _nested_type(tp)
         if nested is not None and isinstance(v, dict):
-            v = _build(nested, v, f"{where}.{k}")
+            v = build_section(nested, v, f"{where}.{k}")
         elif not _type_ok(v, tp):
             raise CompareConfigError(f"{where}.{k}={v!r} has the wrong type; expected {_type_name(tp)}.")
         kwargs[k] = v
@@ -133,12 +133,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _check(cond: bool, msg: str) -> None:
+def require(cond: bool, msg: str) -> None:
     if not cond:
         raise CompareConfigError(msg)
 
 
-def _validated(check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+def validated(check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """Run a check of :mod:`inhernet.train.validate` (the rules every entry point shares); its
     ``ConfigError`` is raised as a :class:`CompareConfigError` with the same message."""
     try:
@@ -162,10 +162,10 @@ class DataConfig:
     augment: str = "default"  # default | none | crop_flip | crop | flip
 
     def __post_init__(self) -> None:
-        _check(self.subset is None or self.subset > 0, f"data.subset={self.subset} must be > 0 (or null)")
-        _check(self.test_subset is None or self.test_subset > 0, f"data.test_subset={self.test_subset} must be > 0")
-        _check(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must lie in [0, 1)")
-        _check(self.augment in ("default", "none", "crop_flip", "crop", "flip"),
+        require(self.subset is None or self.subset > 0, f"data.subset={self.subset} must be > 0 (or null)")
+        require(self.test_subset is None or self.test_subset > 0, f"data.test_subset={self.test_subset} must be > 0")
+        require(0 <= self.val_fraction < 1, f"data.val_fraction={self.val_fraction} must lie in [0, 1)")
+        require(self.augment in ("default", "none", "crop_flip", "crop", "flip"),
                f"data.augment={self.augment!r}: use default, none, crop_flip, crop or flip")
 
 
@@ -190,12 +190,12 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         option = "teacher.{}".format
-        _validated(validate.check_count, "epochs", self.epochs, option=option, what="training epochs")
+        validated(validate.check_count, "epochs", self.epochs, option=option, what="training epochs")
         if self.lr is not None:
-            _validated(validate.check_learning_rate, "lr", self.lr, option=option)
+            validated(validate.check_learning_rate, "lr", self.lr, option=option)
         if self.batch_size is not None:
-            _validated(validate.check_batch_size, "batch_size", self.batch_size, option=option)
-        _check(self.subset in ("same", None) or (isinstance(self.subset, int) and not isinstance(self.subset, bool)
+            validated(validate.check_batch_size, "batch_size", self.batch_size, option=option)
+        require(self.subset in ("same", None) or (isinstance(self.subset, int) and not isinstance(self.subset, bool)
                                                   and self.subset > 0),
                f"teacher.subset={self.subset!r} must be 'same' (the methods' images), null (every training "
                "image) or a positive count")
@@ -221,7 +221,7 @@ class ScheduleConfig:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _validated(validate.check_training_options, epochs=self.epochs, batch_size=self.batch_size,
+        validated(validate.check_training_options, epochs=self.epochs, batch_size=self.batch_size,
                    eval_batch_size=self.eval_batch_size, lr=self.lr, momentum=self.momentum,
                    weight_decay=self.weight_decay, milestones=self.milestones, gamma=self.gamma,
                    option="schedule.{}".format)
@@ -248,17 +248,17 @@ class MethodConfig:
     label: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "every method needs a name")
+        require(bool(self.name), "every method needs a name")
         # the name is the run folder's name (out_dir/runs/<name>/): "..", "../x" or ".x" would escape or hide it
-        _validated(validate.check_folder_name, "method name", self.name)
+        validated(validate.check_folder_name, "method name", self.name)
         if self.kind not in METHOD_KINDS:
             hint = did_you_mean(self.kind, METHOD_KINDS)
             raise CompareConfigError(f"method {self.name!r}: kind={self.kind!r}{hint}; valid kinds: "
                                      f"{', '.join(METHOD_KINDS)}")
-        _check(self.kd in KD_CHOICES, f"method {self.name!r}: kd={self.kd!r}; use false, true, kd, dkd or lskd")
+        require(self.kd in KD_CHOICES, f"method {self.name!r}: kd={self.kd!r}; use false, true, kd, dkd or lskd")
         if self.kind != "inhernet":
-            _check(not self.inherit, f"method {self.name!r}: 'inherit' options only apply to kind: inhernet")
-            _check(self.kd is False, f"method {self.name!r}: 'kd' only applies to kind: inhernet "
+            require(not self.inherit, f"method {self.name!r}: 'inherit' options only apply to kind: inhernet")
+            require(self.kd is False, f"method {self.name!r}: 'kd' only applies to kind: inhernet "
                                      "(use kind student_kd / student_dkd for students)")
         self._validate_loss()
         if self.kind == "inhernet":
@@ -299,9 +299,9 @@ class MethodConfig:
         d = dict(self.inherit)
         images = d.pop("calibration_images", None)
         if images is not None:
-            _check(d.get("init") == "whitened", f"method {self.name!r}: inherit.calibration_images only applies "
+            require(d.get("init") == "whitened", f"method {self.name!r}: inherit.calibration_images only applies "
                                                 "to init: whitened")
-            _check(isinstance(images, int) and not isinstance(images, bool) and images > 0,
+            require(isinstance(images, int) and not isinstance(images, bool) and images > 0,
                    f"method {self.name!r}: inherit.calibration_images={images!r} must be a positive int")
         if d.get("budget") in ("student", "teacher"):
             d["budget"] = 1000  # placeholder: resolved against the models at run time
@@ -345,11 +345,11 @@ class TrainerConfig:
     data_on_device: Optional[bool] = None
 
     def __post_init__(self) -> None:
-        _check(self.strategy in STRATEGIES, f"trainer.strategy={self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        _check(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} must be >= 1")
+        require(self.strategy in STRATEGIES, f"trainer.strategy={self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        require(self.num_nodes >= 1, f"trainer.num_nodes={self.num_nodes} must be >= 1")
         option = "trainer.{}".format
-        _validated(validate.check_accelerator, "accelerator", self.accelerator, option=option, available=False)
-        _validated(validate.check_precision, "precision", self.precision, accelerator=self.accelerator, option=option)
+        validated(validate.check_accelerator, "accelerator", self.accelerator, option=option, available=False)
+        validated(validate.check_precision, "precision", self.precision, accelerator=self.accelerator, option=option)
 
 
 @dataclass
@@ -363,13 +363,14 @@ class LatencyConfig:
     threads: Optional[int] = 1
 
     def __post_init__(self) -> None:
-        _validated(validate.check_latency_options, rounds=self.rounds, iters=self.iters, batch_size=self.batch_size,
+        validated(validate.check_latency_options, rounds=self.rounds, iters=self.iters, batch_size=self.batch_size,
                    threads=self.threads, option="latency.{}".format)
 
 
 @dataclass
 class CompareConfig:
     name: str = "compare"
+    task: str = "image-classification"
     out_dir: str = "runs/compare"
     cache_dir: str = "cache"
     data: DataConfig = field(default_factory=DataConfig)
@@ -383,20 +384,22 @@ class CompareConfig:
     source: Optional[str] = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        require(self.task == "image-classification", f"task={self.task!r}: this schema is image-classification's; "
+                "the transformer tasks (sequence-classification, causal-lm) have their own (inhernet.compare.text_config)")
         methods = []
         for i, m in enumerate(self.methods):
             if isinstance(m, MethodConfig):
                 methods.append(m)
             else:
-                methods.append(_build(MethodConfig, m, f"methods[{i}]"))
+                methods.append(build_section(MethodConfig, m, f"methods[{i}]"))
         self.methods = methods
-        _check(bool(self.methods), "the config lists no methods")
+        require(bool(self.methods), "the config lists no methods")
         names = [m.name for m in self.methods]
         dup = sorted({n for n in names if names.count(n) > 1})
-        _check(not dup, f"method names must be unique; repeated: {', '.join(dup)}")
-        _check(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
+        require(not dup, f"method names must be unique; repeated: {', '.join(dup)}")
+        require(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
                f"seeds={self.seeds!r} must be a non-empty list of integers")
-        _check(len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds!r} repeats a seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds!r} repeats a seed")
         from inhernet.models import is_import_path, is_model, list_models, resolve_architecture
 
         for what, arch in (("teacher.arch", self.teacher.arch), ("student.arch", self.student.arch)):
@@ -417,11 +420,12 @@ class CompareConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> "CompareConfig":
-        return _build(cls, data, where)
+        return build_section(cls, data, where)
 
 
-def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> CompareConfig:
-    """Read and validate a YAML config. ``overrides``: ``{"out_dir": ..., "trainer": {...}}`` merged in."""
+def read_config_file(path: Union[str, Path], overrides: Optional[dict] = None) -> dict:
+    """The mapping a YAML config file holds, with ``overrides`` (``{"out_dir": ..., "trainer": {...}}``)
+    merged in: one level deep, so ``{"trainer": {"threads": 1}}`` keeps the file's other trainer keys."""
     import yaml
 
     p = Path(path)
@@ -438,6 +442,14 @@ def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> Com
             raw[k] = {**(raw.get(k) or {}), **v}
         else:
             raw[k] = v
+    return raw
+
+
+def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> CompareConfig:
+    """Read and validate an image-classification YAML config (:func:`inhernet.compare.load_config`
+    reads any task's). ``overrides``: merged in as :func:`read_config_file` says."""
+    p = Path(path)
+    raw = read_config_file(p, overrides)
     try:
         cfg = CompareConfig.from_dict(raw, where=p.name)
     except CompareConfigError as err:

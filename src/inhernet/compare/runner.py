@@ -29,7 +29,6 @@ time). Not used under multi-device strategies, whose processes run the same runs
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -44,7 +43,7 @@ from torch import nn
 from inhernet.errors import TrainingError
 from inhernet.train.fit import global_rank
 from inhernet.train.identity import file_digest
-from inhernet.utils import atomic_write, stable_hash
+from inhernet.utils import read_json, stable_hash, write_json
 
 from .config import CompareConfig, MethodConfig
 
@@ -60,16 +59,6 @@ class StaleRunError(CompareError):
     """Existing run folders were produced by a different config."""
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(obj, indent=2, default=str))
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _data_identity(cfg: CompareConfig) -> dict:
@@ -166,7 +155,7 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
 
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
-    done = _read_json(folder / "done.json")
+    done = read_json(folder / "done.json")
     model_dir = folder / "model"
     if done is not None and model_dir.is_dir():
         model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
@@ -176,7 +165,7 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
     sched = _teacher_schedule(cfg)
     if global_rank() == 0:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "teacher_config.json", {"key": key, "arch": t.arch, "data": _data_identity(cfg),
+        write_json(folder / "teacher_config.json", {"key": key, "arch": t.arch, "data": _data_identity(cfg),
                                                       "subset": t.subset, "seed": t.seed, "schedule": sched})
     log(f"teacher: training {t.arch} for {t.epochs} epochs -> {folder}")
     import lightning as L
@@ -200,7 +189,7 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
             "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics)}
     if res.extra.get("is_global_zero", True) and global_rank() == 0:
         save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)  # the cache's own
-        _write_json(folder / "done.json", info)
+        write_json(folder / "done.json", info)
     return model, {**info, "path": str(model_dir)}
 
 
@@ -296,7 +285,7 @@ def _stale(runs: list[dict]) -> list[dict]:
         d: Path = r["dir"]
         if not d.exists():
             continue
-        meta = _read_json(d / "run.json")
+        meta = read_json(d / "run.json")
         if meta is None:
             if any(d.iterdir()):
                 out.append(r)
@@ -322,18 +311,18 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
 
     m: MethodConfig = r["method"]
     seed, d = r["seed"], r["dir"]
-    done = _read_json(d / "done.json")
+    done = read_json(d / "done.json")
     tag = f"[{i}/{n}] {m.name} seed {seed}"
     if done is not None and done.get("key") == r["key"]:
         log(f"{tag}: done, skipped (test acc {100 * done['final'].get('test/acc', float('nan')):.2f}%)")
         return done
-    failed = _read_json(d / "failed.json")
+    failed = read_json(d / "failed.json")
     if failed is not None and failed.get("key") == r["key"]:
         log(f"{tag}: failed earlier ({failed['reason']}); skipped — --force retrains it")
         return failed
     rank0 = global_rank() == 0
     if rank0:
-        _write_json(d / "run.json", {"key": r["key"], **r["identity"]})
+        write_json(d / "run.json", {"key": r["key"], **r["identity"]})
     ck = d / "checkpoints" / "last.ckpt"
     log(f"{tag}: {'resuming' if ck.exists() else 'training'} ({m.kind}, loss {m.loss_kind})")
     model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels, data.train)
@@ -350,7 +339,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         out = {"key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "failed": True,
                "reason": err.reason, "message": str(err), "step": err.step, "epoch": err.epoch}
         if rank0:
-            _write_json(d / "failed.json", out)
+            write_json(d / "failed.json", out)
         log(f"{tag}: FAILED — {err}")
         return out
     if not (res.extra.get("is_global_zero", True) and rank0):
@@ -376,7 +365,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     save_model(model, d / "model", arch=meta["arch"], num_classes=data.num_classes, in_channels=data.in_channels,
                overwrite=True,  # this run's own folder (a resumed run re-saves its model)
                extra={"method": m.name, "seed": seed})
-    _write_json(d / "done.json", out)
+    write_json(d / "done.json", out)
     log(f"{tag}: test acc {100 * out['final'].get('test/acc', float('nan')):.2f}% "
         f"({out['params']:,} params, {out['train_time_s']:.0f} s)")
     return out
@@ -385,7 +374,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
 def _finished(r: dict) -> Optional[dict]:
     """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan, else None."""
     for name in ("done.json", "failed.json"):
-        res = _read_json(r["dir"] / name)
+        res = read_json(r["dir"] / name)
         if res is not None and res.get("key") == r["key"]:
             return res
     return None
@@ -459,7 +448,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         # the teacher's path relative to out_dir, so `inhernet report` works from any directory
         tinfo = {**tinfo, "path": os.path.relpath(Path(tinfo["path"]).resolve(), out.resolve())}
-        _write_json(out / "teacher.json", tinfo)
+        write_json(out / "teacher.json", tinfo)
 
     # 3. every method x seed (a diverged run is recorded as failed; the others go on); a run another
     #    process is training is left to it
@@ -520,7 +509,7 @@ def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Cal
         raise CompareError(f"{cpath} not found: {out} is not the out_dir of an `inhernet compare` run.")
     cfg = CompareConfig.from_dict(yaml.safe_load(cpath.read_text()), where=str(cpath))
     cfg.out_dir = str(out)
-    tinfo = _read_json(out / "teacher.json")
+    tinfo = read_json(out / "teacher.json")
     if not tinfo or "path" not in tinfo:
         raise CompareError(f"{out / 'teacher.json'} is missing or damaged; re-run `inhernet compare` on the config "
                            "to rebuild it (finished runs are reused).")
@@ -528,10 +517,10 @@ def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Cal
     teacher, _ = load_model(teacher_path(out, tinfo), expect_arch=cfg.teacher.arch)
     done = []
     for r in plan_runs(cfg, tinfo.get("key", teacher_key(cfg))):
-        d = _read_json(r["dir"] / "done.json") or _read_json(r["dir"] / "failed.json")
+        d = read_json(r["dir"] / "done.json") or read_json(r["dir"] / "failed.json")
         if d is not None:
             done.append(d)
-    previous = _read_json(out / "results.json") if not latency else None
+    previous = read_json(out / "results.json") if not latency else None
     results = build_results(cfg, data, teacher, tinfo, done, measure=latency, previous=previous)
     table = write_report(results, out)
     log(table)

@@ -1,12 +1,11 @@
 """Evaluating a causal LM folder on text: the ``inhernet evaluate FOLDER --text FILE`` /
-``--wikitext2`` path. :func:`load_causal_lm` reads an InherNet or a plain ``save_pretrained``
-folder with its tokenizer; :func:`evaluate_text` scores text files or WikiText-2 (test) by
+``--wikitext2`` path (:func:`inhernet.hf.folders.load_causal_lm` reads the folder):
+:func:`evaluate_text` scores text files or WikiText-2 (test) by
 token-weighted perplexity over non-overlapping windows of the model's context (at most 2,048), as
 the LLM-compression papers do, and never drops a non-finite window silently."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable
 
 import torch
@@ -15,31 +14,7 @@ from torch import nn
 from .lm import text_windows, windows_perplexity
 from .wikitext import wikitext2_windows
 
-__all__ = ["evaluate_text", "load_causal_lm"]
-
-
-def load_causal_lm(folder: str | os.PathLike) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)`` of a causal-LM folder: an InherNet saved by ``inhernet.save`` (or
-    ``inhernet.hf.inherit_checkpoint``), or a plain ``save_pretrained`` checkpoint; the tokenizer is
-    the folder's own. The model is in eval mode on the CPU."""
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..errors import ConfigError
-    from ..io import CONFIG_NAME, load
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"{folder} holds no config.json: give a Hugging Face model folder (save_pretrained, "
-                          "inhernet.save of a transformers model, or inhernet.hf.inherit_checkpoint).")
-    model = load(folder) if (folder / CONFIG_NAME).is_file() else AutoModelForCausalLM.from_pretrained(str(folder))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{folder} has no tokenizer files to cut the text into tokens ({err}); save the tokenizer "
-                          "beside the model (tokenizer.save_pretrained(folder)).") from err
-    return model.eval(), tokenizer
+__all__ = ["evaluate_text"]
 
 
 def evaluate_text(model: nn.Module, tokenizer: Any, texts: Iterable[str] | None = None, *, wikitext2: bool = False,

@@ -16,6 +16,8 @@ from typing import Sequence
 
 from torch import nn
 
+__all__ = ["block_list", "depth_prune", "evenly_spaced", "evenly_spaced_layers", "every_other_layer"]
+
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ``nn.ModuleList`` of transformer blocks: the list whose length is
@@ -57,3 +59,27 @@ def depth_prune(model: nn.Module, keep: Sequence[int]) -> nn.Module:
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [config.layer_types[i] for i in keep]
     return student
+
+
+def evenly_spaced(n_total: int, n_keep: int) -> list[int]:
+    """``n_keep`` indices of ``range(n_total)``, evenly spaced, the first and the last included.
+
+    >>> evenly_spaced(30, 24)[:5], evenly_spaced(6, 3), evenly_spaced(5, 1)
+    ([0, 1, 3, 4, 5], [0, 2, 5], [0])
+    """
+    if not 1 <= n_keep <= n_total:
+        raise ValueError(f"cannot keep {n_keep} of {n_total} blocks")
+    if n_keep == 1:
+        return [0]
+    return sorted({round(i * (n_total - 1) / (n_keep - 1)) for i in range(n_keep)})
+
+
+def evenly_spaced_layers(model: nn.Module, fraction: float) -> list[int]:
+    """The blocks a depth-pruned student keeps at ``fraction`` of the teacher's depth:
+    ``round(fraction × n)`` of them (at least one), evenly spaced, first and last kept — at
+    ``fraction=0.8`` 80 % of the block parameters, the budget convention of the LLM-compression
+    papers."""
+    n = len(block_list(model)[1])
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction} must lie in (0, 1]")
+    return evenly_spaced(n, max(1, round(fraction * n)))

@@ -12,10 +12,12 @@ text of each batch.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+
+__all__ = ["SentenceClassifier", "classification_scores", "logits_of", "pad_batches"]
 
 
 class SentenceClassifier(nn.Module):
@@ -48,3 +50,33 @@ def pad_batches(ids: Sequence[Sequence[int]], labels: Sequence[int], batch_size:
             x[row, :len(ids[i])] = torch.as_tensor(ids[i])
             mask[row, :len(ids[i])] = 1
         yield x, mask, torch.as_tensor([labels[i] for i in idx])
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model call: ``output.logits`` (a ``transformers`` model output) or the tensor itself."""
+    return output.logits if hasattr(output, "logits") else output
+
+
+@torch.inference_mode()
+def classification_scores(model: nn.Module, input_ids: Sequence[Sequence[int]], labels: Sequence[int], *,
+                          pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of a sequence classifier over tokenised examples (padded
+    batches with an attention mask; ``model(input_ids=, attention_mask=)`` returning logits or an
+    output with ``.logits``): ``{"acc", "loss", "examples"}``. The model's train/eval flag is
+    restored after the call."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    correct, total_loss, n = 0, 0.0, 0
+    for x, mask, y in pad_batches(input_ids, labels, batch_size, pad_id=pad_id):
+        logits = logits_of(model(input_ids=x.to(device), attention_mask=mask.to(device))).float().cpu()
+        correct += int((logits.argmax(-1) == y).sum())
+        total_loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("no example to score: the split is empty")
+    return {"acc": correct / n, "loss": total_loss / n, "examples": n}

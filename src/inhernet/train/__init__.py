@@ -27,6 +27,9 @@ from .store import (
 from .evaluate import evaluate, measure_latency
 from .guard import NonFiniteGuard, TrainingDivergedError
 from .heads import HeadDiagnostics
+from .text import StepRecorder, TextDataModule, TextTaskModule, lr_factor
+from ..hf.folders import load_text_model, save_text_model
+from .finetune import FinetuneResult, finetune
 
 __all__ = [
     "LOSS_KINDS",
@@ -34,29 +37,37 @@ __all__ = [
     "DistillLoss",
     "DistillLossModule",
     "DistillModule",
+    "FinetuneResult",
     "FitResult",
     "HeadDiagnostics",
     "JsonlMetrics",
     "ModelLoadError",
     "NonFiniteGuard",
+    "StepRecorder",
     "TensorDataModule",
     "TensorLoader",
+    "TextDataModule",
+    "TextTaskModule",
     "TrainingDivergedError",
     "ce_loss",
     "dkd_loss",
     "dkd_parts",
     "evaluate",
+    "finetune",
     "fit",
     "global_rank",
     "kd_kl",
     "kd_loss",
     "load_model",
+    "load_text_model",
+    "lr_factor",
     "lskd_loss",
     "make_loss",
     "measure_latency",
     "read_metrics",
     "resolve_augment",
     "save_model",
+    "save_text_model",
     "scaled_milestones",
     "standardize_logits",
 ]
