@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .targets import is_transformers_model
 
-__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "read_json", "write_json",
+__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "on_device", "read_json", "write_json",
            "sha256_file", "stable_hash", "state_dict_problems", "text_table", "tied_names"]
 
 
@@ -225,4 +225,20 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def on_device(module: nn.Module, device: torch.device, *, memory_format: Optional[torch.memory_format] = None
+              ) -> nn.Module:
+    """``module`` itself when its parameters are on ``device`` already, else a private copy moved
+    there (and put in ``memory_format``): a frozen teacher follows the training device without the
+    caller's object ever being moved."""
+    import copy
+
+    ref = next(iter(module.parameters()), None)
+    if ref is None or ref.device == torch.device(device):
+        return module
+    private = copy.deepcopy(module).to(device)
+    if memory_format is not None:
+        private.to(memory_format=memory_format)
+    return private
 

@@ -47,7 +47,7 @@ __all__ = [
     "StudentConfig",
     "TeacherConfig",
     "TrainerConfig",
-    "load_config",
+    "read_config_file",
     "stable_hash",
 ]
 
@@ -443,16 +443,3 @@ def read_config_file(path: Union[str, Path], overrides: Optional[dict] = None) -
         else:
             raw[k] = v
     return raw
-
-
-def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> CompareConfig:
-    """Read and validate an image-classification YAML config (:func:`inhernet.compare.load_config`
-    reads any task's). ``overrides``: merged in as :func:`read_config_file` says."""
-    p = Path(path)
-    raw = read_config_file(p, overrides)
-    try:
-        cfg = CompareConfig.from_dict(raw, where=p.name)
-    except CompareConfigError as err:
-        raise type(err)(f"{p}: {err}") from err
-    cfg.source = str(p)
-    return cfg

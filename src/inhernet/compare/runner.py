@@ -136,7 +136,7 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
 
     key = teacher_key(cfg)
     folder = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(t.arch)}-{key}"
-    if not _single_process(cfg):
+    if not single_process(cfg):
         return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
     lock = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(t.arch)}-{key}.lock"
     with file_lock(lock, wait=False) as taken:
@@ -259,7 +259,7 @@ def file_lock(path: Path, *, wait: bool) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _single_process(cfg: CompareConfig) -> bool:
+def single_process(cfg: CompareConfig) -> bool:
     """Whether each training run is one process (locks between processes make sense)."""
     devices = cfg.trainer.devices
     return cfg.trainer.num_nodes == 1 and (devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1))
@@ -279,7 +279,9 @@ def plan_runs(cfg: CompareConfig, tkey: str) -> list[dict]:
     return runs
 
 
-def _stale(runs: list[dict]) -> list[dict]:
+def stale_runs(runs: list[dict]) -> list[dict]:
+    """The planned runs whose folder holds something another config made (a different ``run.json``
+    key, or files without one)."""
     out = []
     for r in runs:
         d: Path = r["dir"]
@@ -293,6 +295,43 @@ def _stale(runs: list[dict]) -> list[dict]:
         if meta.get("key") != r["key"]:
             out.append(r)
     return out
+
+
+def refuse_stale(runs: list[dict], out: Path, force: bool) -> None:
+    """:class:`StaleRunError` when ``out`` holds runs of another config and ``force`` is off: a
+    folder is never overwritten silently."""
+    stale = stale_runs(runs)
+    if stale and not force:
+        names = ", ".join(sorted({f"{r['method'].name}/seed{r['seed']}" for r in stale}))
+        raise StaleRunError(
+            f"{out} already holds runs made with a different config ({names}). Nothing was changed. Re-run with "
+            "--force to retrain them (their old results are deleted), or set another out_dir.")
+
+
+def clear_runs(runs: list[dict]) -> None:
+    """Delete the planned runs' folders (``--force``)."""
+    for r in runs:
+        if r["dir"].exists():
+            shutil.rmtree(r["dir"])
+
+
+def run_all(runs: list[dict], out: Path, train: Callable[[dict, int], Any], *, locking: bool,
+            log: Callable[[str], None]) -> int:
+    """Call ``train(run, i)`` for every planned run; with ``locking`` each run is first claimed with a
+    lock file under ``out/locks/`` and one another process holds is skipped. Returns how many were
+    skipped that way (the report is then partial)."""
+    elsewhere = 0
+    for i, r in enumerate(runs, 1):
+        if not locking:
+            train(r, i)
+            continue
+        with file_lock(out / "locks" / f"{r['method'].name}-seed{r['seed']}.lock", wait=False) as taken:
+            if taken:
+                train(r, i)
+            else:
+                elsewhere += 1
+                log(f"[{i}/{len(runs)}] {r['method'].name} seed {r['seed']}: being trained by another process, skipped")
+    return elsewhere
 
 
 #: per-epoch diagnostics of gated InherNets recorded as curves in done.json (inhernet.train.heads)
@@ -371,7 +410,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     return out
 
 
-def _finished(r: dict) -> Optional[dict]:
+def finished_run(r: dict) -> Optional[dict]:
     """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan, else None."""
     for name in ("done.json", "failed.json"):
         res = read_json(r["dir"] / name)
@@ -428,12 +467,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
         teacher, tinfo = None, None
     tkey = teacher_key(cfg)
     runs = plan_runs(cfg, tkey)
-    stale = _stale(runs)
-    if stale and not force:
-        names = ", ".join(sorted({f"{r['method'].name}/seed{r['seed']}" for r in stale}))
-        raise StaleRunError(
-            f"{out} already holds runs made with a different config ({names}). Nothing was changed. Re-run with "
-            "--force to retrain them (their old results are deleted), or set another out_dir.")
+    refuse_stale(runs, out, force)
     # 2. the teacher (trained and cached if needed)
     if teacher is None:
         teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
@@ -442,9 +476,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         if force:
-            for r in runs:
-                if r["dir"].exists():
-                    shutil.rmtree(r["dir"])
+            clear_runs(runs)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         # the teacher's path relative to out_dir, so `inhernet report` works from any directory
         tinfo = {**tinfo, "path": os.path.relpath(Path(tinfo["path"]).resolve(), out.resolve())}
@@ -452,23 +484,12 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
 
     # 3. every method x seed (a diverged run is recorded as failed; the others go on); a run another
     #    process is training is left to it
-    locking = _single_process(cfg)
-    elsewhere = 0
-    for i, r in enumerate(runs, 1):
-        if not locking:
-            _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
-            continue
-        name = f"{r['method'].name}-seed{r['seed']}.lock"
-        with file_lock(out / "locks" / name, wait=False) as taken:
-            if taken:
-                _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
-            else:
-                elsewhere += 1
-                log(f"[{i}/{len(runs)}] {r['method'].name} seed {r['seed']}: being trained by another process, skipped")
+    elsewhere = run_all(runs, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(runs), log),
+                        locking=single_process(cfg), log=log)
     if not rank0:
         return None
     # what is finished now, by this process or another
-    results_per_run = [res for r in runs for res in [_finished(r)] if res is not None]
+    results_per_run = [res for r in runs for res in [finished_run(r)] if res is not None]
     failed = [f"{r['method']}/seed{r['seed']}: {r['reason']}" for r in results_per_run if r.get("failed")]
     if elsewhere:
         log(f"\n{elsewhere} run(s) were being trained by other processes; this report is partial — the last "

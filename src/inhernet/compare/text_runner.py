@@ -23,10 +23,10 @@ finetune: false``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +39,7 @@ from inhernet.errors import ConfigError
 from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
-from .runner import CompareError, StaleRunError, file_lock
+from .runner import CompareError, clear_runs, file_lock, finished_run, refuse_stale, run_all, single_process
 from .text_config import TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",
@@ -174,7 +174,9 @@ def load_text_teacher(cfg: TextCompareConfig, folder: Path, data: TextData, *, p
     if done is not None and (cache / "model").is_dir():
         log(f"teacher: reusing the fine-tuned {folder.name} from {cache}")
         return load_text_model(cache / "model", cfg.task)[0], {**done, "source": "cache"}
-    with file_lock(cache.with_suffix(".lock"), wait=True):
+    # one process fine-tunes the teacher while others wait (not under DDP: its processes train it together)
+    lock = file_lock(cache.with_suffix(".lock"), wait=True) if single_process(cfg) else contextlib.nullcontext()
+    with lock:
         done = read_json(cache / "done.json")
         if done is not None and (cache / "model").is_dir():
             return load_text_model(cache / "model", cfg.task)[0], {**done, "source": "cache"}
@@ -311,17 +313,6 @@ def plan_text_runs(cfg: TextCompareConfig, tkey: str) -> list[dict]:
     return runs
 
 
-def _stale(runs: list[dict]) -> list[dict]:
-    out = []
-    for r in runs:
-        d: Path = r["dir"]
-        if d.exists():
-            meta = read_json(d / "run.json")
-            if (meta is None and any(d.iterdir())) or (meta is not None and meta.get("key") != r["key"]):
-                out.append(r)
-    return out
-
-
 def _curve(metrics: list[dict]) -> dict:
     """Per-evaluation curves from a fine-tuning's metrics rows (those that hold an eval metric)."""
     keys = ("eval/ppl", "val/acc", "test/acc", "train/loss")
@@ -390,14 +381,6 @@ def _brief(scores: dict) -> str:
             v = scores[k]
             parts.append(f"{label} {100 * v:.2f}%" if k == "test_acc" else f"{label} {v:,.2f}")
     return ", ".join(parts) or "no score"
-
-
-def _finished(r: dict) -> Optional[dict]:
-    for name in ("done.json", "failed.json"):
-        res = read_json(r["dir"] / name)
-        if res is not None and res.get("key") == r["key"]:
-            return res
-    return None
 
 
 def measure_speed(cfg: TextCompareConfig, data: TextData, teacher: nn.Module, runs: list[dict]) -> dict:
@@ -470,11 +453,7 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
     log(f"data: {describe_data(cfg.task, data.info)}")
     tkey = stable_hash(_teacher_identity(cfg, folder))
     runs = plan_text_runs(cfg, tkey)
-    stale = _stale(runs)
-    if stale and not force:
-        names = ", ".join(sorted({f"{r['method'].name}/seed{r['seed']}" for r in stale}))
-        raise StaleRunError(f"{out} already holds runs made with a different config ({names}). Nothing was changed. "
-                            "Re-run with --force to retrain them (their old results are deleted), or set another out_dir.")
+    refuse_stale(runs, out, force)
     # 2. the teacher
     teacher, tinfo = load_text_teacher(cfg, folder, data, progress=progress, log=log)
     teacher.eval()
@@ -485,23 +464,15 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         if force:
-            for r in runs:
-                if r["dir"].exists():
-                    shutil.rmtree(r["dir"])
+            clear_runs(runs)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(out / "teacher.json", tinfo)
     # 3. every method x seed, claimed through lock files
-    elsewhere = 0
-    for i, r in enumerate(runs, 1):
-        with file_lock(out / "locks" / f"{r['method'].name}-seed{r['seed']}.lock", wait=False) as taken:
-            if taken:
-                _run_one(cfg, r, data, teacher, progress, i, len(runs), log)
-            else:
-                elsewhere += 1
-                log(f"[{i}/{len(runs)}] {r['method'].name} seed {r['seed']}: being trained by another process, skipped")
+    elsewhere = run_all(runs, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(runs), log),
+                        locking=single_process(cfg), log=log)
     if not rank0:
         return None
-    finished = [res for r in runs for res in [_finished(r)] if res is not None]
+    finished = [res for r in runs for res in [finished_run(r)] if res is not None]
     speed = {}
     if cfg.evaluation.speed and not elsewhere:
         log("speed: timing the teacher and one model per method side by side")
@@ -531,7 +502,7 @@ def rebuild_text_report(out_dir: str | os.PathLike, log: Callable[[str], None] =
     tinfo = read_json(out / "teacher.json")
     if not tinfo:
         raise CompareError(f"{out / 'teacher.json'} is missing or damaged; re-run `inhernet compare` on the config.")
-    finished = [res for r in plan_text_runs(cfg, tinfo["key"]) for res in [_finished(r)] if res is not None]
+    finished = [res for r in plan_text_runs(cfg, tinfo["key"]) for res in [finished_run(r)] if res is not None]
     previous = read_json(out / "results.json") or {}
     results = build_text_results(cfg, previous.get("data", {}), tinfo, finished, previous.get("speed", {}))
     table = write_text_report(results, out)

@@ -15,7 +15,6 @@ parameters, and every InherNet inherited after it trained with frozen BatchNorm 
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict
 from typing import Any, Optional, Sequence, Union
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..utils import eval_mode
+from ..utils import eval_mode, on_device
 from .guard import TrainingDivergedError
 from .losses import DistillLoss
 
@@ -132,13 +131,8 @@ class DistillModule(L.LightningModule):
         t = self.teacher
         if t is None:
             return
-        ref = next(iter(t.parameters()), None)
-        if ref is not None and ref.device != self.device:
-            # a private copy on the training device: the caller's teacher stays where it is
-            private = copy.deepcopy(t).to(self.device)
-            if self.channels_last:
-                private.to(memory_format=torch.channels_last)
-            self._teacher = (private,)
+        # a private copy on the training device: the caller's teacher stays where it is
+        self._teacher = (on_device(t, self.device, memory_format=torch.channels_last if self.channels_last else None),)
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         """A batch's images in the memory format the model was put in (a no-op unless channels_last)."""

@@ -34,7 +34,6 @@ those of the checkpointed steps.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -56,7 +55,7 @@ from ..hf.folders import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TASKS
 from ..errors import ConfigError
 from ..hf.lm import next_token_nll
 from ..hf.textdata import EncodedSplit
-from ..utils import atomic_write, eval_mode, stable_hash
+from ..utils import atomic_write, eval_mode, on_device, stable_hash
 from .fit import read_metrics
 from .guard import TrainingDivergedError
 from .losses import kd_kl
@@ -414,10 +413,7 @@ class TextTaskModule(L.LightningModule):
         t = self.teacher
         if t is None:
             return
-        ref = next(iter(t.parameters()), None)
-        if ref is not None and ref.device != self.device:
-            # a private copy on the training device: the caller's teacher stays where it is
-            self._teacher = (copy.deepcopy(t).to(self.device),)
+        self._teacher = (on_device(t, self.device),)  # a private copy there: the caller's teacher stays put
         if self.teacher_logits_mode == "cache":
             self._cache = self._teacher_cache()
             self._teacher = (t,)  # the private copy is not needed any more (device memory)
