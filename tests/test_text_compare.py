@@ -118,6 +118,12 @@ def test_causal_lm_comparison_end_to_end(tmp_path, capsys):
     assert ft != pytest.approx(by["teacher"]["before"]["held_out_ppl"]["mean"])
     table = (out / "results.md").read_text()
     assert "(n = 1)" in table and "±" in table and "block-linear" in table
+    # `inhernet report` rebuilds the table from the run folders, keeping the measured speed
+    from inhernet.compare import rebuild_report
+
+    again = rebuild_report(out)
+    assert [m.get("speed") for m in again["methods"]] == [m.get("speed") for m in res["methods"]]
+    assert "(n = 1)" in (out / "results.md").read_text()
     # a second run reuses every finished run
     capsys.readouterr()
     run_compare(load_config(path))

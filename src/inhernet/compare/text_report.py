@@ -65,11 +65,13 @@ def build_text_results(cfg: Any, data_info: dict, tinfo: dict, runs: list[dict],
             times = [r.get("train_time_s") for r in rs if r.get("train_time_s") is not None]
             e["train_time_s_mean"] = mean_std(times)[0] if times else None
             e["tokens_seen"] = rs[0].get("tokens_seen")
-            curve_key = "eval/ppl" if task == "causal-lm" else "test/acc"
-            curves = [r.get("curve", {}).get(curve_key) for r in rs]
-            curves = [c for c in curves if c]
+            # the evaluation curve during fine-tuning, starting at step 0 with the score before it
+            curve_key, start_key = ("eval/ppl", "held_out_ppl") if task == "causal-lm" else ("test/acc", "test_acc")
+            curves = [[r.get("before", {}).get(start_key), *r["curve"][curve_key]] for r in rs
+                      if r.get("curve", {}).get(curve_key)]
             if curves:
-                e["curve"] = {"step": rs[0]["curve"]["step"][:min(len(c) for c in curves)], **curve_stats(curves)}
+                steps = [0, *rs[0]["curve"]["step"]]
+                e["curve"] = {"step": steps[:min(len(c) for c in curves)], **curve_stats(curves)}
             if rs[0].get("layer_summary"):
                 e["layer_summary"] = rs[0]["layer_summary"]
         if m.name in speed or (m.kind == "teacher" and "teacher" in speed):
@@ -77,7 +79,7 @@ def build_text_results(cfg: Any, data_info: dict, tinfo: dict, runs: list[dict],
         methods.append(e)
     return {"name": cfg.name, "task": task, "config": cfg.to_dict(), "data": data_info, "main_score": main,
             "teacher": {**{k: v for k, v in tinfo.items() if k != "path"}, "speed": speed.get("teacher")},
-            "methods": methods, "failed_runs": [{"method": e["name"], **f} for e in methods for f in e["failed"]],
+            "speed": speed, "methods": methods, "failed_runs": [{"method": e["name"], **f} for e in methods for f in e["failed"]],
             "speed_settings": {"threads": cfg.evaluation.threads or torch.get_num_threads(), "torch": torch.__version__,
                                "cpu": platform.processor() or platform.machine(),
                                "tokens": cfg.evaluation.speed_tokens, "batch": cfg.evaluation.speed_batch,
@@ -100,7 +102,9 @@ def format_text_table(results: dict) -> str:
     """The Markdown table: scores before / after fine-tuning, sizes, speed, and the notes that say
     how every figure was made."""
     task = results["task"]
-    scores = SCORES[task]
+    # a score no model has (e.g. val accuracy without a validation split) gets no columns
+    scores = [sc for sc in SCORES[task] if results["teacher"].get("scores", {}).get(sc[0]) is not None
+              or any(sc[0] in e.get(phase, {}) for e in results["methods"] for phase in ("before", "after"))]
     head = ["method", "kind", "KD"]
     for _, title, _ in scores:
         head += [f"{title} before", f"{title} after FT"]
@@ -196,19 +200,19 @@ def plot_text_results(results: dict, out_dir: Path) -> list[Path]:
     title = dict((k, t) for k, t, _ in SCORES[task])[key]
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for e in results["methods"]:
+    for i, e in enumerate(results["methods"]):
         if not e.get("params"):
             continue
-        for phase, marker, fill in (("before", "o", "none"), ("after", "o", None)):
+        for phase, fill in (("before", "none"), ("after", None)):  # open: before fine-tuning; filled: after
             st = e.get(phase, {}).get(key)
             if st:
-                ax.errorbar(e["params"] / 1e6, scale * st["mean"], yerr=scale * st["std"], fmt=marker,
-                            mfc=fill, capsize=3, label=f"{e['label']} ({phase})")
+                ax.errorbar(e["params"] / 1e6, scale * st["mean"], yerr=scale * st["std"], fmt="o", color=f"C{i % 10}",
+                            mfc=fill, capsize=3, label=e["label"] if phase == "after" or not e.get("after") else None)
     tv = results["teacher"].get("scores", {}).get(key)
     if tv is not None:
         ax.axhline(scale * tv, color="k", ls="--", lw=1, label="teacher")
     ax.set_xlabel("parameters (M)")
-    ax.set_ylabel(title)
+    ax.set_ylabel(f"{title} (open: before fine-tuning, filled: after)")
     if task == "causal-lm":
         ax.set_yscale("log")
     ax.legend(fontsize=6, ncol=2)
@@ -221,7 +225,7 @@ def plot_text_results(results: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for e in curves:
             c = e["curve"]
-            ax.plot(c["step"], [scale * v for v in c["mean"]], label=e["label"])
+            ax.plot(c["step"], [scale * v for v in c["mean"]], marker="o", ms=3, label=e["label"])
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("held-out ppl" if task == "causal-lm" else "test acc %")
         if task == "causal-lm":

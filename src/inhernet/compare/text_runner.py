@@ -172,7 +172,7 @@ def load_text_teacher(cfg: TextCompareConfig, folder: Path, data: TextData, *, p
     cache = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(Path(cfg.teacher.model).name)}-{key}"
     done = read_json(cache / "done.json")
     if done is not None and (cache / "model").is_dir():
-        log(f"teacher: reusing the fine-tuned {folder.name} from {cache}")
+        log(f"teacher: reusing the fine-tuned {cfg.teacher.model} from {cache}")
         return load_text_model(cache / "model", cfg.task)[0], {**done, "source": "cache"}
     # one process fine-tunes the teacher while others wait (not under DDP: its processes train it together)
     lock = file_lock(cache.with_suffix(".lock"), wait=True) if single_process(cfg) else contextlib.nullcontext()
@@ -473,8 +473,11 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
     if not rank0:
         return None
     finished = [res for r in runs for res in [finished_run(r)] if res is not None]
+    if elsewhere and len(finished) < len(runs):
+        log(f"\n{elsewhere} run(s) were being trained by other processes; this report is partial — the last "
+            f"process to finish writes the complete one (or run `inhernet report {out}`).")
     speed = {}
-    if cfg.evaluation.speed and not elsewhere:
+    if cfg.evaluation.speed and len(finished) == len(runs):  # every run done (here or by another process)
         log("speed: timing the teacher and one model per method side by side")
         speed = measure_speed(cfg, data, teacher, runs)
     results = build_text_results(cfg, data.info, tinfo, finished, speed, wall_time_s=time.perf_counter() - t_start)
