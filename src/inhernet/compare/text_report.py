@@ -140,7 +140,8 @@ def format_text_table(results: dict) -> str:
     sp = results.get("speed_settings", {})
     notes = ["", f"Task {task}; teacher {cfg['teacher']['model']}; data: {describe_data(task, d)}."]
     notes.append(f"Fine-tuning (every method the same): {s['max_steps']} AdamW steps of {s['batch_size']} × "
-                 f"{s['grad_accum']} sequences, lr {s['lr']}, {s['schedule']} schedule, warm-up {s['warmup']}, weight "
+                 f"{s['grad_accum']} sequences" + (f" of {cfg['data']['seq_len']} tokens" if task == "causal-lm" else "")
+                 + f", lr {s['lr']}, {s['schedule']} schedule, warm-up {s['warmup']}, weight "
                  f"decay {s['weight_decay']}; seeds {cfg['seeds']}; KD: (1 − a)·task + a·T²·KL(teacher ‖ student), "
                  "a in the KD column. Scores are the final ones (after the last step), mean ± sample std over seeds.")
     if task == "causal-lm":

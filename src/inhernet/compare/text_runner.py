@@ -507,7 +507,10 @@ def rebuild_text_report(out_dir: str | os.PathLike, log: Callable[[str], None] =
         raise CompareError(f"{out / 'teacher.json'} is missing or damaged; re-run `inhernet compare` on the config.")
     finished = [res for r in plan_text_runs(cfg, tinfo["key"]) for res in [finished_run(r)] if res is not None]
     previous = read_json(out / "results.json") or {}
-    results = build_text_results(cfg, previous.get("data", {}), tinfo, finished, previous.get("speed", {}))
+    speed = previous.get("speed") or {  # (results.json written before it kept "speed": the rows' own)
+        **{m["name"]: m["speed"] for m in previous.get("methods", []) if m.get("speed")},
+        **({"teacher": previous["teacher"]["speed"]} if previous.get("teacher", {}).get("speed") else {})}
+    results = build_text_results(cfg, previous.get("data", {}), tinfo, finished, speed)
     table = write_text_report(results, out)
     log(table)
     return results
