@@ -113,6 +113,11 @@ def test_causal_lm_comparison_end_to_end(tmp_path, capsys):
     svd = inhernet.load(out / "runs" / "svd_llm_50" / "seed0" / "model")
     assert svd.inhernet_plan.config["heads"] == 1 and svd.inhernet_plan.config["gate"] == "none"
     assert block_linear_parameters(svd) == by["svd_llm_50"]["block_linear_params"] <= teacher_blp // 2
+    # the score after fine-tuning is fine-tuning's own last evaluation (same split), not a second pass
+    last = [json.loads(line) for line in (out / "runs" / "inhernet_50" / "seed0" / "metrics.jsonl").read_text().splitlines()
+            if "eval/ppl" in line][-1]
+    done = json.loads((out / "runs" / "inhernet_50" / "seed0" / "done.json").read_text())
+    assert done["after"]["held_out_ppl"] == last["eval/ppl"]
     # fine-tuning changed the teacher copy, never the teacher
     ft = by["teacher_ft"]["after"]["held_out_ppl"]["mean"]
     assert ft != pytest.approx(by["teacher"]["before"]["held_out_ppl"]["mean"])

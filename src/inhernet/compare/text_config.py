@@ -48,7 +48,7 @@ from typing import Any, Optional, Union
 
 from inhernet.hf.folders import TASKS as TEXT_TASKS
 
-from .config import CompareConfigError, TrainerConfig, build_section, require
+from .config import CompareConfigError, TrainerConfig, build_section, require, validated
 
 __all__ = ["TEXT_METHOD_KINDS", "TEXT_TASKS", "TextCompareConfig", "TextDataConfig", "TextEvaluationConfig",
            "TextMethodConfig", "TextScheduleConfig", "TextTeacherConfig", "PACKAGED_MODELS"]
@@ -196,10 +196,7 @@ class TextMethodConfig:
         from inhernet.utils import did_you_mean
 
         require(bool(self.name), "every method needs a name")
-        try:
-            validate.check_folder_name("method name", self.name)
-        except Exception as err:  # noqa: BLE001 - a ConfigError; re-raised as this schema's error
-            raise CompareConfigError(str(err)) from err
+        validated(validate.check_folder_name, "method name", self.name)
         if self.kind not in TEXT_METHOD_KINDS:
             raise CompareConfigError(f"method {self.name!r}: kind={self.kind!r}{did_you_mean(self.kind, TEXT_METHOD_KINDS)}; "
                                      f"valid kinds: {', '.join(TEXT_METHOD_KINDS)}")

@@ -40,7 +40,7 @@ from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
 from .runner import CompareError, clear_runs, file_lock, finished_run, refuse_stale, run_all, single_process
-from .text_config import TextCompareConfig, TextMethodConfig
+from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",
            "load_text_teacher", "resolve_model_folder", "run_text_compare"]
@@ -76,7 +76,7 @@ def resolve_model_folder(name: str, cache_dir: str | os.PathLike) -> Path:
         return gguf_folder(gguf, Path(cache_dir) / "hf")
     folder = Path(name)
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"teacher.model={name!r} is neither a packaged model ({', '.join(('minilm', 'smollm2'))}), "
+        raise ConfigError(f"teacher.model={name!r} is neither a packaged model ({', '.join(PACKAGED_MODELS)}), "
                           "a .gguf file nor a folder with config.json (a Hugging Face save_pretrained folder)")
     return folder
 
@@ -86,14 +86,13 @@ class TextData:
     :class:`~inhernet.hf.textdata.EncodedSplit` for classification; ``.train`` / ``.held_out``
     blocks for causal LM), the WikiText-2 windows (causal LM, when evaluated) and a description."""
 
-    def __init__(self, task: str, tokenizer: Any, splits: Any, windows: Optional[torch.Tensor], info: dict,
-                 labels: Optional[list] = None) -> None:
+    def __init__(self, task: str, tokenizer: Any, splits: Any, windows: Optional[torch.Tensor], info: dict) -> None:
         self.task, self.tokenizer, self.splits, self.windows, self.info = task, tokenizer, splits, windows, info
-        self.labels = labels
 
     @property
     def num_labels(self) -> Optional[int]:
-        return len(self.labels) if self.labels is not None else None
+        """Classification: the number of labels (the splits carry them); None for a causal LM."""
+        return getattr(self.splits, "num_labels", None)
 
 
 def load_text_data(cfg: TextCompareConfig, folder: Path) -> TextData:
@@ -115,7 +114,7 @@ def load_text_data(cfg: TextCompareConfig, folder: Path) -> TextData:
         splits = SimpleNamespace(**enc, num_labels=cd.num_labels, labels=cd.labels)
         info = {"name": cd.name, "train": len(cd.train), "val": len(cd.val), "test": len(cd.test),
                 "labels": cd.num_labels, "max_length": d.max_length, "meta": cd.meta}
-        return TextData(cfg.task, tok, splits, None, info, labels=list(cd.labels))
+        return TextData(cfg.task, tok, splits, None, info)
     lm = textdata.load_lm_data(tok, d.sources, seq_len=d.seq_len, held_out_fraction=d.held_out_fraction, seed=d.seed,
                                max_train_blocks=d.max_train_blocks, max_held_out_blocks=d.max_held_out_blocks,
                                separator=d.separator, text_field=d.text_field)
@@ -190,7 +189,7 @@ def load_text_teacher(cfg: TextCompareConfig, folder: Path, data: TextData, *, p
                        tokenizer=data.tokenizer, run_name="teacher", **kw)
         model = res.model.eval()
         info = {"source": "trained", "folder": str(folder), "key": key, "steps": steps,
-                "params": inhernet.count_parameters(model), "scores": evaluate_text_model(model, cfg, data),
+                "params": inhernet.count_parameters(model), "scores": evaluate_text_model(model, cfg, data, known=res.final),
                 "train_time_s": res.train_time_s}
         if global_rank() == 0:
             write_json(cache / "done.json", info)
@@ -260,10 +259,22 @@ def build_text_method(method: TextMethodConfig, seed: int, cfg: TextCompareConfi
     return model, meta
 
 
-def evaluate_text_model(model: nn.Module, cfg: TextCompareConfig, data: TextData) -> dict:
+#: fine-tuning's final evaluation (inhernet.train.finetune) -> the runner's score names: the same
+#: splits, so a score fine-tuning has just computed is not computed again
+FINETUNE_SCORES = {"eval/ppl": "held_out_ppl", "eval/tokens": "held_out_tokens", "val/acc": "val_acc",
+                   "val/loss": "val_loss", "test/acc": "test_acc", "test/loss": "test_loss"}
+
+
+def evaluate_text_model(model: nn.Module, cfg: TextCompareConfig, data: TextData, known: Optional[dict] = None) -> dict:
     """The task's scores: ``val_acc`` / ``test_acc`` (+ losses) for classification; held-out
-    ``held_out_ppl`` and WikiText-2 ``wikitext2_ppl`` (token-weighted) for a causal LM."""
+    ``held_out_ppl`` and WikiText-2 ``wikitext2_ppl`` (token-weighted) for a causal LM. ``known``:
+    a fine-tuning's ``final`` metrics; the scores it holds are taken from it (WikiText-2 is always
+    computed here)."""
+    reused = {FINETUNE_SCORES[k]: v for k, v in (known or {}).items() if k in FINETUNE_SCORES}
     if cfg.task == "sequence-classification":
+        splits = [n for n in ("val", "test") if len(getattr(data.splits, n))]
+        if all(f"{n}_acc" in reused for n in splits):
+            return {f"{n}_{m}": reused[f"{n}_{m}"] for n in splits for m in ("acc", "loss") if f"{n}_{m}" in reused}
         from inhernet.hf.sentence import classification_scores
 
         out = {}
@@ -278,7 +289,9 @@ def evaluate_text_model(model: nn.Module, cfg: TextCompareConfig, data: TextData
     from inhernet.hf.lm import perplexity, windows_perplexity
 
     out = {}
-    if len(data.splits.held_out):
+    if "held_out_ppl" in reused:
+        out["held_out_ppl"], out["held_out_tokens"] = reused["held_out_ppl"], reused.get("held_out_tokens")
+    elif len(data.splits.held_out):
         r = perplexity(model, data.splits.held_out, batch_size=cfg.schedule.eval_batch_size)
         out["held_out_ppl"], out["held_out_tokens"] = r["ppl"], r["tokens"]
     if data.windows is not None:
@@ -362,7 +375,7 @@ def _run_one(cfg: TextCompareConfig, r: dict, data: TextData, teacher: nn.Module
         if not rank0:
             return None
         model = res.model.eval()
-        out.update(after=evaluate_text_model(model, cfg, data), tokens_seen=res.tokens_seen,
+        out.update(after=evaluate_text_model(model, cfg, data, known=res.final), tokens_seen=res.tokens_seen,
                    train_time_s=res.train_time_s, curve=_curve(res.metrics))
         log(f"{tag}: {_brief(out['after'])} after fine-tuning ({res.train_time_s:.0f} s)")
     elif rank0:
