@@ -192,7 +192,8 @@ def test_forced_pairs_are_exact(monkeypatch, winner, module, attr):
     monkeypatch.setattr(optimize, "time_candidates", fake)
     for memory_format in ("contiguous", "channels_last"):
         model = _resnet(heads=3, structure="symmetric", gate="none")
-        opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format=memory_format)
+        # min_saving=None: at inner width H·r = 24 some pairs keep > 80 % of the dense parameters
+        opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format=memory_format, min_saving=None)
         pairs = [m for m in opt.modules() if isinstance(m, module)]
         assert len(pairs) == len(_inherited_names(model)) and all(getattr(m, attr[0]) == attr[1] for m in pairs)
         assert pairs[0].down.out_channels == 3 * 8  # a symmetric layer folds to inner width H·r
@@ -320,3 +321,264 @@ def test_cli_export_reports_the_optimisation(tmp_path, capsys):
     assert main(["export", str(tmp_path / "model"), "--input-shape", "1", "16", "16", "--out", str(tmp_path / "n.onnx"),
                  "--no-optimize"]) == 0
     assert "optimised for inference" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# linear layers: gated kernels, identical heads, min_saving, shared inputs (issue 13)
+
+
+from inhernet.optimize import (GatedLinear, InOutLinear, SharedInputProduct,  # noqa: E402
+                               SharedInputProjection)
+
+
+def _gated_mlp(bias=True, structure="asymmetric"):
+    teacher = nn.Sequential(nn.Linear(32, 96, bias=bias), nn.GELU(), nn.Linear(96, 96, bias=bias), nn.GELU(),
+                            nn.Linear(96, 10, bias=bias))
+    return _randomise(inhernet.inherit(teacher, rank=8, heads=3, structure=structure, min_saving=None,
+                                       progress=False))
+
+
+@pytest.mark.parametrize("structure", ["asymmetric", "symmetric"])
+@pytest.mark.parametrize("mixing", ["shared", "per-token"])
+@pytest.mark.parametrize("layout", ["out×in", "in×out"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_linear_computes_the_inherited_layer(structure, mixing, layout, bias):
+    layer = _gated_mlp(bias=bias, structure=structure)[2].eval()
+    if mixing == "per-token" and structure == "symmetric":
+        with pytest.raises(ConfigError, match="shared down"):
+            GatedLinear.from_layer(layer, mixing, layout)
+        return
+    fast = GatedLinear.from_layer(layer, mixing, layout)
+    # down rows and gate logit rows in one matrix, stored as the product reads it: no copy per call
+    rows = layer.down.shape[0] + layer.heads
+    assert fast.first_product()[0].shape == (rows, 96) and fast.first_weight.is_contiguous()
+    with torch.no_grad():
+        for shape in [(5, 96), (2, 7, 96), (1, 1, 96)]:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(fast(x), layer(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_inherlinear_no_grad_heads_loop_matches_the_concatenated_product(rows):
+    """Few rows without autograd: the heads are accumulated one by one (no copy of ``up``)."""
+    layer = _gated_mlp()[2].eval()
+    x = torch.randn(rows, 96)
+    with torch.enable_grad():
+        reference = layer(x)  # autograd: the concatenated product
+    assert reference.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference.detach(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("winner", ["gated kept", "gated shared-weight", "gated shared-weight (in×out)",
+                                    "gated per-token", "gated per-token (in×out)"])
+def test_each_gated_linear_kernel_is_exact_and_reported(monkeypatch, winner):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer(winner))
+    model = _gated_mlp()
+    opt = optimize_for_inference(model, torch.randn(2, 7, 32), fuse_shared_inputs=False)
+    report = opt.inhernet_optimized
+    inherited = [d for d in report.layers if d.kind == "InherLinear"]
+    assert {d.chosen for d in inherited} == {winner}
+    assert {d.became for d in inherited} == {winner.removesuffix(" (in×out)")}
+    assert all("dense (reference)" in d.times_ms and 0 < d.param_fraction < 1 for d in inherited)
+    _assert_same(opt, model, torch.randn(3, 5, 32))
+
+
+def test_identical_heads_fold_exactly():
+    """SVD-initialised heads are copies: the gate cannot matter, the layer folds to a pair."""
+    teacher = nn.Sequential(nn.Linear(32, 96), nn.GELU(), nn.Linear(96, 96), nn.GELU(), nn.Linear(96, 10))
+    for structure in ("asymmetric", "symmetric"):
+        model = inhernet.inherit(teacher, rank=8, heads=3, structure=structure, min_saving=None, progress=False)
+        opt = optimize_for_inference(model, torch.randn(4, 32), rounds=1, min_saving=None)
+        report = opt.inhernet_optimized
+        assert set(report.counts()) <= {"folded pair", "dense"} and not report.approximate
+        assert all("heads identical" in d.note for d in report.layers if d.kind == "InherLinear")
+        pairs = [m for m in opt.modules() if isinstance(m, nn.Sequential) and m is not opt]
+        assert all(p[0].weight.shape[0] == 8 for p in pairs)  # one head's width, also for a symmetric layer
+        _assert_same(opt, model, torch.randn(6, 32))
+
+
+def test_min_saving_makes_large_pairs_dense_and_notes_large_gated_layers(monkeypatch):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer("folded pair"))  # timing alone would keep pairs
+    teacher = nn.Sequential(nn.Linear(32, 40), nn.GELU(), nn.Linear(40, 12), nn.GELU(), nn.Linear(12, 4))
+    # rank 10 keeps (10·(32 + 40) + 40) / (32·40 + 40) = 58 % of layer 0, (10·52 + 12) / (40·12 + 12) = 108 % of
+    # layer 2 (layer 4 is the classifier: not inherited)
+    model = inhernet.inherit(teacher, rank=10, heads=1, min_saving=None, dense_at_full_rank=False, progress=False)
+    x = torch.randn(4, 32)
+    became = {d.name: d for d in optimize_for_inference(model, x).inhernet_optimized.layers}
+    assert became["0"].became == "folded pair" and became["2"].became == "dense"
+    assert "min_saving" in became["2"].note and became["2"].param_fraction == pytest.approx(532 / 492)
+    strict = optimize_for_inference(model, x, min_saving=0.5).inhernet_optimized
+    assert {d.name: d.became for d in strict.layers if d.kind == "InherLinear"} == {"0": "dense", "2": "dense"}
+    loose = optimize_for_inference(model, x, min_saving=None).inhernet_optimized
+    assert {d.became for d in loose.layers if d.kind == "InherLinear"} == {"folded pair"}
+    _assert_same(optimize_for_inference(model, x, min_saving=0.5), model, x)
+    # a gated layer that keeps too much cannot become dense exactly: it stays, and the report says so
+    gated = _randomise(inhernet.inherit(teacher, rank=10, heads=3, min_saving=None, dense_at_full_rank=False,
+                                        progress=False))
+    layers = optimize_for_inference(gated, x).inhernet_optimized.layers
+    big = next(d for d in layers if d.name == "2")
+    assert big.became.startswith("gated") and "cannot become one dense layer" in big.note
+    with pytest.raises(ConfigError, match="min_saving"):
+        optimize_for_inference(model, x, min_saving=1.0)
+
+
+def test_a_dense_linear_is_relaid_only_when_faster_and_never_a_tied_one(monkeypatch):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer("dense (in×out)"))
+    model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 24))
+    model[4].weight = model[0].weight  # tied: stays an nn.Linear
+    opt = optimize_for_inference(model, torch.randn(3, 16), fuse_shared_inputs=False)
+    assert isinstance(opt[2], InOutLinear) and type(opt[0]) is nn.Linear and opt[0].weight is opt[4].weight
+    assert opt[2].weight.shape == (16, 24)  # the (out, in) view for code that reads it
+    _assert_same(opt, model, torch.randn(5, 16))
+    monkeypatch.setattr(optimize, "time_candidates", _prefer("dense"))
+    assert type(optimize_for_inference(model, torch.randn(3, 16))[2]) is nn.Linear
+
+
+def _qkv_model(heads=2, diversify=True):
+    """Three projections reading one input (like q/k/v), the first gated, one dense (kept so by
+    ``target_modules``), then one more layer."""
+
+    class QKV(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = nn.Linear(32, 48), nn.Linear(32, 16), nn.Linear(32, 48), nn.Linear(48, 8)
+
+        def forward(self, x):
+            return self.o(torch.tanh(self.q(x)) * self.v(x)) + self.k(x)[..., :8]
+
+    model = inhernet.inherit(QKV(), rank=6, heads=heads, target_modules=["q", "v", "o"], min_saving=None,
+                             progress=False)
+    return _randomise(model) if diversify else model
+
+
+@pytest.mark.parametrize("winner", ["fused", "fused (in×out)"])
+@pytest.mark.parametrize("kernel", ["gated shared-weight", "gated per-token (in×out)", "folded pair"])
+def test_projections_sharing_an_input_fuse_when_faster(monkeypatch, winner, kernel):
+    def fake(candidates, x, **kw):
+        prefer = winner if "separate" in candidates else kernel
+        return {k: (1.0 if k == prefer else 2.0) for k in candidates}
+    monkeypatch.setattr(optimize, "time_candidates", fake)
+    model = _qkv_model(diversify=kernel != "folded pair")
+    opt = optimize_for_inference(model, torch.randn(2, 5, 32))
+    report = opt.inhernet_optimized
+    assert [(g.names, g.fused, g.chosen) for g in report.shared_inputs] == [(["q", "k", "v"], True, winner)]
+    assert all(isinstance(getattr(opt, n), SharedInputProjection) for n in "qkv") and opt.q.shared is opt.k.shared
+    assert opt.k.weight.shape == (16, 32)  # a dense member's rows of the shared weight
+    assert "fused with k, v" in next(d.note for d in report.layers if d.name == "q")
+    assert "1 fused" in report.summary()
+    for shape in [(3, 4, 32), (1, 1, 32), (7, 32)]:
+        _assert_same(opt, model, torch.randn(*shape))
+
+
+def test_projections_sharing_an_input_stay_separate_when_not_faster(monkeypatch):
+    def fake(candidates, x, **kw):
+        return {k: (1.0 if k in ("separate", "gated shared-weight") else 2.0) for k in candidates}
+    monkeypatch.setattr(optimize, "time_candidates", fake)
+    model = _qkv_model()
+    opt = optimize_for_inference(model, torch.randn(2, 5, 32))
+    group = opt.inhernet_optimized.shared_inputs[0]
+    assert not group.fused and group.chosen is None and set(group.times_ms) == {"separate", "fused", "fused (in×out)"}
+    assert not any(isinstance(m, SharedInputProjection) for m in opt.modules())
+    assert "fusing was not faster" in next(d.note for d in opt.inhernet_optimized.layers if d.name == "k")
+    # and without fusion asked for, the groups are not even timed
+    assert optimize_for_inference(model, torch.randn(2, 5, 32), fuse_shared_inputs=False).inhernet_optimized.shared_inputs == []
+
+
+def test_shared_input_product_recomputes_for_every_new_input():
+    w = [torch.randn(4, 6), torch.randn(3, 6)]
+    b = [torch.randn(4), None]
+    for layout in ("out×in", "in×out"):
+        shared = SharedInputProduct(w, b, layout)
+        first, second = SharedInputProjection(shared, 0, None), SharedInputProjection(shared, 1, None)
+
+        def expect(x):
+            return x @ w[0].T + b[0], x @ w[1].T
+
+        x = torch.randn(2, 6)
+        torch.testing.assert_close((first(x), second(x)), expect(x))
+        assert shared._kept is None  # dropped once every member has read it
+        y = torch.randn(2, 6)
+        first(x)
+        torch.testing.assert_close(first(y), expect(y)[0])  # another input: recomputed
+        torch.testing.assert_close(second(x), expect(x)[1])  # the first input again: recomputed
+        first(x)
+        x.mul_(2)  # the same tensor object changed in place: its version changed
+        torch.testing.assert_close(second(x), expect(x)[1])
+        first(x)
+        torch.testing.assert_close(first(x), expect(x)[0])  # a member asking twice: a new call
+        with torch.inference_mode():
+            z = torch.randn(2, 6)
+            torch.testing.assert_close((first(z), second(z)), expect(z))
+
+
+def _tiny_llama(**inherit):
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    teacher = tf.LlamaForCausalLM(cfg).eval()
+    return teacher, inhernet.inherit(teacher, rank=6, heads=2, min_saving=None, progress=False, **inherit).eval()
+
+
+@pytest.mark.parametrize("kernel", ["gated shared-weight (in×out)", "gated per-token"])
+def test_optimised_tiny_llama_generates_what_the_original_does(monkeypatch, kernel):
+    def fake(candidates, x, **kw):
+        prefer = "fused (in×out)" if "separate" in candidates else kernel
+        return {k: (1.0 if k == prefer else 2.0) for k in candidates}
+    monkeypatch.setattr(optimize, "time_candidates", fake)
+    _, model = _tiny_llama(head_init="perturbed")  # heads differ: the gate runs
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
+    opt = optimize_for_inference(model, {"input_ids": ids[:, :1]})
+    report = opt.inhernet_optimized
+    assert {d.chosen for d in report.layers if d.kind == "InherLinear"} == {kernel}
+    assert sorted(len(g.names) for g in report.shared_inputs if g.fused) == [2, 2, 3, 3]  # q/k/v, gate/up per block
+    with torch.no_grad():
+        torch.testing.assert_close(opt(input_ids=ids).logits, model(input_ids=ids).logits, rtol=RTOL, atol=ATOL)
+        out = opt.generate(ids, do_sample=False, max_new_tokens=8)
+        assert torch.equal(out, model.generate(ids, do_sample=False, max_new_tokens=8))
+
+
+def test_an_untrained_tiny_llama_folds_every_layer():
+    teacher, model = _tiny_llama()  # head_init="copies": identical heads
+    ids = torch.randint(0, 64, (1, 6))
+    opt = optimize_for_inference(model, {"input_ids": ids}, rounds=1)
+    assert set(opt.inhernet_optimized.counts()) <= {"folded pair", "dense"}
+    assert not any(isinstance(m, (inhernet.InherLinear, GatedLinear)) for m in opt.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(opt(input_ids=ids).logits, model(input_ids=ids).logits, rtol=RTOL, atol=ATOL)
+
+
+def test_time_candidates_clocks_and_statistics():
+    fns = {"a": lambda x: None}
+    for clock in optimize.CLOCKS:
+        for statistic in ("median", "min"):
+            assert set(optimize.time_candidates(fns, None, rounds=2, clock=clock, statistic=statistic)) == {"a"}
+    with pytest.raises(ConfigError, match="clock"):
+        optimize.time_candidates(fns, None, clock="tsc")
+    with pytest.raises(ConfigError, match="statistic"):
+        optimize.time_candidates(fns, None, statistic="mean")
+    assert optimize.default_clock("cpu") in ("cpu", "wall") and optimize.default_clock("meta") == "wall"
+
+
+@pytest.mark.parametrize("plain_faster", [True, False])
+def test_the_whole_model_check_keeps_the_faster_variant(monkeypatch, plain_faster):
+    def fake(candidates, x, **kw):
+        if optimize.PER_LAYER in candidates:  # the whole-model check
+            return {optimize.PER_LAYER: 2.0 if plain_faster else 1.0, optimize.PLAIN: 1.0 if plain_faster else 2.0}
+        prefer = "fused (in×out)" if "separate" in candidates else "gated shared-weight (in×out)"
+        return {k: (1.0 if k == prefer else 2.0) for k in candidates}
+    monkeypatch.setattr(optimize, "time_candidates", fake)
+    model = _qkv_model()
+    opt = optimize_for_inference(model, torch.randn(2, 5, 32))
+    report = opt.inhernet_optimized
+    assert set(report.variant_times_ms) == {optimize.PER_LAYER, optimize.PLAIN}
+    assert report.variant == (optimize.PLAIN if plain_faster else optimize.PER_LAYER)
+    assert f"kept: {report.variant}" in report.summary()
+    fused = any(isinstance(m, SharedInputProjection) for m in opt.modules())
+    relaid = any(getattr(m, "layout", None) == "in×out" for m in opt.modules())
+    assert fused == relaid == (not plain_faster)
+    _assert_same(opt, model, torch.randn(3, 32))
+    # nothing to compare without new forms, or when asked not to
+    off = optimize_for_inference(model, torch.randn(2, 5, 32), check_speed=False).inhernet_optimized
+    assert off.variant_times_ms == {} and off.variant == optimize.PER_LAYER

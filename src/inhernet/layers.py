@@ -6,11 +6,18 @@ For an input ``x`` (METHOD.md §2)::
     g   = softmax(G(pool(z)))       gate, Linear(r, H); pool = spatial mean (conv) or identity
     y   = Σ_h g_h (B_h z + b_h)     H up-projections B_h: d_out × r (1×1 convs for InherConv2d)
 
-All heads live in one tensor ``up`` of shape ``(H, d_out, r)``; the forward pass never loops over
-heads in Python:
+All heads live in one tensor ``up`` of shape ``(H, d_out, r)``:
 
 * linear layers (one gate vector per token) feed the outer product ``g ⊗ z`` (length H·r) through
-  the heads concatenated along r: one matmul, no ``(…, H, d_out)`` intermediate;
+  the heads concatenated along r: one matmul, no ``(…, H, d_out)`` intermediate. The concatenation
+  ``(d_out, H·r)`` is a copy of ``up`` made on every call (no view of ``up`` has that layout); for
+  a call with few rows (``< HEADS_LOOP_MAX_ROWS`` tokens, e.g. one decoding step) without autograd
+  that copy costs more than the product itself (a permuted copy of H·d_out·r values against H·r·d_out
+  multiply-adds per row), so there the heads are accumulated one by one (``addmm`` into one output,
+  no copy). With autograd the copy stays: measured at SmolLM2's MLP shapes, H separate products
+  make the backward slower than the copy costs, which is under 1 % of a training step on 8 × 128
+  tokens (``benchmarks/bench_profile.py``, ``docs/benchmarks/profile.md``).
+  :func:`inhernet.optimize_for_inference` stores the heads in the product's layout instead;
 * convolutions (one gate vector per sample) mix the head weights per sample first,
   ``W_n = Σ_h g_nh B_h`` (N × d_out × r, cheap), then apply one batched 1×1 product — the same result
   as summing the head outputs, at the cost of a single head.
@@ -29,6 +36,7 @@ operation reads its values.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -39,6 +47,47 @@ from torch.utils._pytree import tree_map
 from .config import GATES, STRUCTURES
 from .errors import ConfigError
 from .registry import HEAD_INITS
+
+__all__ = [
+    "HEADS_LOOP_MAX_ROWS",
+    "INHER_LAYERS",
+    "EffectiveWeight",
+    "InherConv2d",
+    "InherConvNd",
+    "InherLayer",
+    "InherLinear",
+    "profile_scope",
+    "profile_scopes",
+]
+
+#: a linear layer's no-grad call with fewer rows (tokens) than this accumulates its heads one by
+#: one instead of copying them into the concatenated layout first (see the module docstring)
+HEADS_LOOP_MAX_ROWS = 32
+
+_PROFILE_SCOPES = False
+_NO_SCOPE = contextlib.nullcontext()
+
+
+def profile_scope(name: str) -> contextlib.AbstractContextManager:
+    """A ``torch.profiler.record_function(name)`` scope while :func:`profile_scopes` is on, else a
+    shared no-op context (about 0.3 µs a scope, measured on the 2-core benchmark machine, against
+    tens of microseconds for the smallest layer call). The layers' forward passes use it to name
+    their steps — ``inhernet.down``, ``inhernet.gate``, ``inhernet.mix``, ``inhernet.heads``,
+    ``inhernet.bias`` — for ``benchmarks/bench_profile.py``."""
+    return torch.profiler.record_function(name) if _PROFILE_SCOPES else _NO_SCOPE
+
+
+@contextlib.contextmanager
+def profile_scopes(enabled: bool = True):
+    """Turn the named profiler scopes of :func:`profile_scope` on (or off) inside a ``with`` block;
+    the previous setting is restored afterwards. Off by default: a scope costs a few microseconds
+    per call under the profiler and is not needed otherwise."""
+    global _PROFILE_SCOPES
+    before, _PROFILE_SCOPES = _PROFILE_SCOPES, bool(enabled)
+    try:
+        yield
+    finally:
+        _PROFILE_SCOPES = before
 
 
 @torch.no_grad()
@@ -201,13 +250,28 @@ class InherLayer(nn.Module):
 
     def _mix_input(self, z: Tensor, g: Tensor, feature_dim: int) -> Tensor:
         """The H·r-wide input of the concatenated heads: ``g ⊗ z`` (shared down) or the blocks of z
-        scaled by g (symmetric). ``feature_dim=-1``: z is ``(…, R)`` with a gate per position;
-        ``feature_dim=1``: z is ``(N, R, L)`` with a gate per sample."""
+        scaled by g (symmetric). ``feature_dim=-1``: z is ``(…, R)`` with a gate per position
+        (``(…, H·r)`` out); ``feature_dim=1``: z is ``(N, R, L)`` with a gate per sample."""
         if feature_dim == -1:
             blocks = z.unflatten(-1, (self.heads, self.rank)) if self.structure == "symmetric" else z.unsqueeze(-2)
             return (g.unsqueeze(-1) * blocks).flatten(-2)
         blocks = z.unflatten(1, (self.heads, self.rank)) if self.structure == "symmetric" else z.unsqueeze(1)
         return (g[:, :, None, None] * blocks).flatten(1, 2)
+
+    def _apply_heads(self, mixed: Tensor) -> Tensor:
+        """``Σ_h B_h m_h`` for the per-token mixed input ``mixed`` ``(…, H·r)`` (block h = ``m_h``).
+
+        One matmul with the heads concatenated (a copy of ``up`` per call), or, for a no-grad call
+        with fewer than :data:`HEADS_LOOP_MAX_ROWS` rows, the heads accumulated one by one into
+        one output (``addmm``, reading each ``B_h`` in place): the same sums, in another order."""
+        rows = mixed.numel() // max(mixed.shape[-1], 1)
+        if rows >= HEADS_LOOP_MAX_ROWS or (torch.is_grad_enabled() and (self.up.requires_grad or mixed.requires_grad)):
+            return F.linear(mixed, self._heads_concat())
+        flat = mixed.reshape(rows, self.heads, self.rank)
+        y = torch.mm(flat[:, 0], self.up[0].t())
+        for h in range(1, self.heads):
+            y.addmm_(flat[:, h], self.up[h].t())
+        return y.view(*mixed.shape[:-1], self.up.shape[1])
 
     def _mixed_bias(self, g: Tensor) -> Tensor | None:
         return None if self.bias is None else g @ self.bias
@@ -251,14 +315,22 @@ class InherLinear(InherLayer):
         return z
 
     def forward(self, x: Tensor) -> Tensor:
-        z = F.linear(x, self.down)
+        with profile_scope("inhernet.down"):
+            z = F.linear(x, self.down)
         folded = self._folded_heads()
         if folded is not None:
-            return F.linear(z, *folded)
-        g = self.gate_weights(z)
-        y = F.linear(self._mix_input(z, g, feature_dim=-1), self._heads_concat())
-        bias = self._mixed_bias(g)
-        return y if bias is None else y + bias
+            with profile_scope("inhernet.heads"):
+                return F.linear(z, *folded)
+        with profile_scope("inhernet.gate"):
+            g = self.gate_weights(z)
+        with profile_scope("inhernet.mix"):
+            mixed = self._mix_input(z, g, feature_dim=-1)
+        with profile_scope("inhernet.heads"):
+            y = self._apply_heads(mixed)
+        if self.bias is None:
+            return y
+        with profile_scope("inhernet.bias"):
+            return y + self._mixed_bias(g)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
@@ -299,26 +371,37 @@ class InherConvNd(InherLayer):
         return z.mean(dim=tuple(range(2, z.dim())))
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.conv(x, self.down, None, self.stride, self.padding, self.dilation)
+        with profile_scope("inhernet.down"):
+            z = self.conv(x, self.down, None, self.stride, self.padding, self.dilation)
         n, spatial = z.shape[0], z.shape[2:]
         flat = z.flatten(2)  # (N, R, L)
         folded = self._folded_heads()
         if folded is not None:
             up, bias = folded
-            if torch.onnx.is_in_onnx_export():  # ONNX Runtime runs a 1×1 Conv faster than Expand + MatMul
-                return self.conv(z, up.reshape(*up.shape, *([1] * self.spatial_dims)), bias)
-            # eager PyTorch on CPU: a batched product is ~2× faster than a 1×1 conv at batch 64
-            y = torch.bmm(up.expand(n, -1, -1), flat)
-            return y.view(n, -1, *spatial) if bias is None else (y + bias[:, None]).view(n, -1, *spatial)
-        g = self.gate_weights(z)  # (N, H)
-        bias = self._mixed_bias(g)
+            with profile_scope("inhernet.heads"):
+                if torch.onnx.is_in_onnx_export():  # ONNX Runtime runs a 1×1 Conv faster than Expand + MatMul
+                    return self.conv(z, up.reshape(*up.shape, *([1] * self.spatial_dims)), bias)
+                # eager PyTorch on CPU: a batched product is ~2× faster than a 1×1 conv at batch 64
+                y = torch.bmm(up.expand(n, -1, -1), flat)
+                return y.view(n, -1, *spatial) if bias is None else (y + bias[:, None]).view(n, -1, *spatial)
+        with profile_scope("inhernet.gate"):
+            g = self.gate_weights(z)  # (N, H)
+        with profile_scope("inhernet.bias"):
+            bias = self._mixed_bias(g)
         if self.structure == "asymmetric":
             # mix the heads per sample (N × d_out × r), then one batched product (+ the mixed bias)
-            mixed = (g @ self.up.flatten(1)).view(n, *self.up.shape[1:])
-            y = torch.bmm(mixed, flat) if bias is None else torch.baddbmm(bias[:, :, None], mixed, flat)
+            with profile_scope("inhernet.mix"):
+                mixed = (g @ self.up.flatten(1)).view(n, *self.up.shape[1:])
+            with profile_scope("inhernet.heads"):
+                y = torch.bmm(mixed, flat) if bias is None else torch.baddbmm(bias[:, :, None], mixed, flat)
         else:
-            y = torch.matmul(self._heads_concat(), self._mix_input(flat, g, feature_dim=1))
-            y = y if bias is None else y + bias[:, :, None]
+            with profile_scope("inhernet.mix"):
+                mixed = self._mix_input(flat, g, feature_dim=1)
+            with profile_scope("inhernet.heads"):
+                y = torch.matmul(self._heads_concat(), mixed)
+            if bias is not None:
+                with profile_scope("inhernet.bias"):
+                    y = y + bias[:, :, None]
         return y.view(n, -1, *spatial)
 
     def extra_repr(self) -> str:
