@@ -90,9 +90,13 @@ def test_causal_lm_comparison_end_to_end(tmp_path, capsys):
 
     path = _lm_config(tmp_path)
     cfg = load_config(path)
+    capsys.readouterr()  # what building the toy teacher folder printed
     res = run_compare(cfg)
     out = tmp_path / "out"
     assert (out / "results.md").is_file() and (out / "results.json").is_file()
+    # progress: false silences transformers' own bars too (loading weights, writing shards)
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err, err[-500:]
     by = {m["name"]: m for m in res["methods"]}
     teacher_blp = res["teacher"]["block_linear_params"]
     assert by["teacher"]["seeds"] == [0] and by["svd_llm_50"]["seeds"] == [0]   # deterministic: once

@@ -448,16 +448,24 @@ def _sentences_per_second(models: dict, data: TextData, rounds: int, sentences: 
 def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: Any = None,
                      log: Callable[[str], None] = _info, report: bool = True) -> Optional[dict]:
     """Run (or resume) the transformer comparison ``cfg`` and write its report (rank zero returns the results)."""
-    import yaml
-
-    from .text_report import build_text_results, describe_data, write_text_report
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     progress = cfg.trainer.progress if progress is None else progress
+    from inhernet.hf.quiet import transformers_progress
+
+    with transformers_progress(bool(progress)):  # transformers' own bars (loading, writing shards) follow ours
+        return _run_text_compare(cfg, force=force, progress=progress, log=log, report=report)
+
+
+def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log: Callable[[str], None],
+                      report: bool) -> Optional[dict]:
+    import yaml
+
+    from .text_report import build_text_results, describe_data, write_text_report
+
     out = Path(cfg.out_dir)
     t_start = time.perf_counter()
     # 1. everything that can fail, before anything is written
