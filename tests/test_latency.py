@@ -275,3 +275,23 @@ def test_real_timing_smoke(tmp_path):
     again = inherit(teacher, budget=1.0, budget_metric="latency", example_input=x, latency_cache=str(tmp_path),
                     progress=False)
     assert again.inhernet_plan.latency["shapes_measured"] == 0
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def test_cli_latency_budget(fake_clock, tmp_path, capsys):
+    from inhernet.cli import main
+    from inhernet.train import save_model
+
+    teacher = inhernet.models.create_model("resnet8", num_classes=10, in_channels=1)
+    save_model(teacher, tmp_path / "t", arch="resnet8", num_classes=10, in_channels=1)
+    out = tmp_path / "inh"
+    assert main(["inherit", str(tmp_path / "t"), "--budget", "0.7", "--budget-metric", "latency",
+                 "--latency-input", "2,1,28,28", "--latency-cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "latency on [2, 1, 28, 28]" in printed and "within budget" in printed
+    assert list((tmp_path / "cache").glob("*.json"))
+    with pytest.raises(SystemExit):
+        main(["inherit", str(tmp_path / "t"), "--budget", "0.7", "--budget-metric", "latency",
+              "--latency-input", "2,one", "--out", str(tmp_path / "x")])
+    assert "not a shape" in capsys.readouterr().err

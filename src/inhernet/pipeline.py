@@ -28,7 +28,7 @@ import contextlib
 import copy
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -46,9 +46,6 @@ from .registry import INITS, LAYER_KINDS
 from .select import Candidate, dense_record, find_layers, resolve_config, select_layers
 from .shards import ShardReader, ShardWriter, release_memory
 from .utils import count_parameters, set_submodule, tied_names
-
-if TYPE_CHECKING:
-    from .latency import LatencyTable
 
 __all__ = ["CheckpointSource", "ModuleSink", "ModuleSource", "ShardSink", "build_layer", "check_finite",
            "check_materialised", "inherit_layer", "layer_generator", "layer_spec", "merge_config", "meta_copy", "resolve_budget", "run",
@@ -408,7 +405,7 @@ class ShardSink:
 # --------------------------------------------------------------------------------------- the loop
 
 def run(source: ModuleSource | CheckpointSource, sink: ModuleSink | ShardSink, cfg: InheritConfig,
-        calibration: Any = None, *, progress: bool = True, latency: "LatencyTable | None" = None) -> InheritPlan:
+        calibration: Any = None, *, progress: bool = True, latency: Any = None) -> InheritPlan:
     """Inherit the model of ``source`` into ``sink`` with ``cfg``; returns the plan. On any error the
     sink is aborted (a streamed ``dst`` keeps no partial shard) and the error propagates.
 
@@ -424,8 +421,7 @@ def run(source: ModuleSource | CheckpointSource, sink: ModuleSink | ShardSink, c
         source.close()
 
 
-def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool, latency: "LatencyTable | None",
-         ) -> InheritPlan:
+def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool, latency: Any) -> InheritPlan:
     model = source.model
     if any(isinstance(m, INHER_LAYERS) for m in model.modules()):
         raise ConfigError("the model already contains inherited layers; inherit from the original teacher.")

@@ -33,7 +33,7 @@ import heapq
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,9 +42,6 @@ from torch import Tensor
 from .config import InheritConfig
 from .errors import ConfigError
 from .registry import RANK_POLICIES
-
-if TYPE_CHECKING:
-    from .latency import LayerLatency
 
 #: under a latency budget a factorised layer is an option only when its predicted time is at most
 #: this fraction of the dense layer's (at least 5 % faster): a layer that does not run faster
@@ -65,7 +62,9 @@ class LayerSpec:
     d_out: int
     has_bias: bool
     spectrum: Tensor | None = None  # all singular values, descending (only when the policy needs it)
-    latency: "LayerLatency | None" = None  # its measured times (a latency budget only)
+    #: its measured times, an :class:`inhernet.latency.LayerLatency` (a latency budget only; this
+    #: module reads ``dense_ms`` and ``at(rank)`` and imports nothing of the timing)
+    latency: Any = None
 
     @property
     def full_rank(self) -> int:
