@@ -10,7 +10,7 @@ up-projection heads, initialised from the truncated SVD (Zhou et al., ICLR 2026)
     >>> print(inhernet.layer_report(model))
 """
 
-from . import conv1d, factorise, kinds, models, ranks
+from . import conv1d, factorise, kinds, latency, models, ranks
 from .config import InheritConfig
 from .conv1d import InherConv1d
 from .diagnostics import head_report

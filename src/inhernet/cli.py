@@ -117,6 +117,14 @@ def _add_inherit_args(p: argparse.ArgumentParser) -> None:
                    help="what --budget counts: the whole network (default) or only the selected layers (the "
                         "LLM-compression convention: --budget 0.6 --budget-scope targets keeps 60%% of the "
                         "targeted projections' parameters)")
+    g.add_argument("--budget-metric", default="params", choices=["params", "latency"],
+                   help="what --budget is measured in: parameters (default), or latency on this machine: "
+                        "--budget 0.5 --budget-metric latency --latency-input 64,3,32,32 = half the teacher's "
+                        "measured time at that input shape (the layer timings are cached)")
+    g.add_argument("--latency-input", default=None, metavar="SHAPE", type=_shape,
+                   help="the input shape a latency budget is timed on, batch included, e.g. 64,3,32,32")
+    g.add_argument("--latency-cache", default=None, metavar="DIR",
+                   help="where latency tables are kept (default ~/.cache/inhernet/latency)")
     g.add_argument("--rank-multiple", type=int, default=1)
     g.add_argument("--head-scale", default="exact", choices=["exact", "paper"])
     g.add_argument("--init", default="svd", choices=["svd", "whitened", "random"],
@@ -448,6 +456,17 @@ def _number(v: str) -> int | float | None:
     return None
 
 
+def _shape(v: str) -> tuple[int, ...]:
+    """``--latency-input 64,3,32,32`` as a shape."""
+    try:
+        shape = tuple(int(d) for d in v.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a shape: give comma-separated sizes, e.g. 64,3,32,32") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{v!r}: every size must be a positive integer")
+    return shape
+
+
 def _parse_budget(v: Optional[str], num_classes: int, in_channels: int) -> Any:
     """``--budget``: a parameter count, a fraction of the teacher, or a zoo model name."""
     if v is None:
@@ -466,7 +485,9 @@ def _inherit_config(a: argparse.Namespace, budget: Any) -> Any:
 
     return inhernet.InheritConfig(
         rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy, budget=budget,
-        budget_mode=a.budget_mode, budget_scope=getattr(a, "budget_scope", "model"), rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
+        budget_mode=a.budget_mode, budget_scope=getattr(a, "budget_scope", "model"),
+        budget_metric=getattr(a, "budget_metric", "params"), latency_input=getattr(a, "latency_input", None),
+        latency_cache=getattr(a, "latency_cache", None), rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
         calibration_mode=getattr(a, "calibration_mode", "auto"), gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
 
 

@@ -29,6 +29,8 @@ STRUCTURES = ("asymmetric", "symmetric")
 SVD_METHODS = ("exact", "randomized")
 #: what a budget counts: the whole network, or only the selected layers (the LLM-compression convention)
 BUDGET_SCOPES = ("model", "targets")
+#: what a budget is measured in: parameters, or latency measured on this device (:mod:`inhernet.latency`)
+BUDGET_METRICS = ("params", "latency")
 #: how ``init="whitened"`` measures input statistics (see :mod:`inhernet.calibrate`)
 CALIBRATION_MODES = ("auto", "sequential", "one_pass")
 #: ``target_modules`` shortcut (as in PEFT): every Linear/Conv1D except the output layer
@@ -74,6 +76,22 @@ class InheritConfig:
                       ``"targets"``: only the selected layers — the LLM-compression convention ("60 %
                       of the decoder-linear parameters"): ``budget=0.6`` keeps 60 % of what the
                       targeted layers hold, an int is a count for them; everything else is unchanged.
+      budget_metric:  what the budget is measured in. ``"params"`` (default): parameters, as above.
+                      ``"latency"``: ``budget`` is a float in (0, 1], a fraction of the teacher's latency
+                      measured on this device and thread count on the example input
+                      (``latency_input``, or ``inherit(..., example_input=x)``): every selected layer
+                      is timed dense and factorised at a grid of ranks once (cached on disk, see
+                      :mod:`inhernet.latency`), and the allocator chooses dense or a rank per layer to
+                      keep the most spectrum energy (whitened energy under ``init="whitened"``) within
+                      the time. ``budget_mode`` ``"spectral"`` (that allocation) or ``"uniform"`` (the
+                      largest single rank that fits). With ``budget_scope="model"`` the rest of the
+                      network (norms, activations, the classifier) is timed once and counts as fixed;
+                      with ``"targets"`` the budget is a fraction of the selected layers' time.
+      latency_input:  the shape of the example input a latency budget is measured on, batch included
+                      (``(64, 3, 32, 32)``; a Hugging Face model: ``(batch, tokens)`` of random token
+                      ids). Optional when ``inherit`` is given ``example_input``.
+      latency_cache:  the folder of the latency tables (default ``~/.cache/inhernet/latency``), one
+                      JSON per device, thread count and torch version; ``""``: measure every time.
       rank_pattern:   ``{regex: rank}`` overrides, matched against layer names (first full match
                       wins); it applies on top of the policy above, not under a budget.
       rank_multiple:  round each rank down to a multiple of this (at least the multiple itself).
@@ -153,6 +171,9 @@ class InheritConfig:
     budget: Budget = None
     budget_mode: str = "spectral"
     budget_scope: str = "model"
+    budget_metric: str = "params"
+    latency_input: Sequence[int] | None = None
+    latency_cache: str | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
     rank_multiple: int = 1
     dense_at_full_rank: bool = True
@@ -178,6 +199,8 @@ class InheritConfig:
         self.exclude_modules = _as_name_list(self.exclude_modules)
         self.layer_types = tuple(self.layer_types)
         self.rank_pattern = dict(self.rank_pattern)
+        if self.latency_input is not None:
+            self.latency_input = tuple(self.latency_input)
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -207,7 +230,15 @@ class InheritConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ConfigError(f"{name}={value!r} must be a number in (0, 1].")
-        for name in ("budget_mode", "budget_scope", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
+        if self.latency_input is not None and (
+                isinstance(self.latency_input, str) or not isinstance(self.latency_input, (list, tuple))
+                or not self.latency_input
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.latency_input)):
+            raise ConfigError(f"latency_input={self.latency_input!r} must be an input shape, batch included: positive "
+                              "ints such as (64, 3, 32, 32).")
+        if self.latency_cache is not None and not isinstance(self.latency_cache, str):
+            raise ConfigError(f"latency_cache={self.latency_cache!r} must be a folder path (a string; '' for no cache).")
+        for name in ("budget_mode", "budget_scope", "budget_metric", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a string.")
         _positive_int("seed", self.seed, allow_zero=True)
@@ -244,8 +275,10 @@ class InheritConfig:
         if self.budget_scope == "targets" and isinstance(self.budget, nn.Module):
             raise ConfigError("budget_scope='targets' counts the selected layers only; a model budget counts a whole "
                               "network: give a fraction or a parameter count, or budget_scope='model'.")
-        _choice("budget_mode", self.budget_mode,
-                [n.partition(":")[2] for n in RANK_POLICIES.names() if n.startswith("budget:")])
+        _choice("budget_metric", self.budget_metric, BUDGET_METRICS)
+        self._validate_latency()
+        prefix = "latency:" if self.budget_metric == "latency" else "budget:"
+        _choice("budget_mode", self.budget_mode, [n[len(prefix):] for n in RANK_POLICIES.names() if n.startswith(prefix)])
         _choice("head_scale", self.head_scale, HEAD_SCALES)
         _choice("head_init", self.head_init, HEAD_INITS.names())
         if (isinstance(self.head_init_scale, bool) or not isinstance(self.head_init_scale, (int, float))
@@ -281,6 +314,22 @@ class InheritConfig:
                 f"fraction; use a float for a fraction of the teacher (1.0 for the whole teacher, 0.25 for a "
                 f"quarter of it), or a count of at least {MIN_BUDGET_COUNT} parameters."
             )
+
+    def _validate_latency(self) -> None:
+        if self.budget_metric != "latency":
+            if self.latency_input is not None:
+                raise ConfigError(f"latency_input={self.latency_input!r} is only read by a latency budget; pass "
+                                  "budget_metric='latency' with a budget (e.g. budget=0.5), or drop latency_input.")
+            return
+        b = self.budget
+        if b is None:
+            raise ConfigError("budget_metric='latency' needs budget=<a fraction of the teacher's measured latency>, "
+                              "e.g. budget=0.5 for half the teacher's time.")
+        if not isinstance(b, float):
+            raise ConfigError(
+                f"budget={b!r} with budget_metric='latency': a latency budget is a float fraction of the teacher's "
+                f"measured latency in (0, 1] (e.g. 0.5); {'an int counts parameters' if isinstance(b, int) else 'a model budget counts parameters'}"
+                ": drop budget_metric='latency' for a parameter budget.")
 
     # ------------------------------------------------------------------ helpers
     @property

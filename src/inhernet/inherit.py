@@ -22,13 +22,14 @@ from .errors import ConfigError
 from .io import after_inherit, check_save_target, recorded_weight_files, remove_stale_weights, write_meta
 from .pipeline import CheckpointSource, ModuleSink, ModuleSource, ShardSink, check_materialised, merge_config, run
 from .plan import PLAN_ATTR
+from .latency import latency_example, latency_summary, measure_latency, time_models
 from .shards import checkpoint_index, parse_size
 
 __all__ = ["inherit", "inherit_checkpoint"]
 
 
 def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace: bool = False,
-            progress: bool = True, calibration: Any = None, **overrides: Any) -> nn.Module:
+            progress: bool = True, calibration: Any = None, example_input: Any = None, **overrides: Any) -> nn.Module:
     """Build an InherNet from ``teacher``.
 
     Args:
@@ -45,9 +46,14 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
             tensors, or of ``(x, y)`` pairs, whose labels ``y`` a plain module is not given), dicts
             passed as ``model(**batch)``, or one tensor as one batch (the rule:
             :func:`inhernet.calibrate.model_inputs`). Batches with NaN/Inf are refused.
+        example_input: for ``budget_metric="latency"`` only: the input the teacher is timed on (a
+            tensor, a tuple of positional inputs, a dict of keyword inputs), instead of a random one
+            of ``latency_input``'s shape. Time it at the batch size you will serve.
 
     Returns:
         the inherited model, with ``model.inhernet_plan`` describing every Linear/Conv layer.
+        Under a latency budget the plan also holds each layer's predicted time and the whole
+        model's predicted and measured times against the teacher's (:mod:`inhernet.latency`).
 
     Deterministic without global state: every random draw comes from a per-layer
     :func:`~inhernet.pipeline.layer_generator` seeded by ``config.seed``; the global RNG is left as
@@ -62,9 +68,20 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     model = teacher if inplace else copy.deepcopy(teacher)
     # trainable whatever flags the teacher carries (a frozen teacher, e.g. one used for KD)
     model.requires_grad_(True)
-    plan = run(ModuleSource(model), ModuleSink(), cfg, calibration, progress=progress)
+    table = example = None
+    if cfg.budget_metric == "latency":
+        example = latency_example(model, cfg, example_input)
+        table = measure_latency(model, cfg, example, progress=progress)
+    elif example_input is not None:
+        raise ConfigError("example_input is only used to time the teacher for a latency budget; pass "
+                          "budget_metric='latency' with a budget, or drop example_input.")
+    plan = run(ModuleSource(model), ModuleSink(), cfg, calibration, progress=progress, latency=table)
     setattr(model, PLAN_ATTR, plan)
-    return after_inherit(model)
+    model = after_inherit(model)
+    if table is not None:  # the prediction checked: both whole models timed side by side
+        measured = time_models({"inherited": model} if inplace else {"teacher": teacher, "inherited": model}, example)
+        latency_summary(plan, table, cfg, measured)
+    return model
 
 
 def inherit_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: InheritConfig | None = None, *,

@@ -361,6 +361,10 @@ def _check_layer_record(row: Any, where: str, damaged, need) -> None:
     energy = row.get("energy_kept")
     if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float))):
         raise damaged(f"{where}['energy_kept'] is {energy!r}, not a number or null")
+    for key in ("latency_ms", "dense_latency_ms"):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise damaged(f"{where}[{key!r}] is {value!r}, not a number of milliseconds or null")
     if "skipped" in row and not isinstance(row["skipped"], str):
         raise damaged(f"{where}['skipped'] is a JSON {_json_type(row['skipped'])}, not a string")
 
@@ -379,7 +383,8 @@ def _saved_config(data: dict[str, Any], path: str | os.PathLike) -> InheritConfi
             "in this process: import the module that registers them (inhernet.registry.LAYER_KINDS.register) "
             "before inhernet.load.")
     try:
-        return InheritConfig.from_dict({**data, "budget": None})
+        # the plan holds the ranks: no budget (and so no latency budget's options) is checked again
+        return InheritConfig.from_dict({**data, "budget": None, "budget_metric": "params", "latency_input": None})
     except (ConfigError, TypeError, ValueError) as err:
         raise InherNetLoadError(
             f"{path} is damaged or from another inhernet version: its 'plan'['config'] is not a valid "

@@ -45,10 +45,10 @@ from .ranks import LayerSpec, RankDecision, choose_ranks, inherited_params, poli
 from .registry import INITS, LAYER_KINDS
 from .select import Candidate, dense_record, find_layers, resolve_config, select_layers
 from .shards import ShardReader, ShardWriter, release_memory
-from .utils import count_parameters, tied_names
+from .utils import count_parameters, set_submodule, tied_names
 
 __all__ = ["CheckpointSource", "ModuleSink", "ModuleSource", "ShardSink", "build_layer", "check_finite",
-           "check_materialised", "inherit_layer", "layer_generator", "merge_config", "meta_copy", "resolve_budget", "run",
+           "check_materialised", "inherit_layer", "layer_generator", "layer_spec", "merge_config", "meta_copy", "resolve_budget", "run",
            "set_submodule"]
 
 
@@ -132,9 +132,10 @@ def resolve_budget(cfg: InheritConfig, teacher_params: int, selected_params: int
     return n
 
 
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+def layer_spec(candidate: Candidate) -> LayerSpec:
+    """What the rank policies see of a selected layer: its kind, matrix dims and bias."""
+    m = candidate.module
+    return LayerSpec(candidate.name, candidate.kind.name, *candidate.kind.dims(m.weight), m.bias is not None)
 
 
 def build_layer(module: nn.Module, kind: str | LayerKind, rank: int, cfg: InheritConfig, *,
@@ -404,11 +405,15 @@ class ShardSink:
 # --------------------------------------------------------------------------------------- the loop
 
 def run(source: ModuleSource | CheckpointSource, sink: ModuleSink | ShardSink, cfg: InheritConfig,
-        calibration: Any = None, *, progress: bool = True) -> InheritPlan:
+        calibration: Any = None, *, progress: bool = True, latency: Any = None) -> InheritPlan:
     """Inherit the model of ``source`` into ``sink`` with ``cfg``; returns the plan. On any error the
-    sink is aborted (a streamed ``dst`` keeps no partial shard) and the error propagates."""
+    sink is aborted (a streamed ``dst`` keeps no partial shard) and the error propagates.
+
+    ``latency``: for ``budget_metric="latency"``, the teacher's measured
+    :class:`~inhernet.latency.LatencyTable` (:func:`inhernet.latency.measure_latency`); the policy
+    then spends a budget in milliseconds."""
     try:
-        return _run(source, sink, cfg, calibration, progress)
+        return _run(source, sink, cfg, calibration, progress, latency)
     except BaseException:
         sink.abort()
         raise
@@ -416,7 +421,7 @@ def run(source: ModuleSource | CheckpointSource, sink: ModuleSink | ShardSink, c
         source.close()
 
 
-def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> InheritPlan:
+def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool, latency: Any) -> InheritPlan:
     model = source.model
     if any(isinstance(m, INHER_LAYERS) for m in model.modules()):
         raise ConfigError("the model already contains inherited layers; inherit from the original teacher.")
@@ -432,11 +437,20 @@ def _run(source, sink, cfg: InheritConfig, calibration: Any, progress: bool) -> 
     order = {c.name: i for i, c in enumerate(find_layers(model))}
     eligible, skipped = select_layers(model, cfg)
     cands = {c.name: c for c in eligible}
-    specs = {c.name: LayerSpec(c.name, c.kind.name, *c.kind.dims(c.module.weight), c.module.bias is not None)
-             for c in eligible}
+    specs = {c.name: layer_spec(c) for c in eligible}
     selected = sum(s.dense_params for s in specs.values())
-    budget = resolve_budget(cfg, teacher_params, selected)
-    budget_left = None if budget is None else budget - (teacher_params - selected)  # what the selected layers may use
+    budget_left: float | None
+    if cfg.budget_metric == "latency":
+        if latency is None:
+            raise ConfigError("budget_metric='latency' needs the teacher in memory, run on an example input: "
+                              "inhernet.inherit(model, ..., latency_input=shape) (a streamed inherit_checkpoint "
+                              "cannot time the teacher); or use a parameter budget.")
+        for name, s in specs.items():
+            s.latency = latency.layers[name]
+        budget, budget_left = None, latency.budget_left(cfg)  # milliseconds for the selected layers
+    else:
+        budget = resolve_budget(cfg, teacher_params, selected)
+        budget_left = None if budget is None else budget - (teacher_params - selected)  # what the selected layers may use
     policy = policy_for(cfg)
     kinds = {n: c.kind for n, c in cands.items()}
 

@@ -31,19 +31,26 @@ class LayerRecord:
     params_after: int = 0
     energy_kept: float | None = None  # fraction of ‖W‖_F² (or ‖W L‖_F², whitened) in the kept singular values
     skipped: str = ""  # why the layer stayed dense
+    #: under a latency budget: the predicted time of the layer as chosen, and of the dense layer (ms,
+    #: from the measured table, on the example input's shapes)
+    latency_ms: float | None = None
+    dense_latency_ms: float | None = None
 
 
 @dataclass
 class InheritPlan:
     """What ``inherit`` did: the config, per-layer records, the teacher's / budget's counts, and
     for ``init="whitened"`` how the calibration ran (``calibration``: mode, batches, rows, peak
-    statistics and activation bytes)."""
+    statistics and activation bytes), and under a latency budget the timing (``latency``: device,
+    input shape, the teacher's fixed part and budget in ms, predicted and measured whole-model
+    times; :func:`inhernet.latency.latency_summary`)."""
 
     config: dict[str, Any]
     layers: list[LayerRecord] = field(default_factory=list)
     teacher_params: int = 0
     budget: int | None = None
     calibration: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +59,8 @@ class InheritPlan:
     def from_dict(cls, data: dict[str, Any]) -> "InheritPlan":
         layers = [LayerRecord(**row) for row in data.get("layers", [])]
         return cls(config=data["config"], layers=layers, teacher_params=data["teacher_params"],
-                   budget=data.get("budget"), calibration=data.get("calibration"))
+                   budget=data.get("budget"), calibration=data.get("calibration"),
+                   latency=data.get("latency"))
 
     @property
     def inherited(self) -> list[LayerRecord]:

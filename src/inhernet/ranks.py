@@ -12,6 +12,13 @@ Policy only — no module surgery. Each selected layer is described by a :class:
   most spectrum energy per parameter (each layer's energy normalised to 1, so layers count equally
   whatever their scale). Beyond the paper.
 
+* ``budget`` with ``budget_metric="latency"`` / ``"spectral"``: per layer dense or a rank, chosen
+  to keep the most (normalised) spectrum energy within a budget of milliseconds read from the
+  layers' measured :class:`~inhernet.latency.LayerLatency` (an exact knapsack over a discretised
+  time axis: :func:`latency_allocation`); ``"uniform"``: the largest single rank that fits in time.
+  A factorised layer is an option only when it is at least 5 % faster than its dense layer
+  (:data:`LATENCY_MARGIN`); otherwise it stays dense.
+
 Afterwards ``rank_pattern`` overrides single layers, ranks are rounded down to ``rank_multiple``,
 a layer whose rank reaches ``min(d_out, d_in)`` stays dense (the paper's rule), and so does a layer
 whose factorised form would not save at least ``min_saving`` of its dense parameters (default 0:
@@ -23,16 +30,26 @@ selected layer is factorised at its (clamped) rank instead: the exact-reconstruc
 from __future__ import annotations
 
 import heapq
+import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .config import InheritConfig
 from .errors import ConfigError
 from .registry import RANK_POLICIES
+
+#: under a latency budget a factorised layer is an option only when its predicted time is at most
+#: this fraction of the dense layer's (at least 5 % faster): a layer that does not run faster
+#: factorised stays dense and exact
+LATENCY_MARGIN = 0.95
+#: the latency knapsack's time axis has at least this many steps (and 50 per layer): each layer's
+#: time is rounded *up* to a step, so the choice always fits, losing at most one step per layer
+LATENCY_STEPS = 4000
 
 
 @dataclass
@@ -45,6 +62,9 @@ class LayerSpec:
     d_out: int
     has_bias: bool
     spectrum: Tensor | None = None  # all singular values, descending (only when the policy needs it)
+    #: its measured times, an :class:`inhernet.latency.LayerLatency` (a latency budget only; this
+    #: module reads ``dense_ms`` and ``at(rank)`` and imports nothing of the timing)
+    latency: Any = None
 
     @property
     def full_rank(self) -> int:
@@ -127,8 +147,11 @@ class RankPolicy:
 
 def policy_for(cfg: InheritConfig) -> RankPolicy:
     """The registered policy ``cfg`` selects: ``rank`` / ``rank_fraction`` / ``energy``, or
-    ``budget:<budget_mode>``."""
-    name = f"budget:{cfg.budget_mode}" if cfg.policy == "budget" else cfg.policy
+    ``budget:<budget_mode>`` (``latency:<budget_mode>`` under ``budget_metric="latency"``)."""
+    if cfg.policy == "budget":
+        name = f"{'latency' if cfg.budget_metric == 'latency' else 'budget'}:{cfg.budget_mode}"
+    else:
+        name = cfg.policy
     return RANK_POLICIES.get(name)
 
 
@@ -137,11 +160,12 @@ def needs_spectrum(cfg: InheritConfig) -> bool:
     return policy_for(cfg).needs_spectrum
 
 
-def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int | None = None) -> dict[str, RankDecision]:
+def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: float | None = None) -> dict[str, RankDecision]:
     """Decide the rank of every layer in ``specs`` with the config's policy.
 
     ``budget_left`` (budget policies only) is the parameter budget minus every parameter that is
-    not in a selected layer (norms, classifier, excluded layers).
+    not in a selected layer (norms, classifier, excluded layers); under ``budget_metric="latency"``
+    the milliseconds the selected layers may take.
     """
     policy = policy_for(cfg)
     if policy.sees_all_layers and budget_left is None:
@@ -157,7 +181,7 @@ def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int
     for s in specs:
         r = ranks[s.name]
         if r is None:
-            decisions[s.name] = RankDecision(None, "the budget allocation keeps it dense (no dearer, exact)")
+            decisions[s.name] = RankDecision(None, _dense_reason(s, cfg))
         elif r >= s.full_rank and cfg.dense_at_full_rank:
             decisions[s.name] = RankDecision(None, f"rank {r} >= min(d_out, d_in) = {s.full_rank}: stays dense")
         elif too_large(s, r, cfg):
@@ -168,6 +192,119 @@ def choose_ranks(specs: list[LayerSpec], cfg: InheritConfig, *, budget_left: int
         else:
             decisions[s.name] = RankDecision(min(r, s.full_rank))
     return decisions
+
+
+def _dense_reason(spec: LayerSpec, cfg: InheritConfig) -> str:
+    if cfg.budget_metric != "latency":
+        return "the budget allocation keeps it dense (no dearer, exact)"
+    if spec.latency is None or not fast_ranks(spec, cfg):
+        dense = "" if spec.latency is None else f" ({spec.latency.dense_ms:.3g} ms)"
+        return (f"the latency allocation keeps it dense: no factorised rank is {1 - LATENCY_MARGIN:.0%} faster than "
+                f"dense{dense} and smaller in parameters")
+    return "the latency allocation keeps it dense (exact; the budget is spent where it keeps more energy per ms)"
+
+
+def fast_ranks(spec: LayerSpec, cfg: InheritConfig) -> list[tuple[int, float]]:
+    """``(rank, predicted ms)`` of every rank (multiples of ``rank_multiple`` below full rank, that
+    save ``min_saving`` of the parameters) at which the factorised layer is at least
+    ``1 − LATENCY_MARGIN`` faster than dense: the options a latency budget may choose."""
+    lat, step = spec.latency, cfg.rank_multiple
+    out = []
+    for r in range(step, spec.full_rank, step):
+        if too_large(spec, r, cfg):
+            break  # the parameter count only grows with the rank
+        ms = lat.at(r)
+        if ms <= LATENCY_MARGIN * lat.dense_ms:
+            out.append((r, ms))
+    return out
+
+
+def latency_allocation(options: list[list[tuple[float, float]]], budget: float, *, steps: int = LATENCY_STEPS,
+                       ) -> list[int] | None:
+    """Pick one option per layer, maximising the summed value with total time ≤ ``budget``.
+
+    ``options[i]`` lists layer i's ``(time, value)`` pairs; returns the chosen index per layer, or
+    ``None`` when even the fastest options do not fit. This is a multiple-choice knapsack, solved
+    exactly by dynamic programming over a time axis of ``max(steps, 50·layers)`` steps, each
+    time rounded up to a step (so the result always fits; it can lose at most one step per layer of
+    the budget; when only the fastest choice fits, unrounded, that is the answer). A greedy on value per time — the parameter budget's allocator — is not used
+    here: measured time is not convex in the rank (kernels step at hardware-friendly widths, and a
+    small rank may cost as much as a larger one), and a greedy stuck behind an expensive step
+    never reaches the cheap ranks after it. The DP costs ``layers × options × steps`` additions,
+    vectorised (under a second for a few hundred layers)."""
+    n = max(steps, 50 * len(options))
+    fastest = [min(range(len(opts)), key=lambda k: (opts[k][0], -opts[k][1])) for opts in options]
+    if sum(opts[k][0] for opts, k in zip(options, fastest)) > budget * (1 + 1e-9) + 1e-12:  # float round-off
+        return None
+    if budget <= 0:
+        return fastest
+    unit = budget / n
+    best = np.full(n + 1, -np.inf)
+    best[0] = 0.0
+    choice = np.zeros((len(options), n + 1), dtype=np.int32)
+    weights = []
+    for i, opts in enumerate(options):
+        w = [max(0, math.ceil(t / unit * (1 - 1e-12))) for t, _ in opts]
+        weights.append(w)
+        new = np.full(n + 1, -np.inf)
+        for k, ((_, value), wk) in enumerate(zip(opts, w)):
+            if wk > n:
+                continue
+            cand = np.full(n + 1, -np.inf)
+            cand[wk:] = best[: n + 1 - wk] + value
+            better = cand > new  # ties keep the earlier option (callers list dense first)
+            new[better] = cand[better]
+            choice[i, better] = k
+        best = new
+    if not np.isfinite(best).any():
+        return fastest  # it fits, but only without the rounding up: nothing else does
+    j = int(np.argmax(best))  # the first maximum: the least time among the best
+    picks = [0] * len(options)
+    for i in range(len(options) - 1, -1, -1):
+        k = int(choice[i, j])
+        picks[i] = k
+        j -= weights[i][k]
+    return picks
+
+
+def _latency_spectral(specs: list[LayerSpec], cfg: InheritConfig, budget_left: float) -> dict[str, int | None]:
+    """Dense (energy 1, its dense time) or a fast rank (its energy fraction, its predicted time) per
+    layer, the most summed energy within ``budget_left`` ms (:func:`latency_allocation`)."""
+    choices: list[list[int | None]] = []
+    options: list[list[tuple[float, float]]] = []
+    for s in specs:
+        energy = s.cumulative_energy()
+        fast = fast_ranks(s, cfg)
+        choices.append([None, *(r for r, _ in fast)])
+        options.append([(s.latency.dense_ms, 1.0), *((ms, float(energy[r])) for r, ms in fast)])
+    picks = latency_allocation(options, budget_left)
+    if picks is None:
+        _latency_too_small(specs, cfg, budget_left, sum(min(t for t, _ in o) for o in options))
+    return {s.name: c[k] for s, c, k in zip(specs, choices, picks)}
+
+
+def _latency_uniform(specs: list[LayerSpec], cfg: InheritConfig, budget_left: float) -> dict[str, int | None]:
+    """The largest single rank (a multiple of ``rank_multiple``) whose predicted time fits; a layer
+    that is not faster factorised at that rank stays dense."""
+    fast = {s.name: dict(fast_ranks(s, cfg)) for s in specs}
+    best, fastest = None, math.inf
+    step = cfg.rank_multiple
+    for r in range(step, max(s.full_rank for s in specs) + step, step):
+        total = sum(fast[s.name].get(r, s.latency.dense_ms) for s in specs)
+        fastest = min(fastest, total)
+        if total <= budget_left:
+            best = r
+    if best is None:
+        _latency_too_small(specs, cfg, budget_left, fastest)
+    return {s.name: (best if best in fast[s.name] else None) for s in specs}
+
+
+def _latency_too_small(specs: list[LayerSpec], cfg: InheritConfig, budget_left: float, fastest: float) -> None:
+    dense = sum(s.latency.dense_ms for s in specs)
+    raise ConfigError(
+        f"the latency budget leaves {budget_left:.3g} ms for the {len(specs)} selected layers (dense: {dense:.3g} ms), "
+        f"but the fastest allocation takes {fastest:.3g} ms ({fastest / max(dense, 1e-12):.0%} of dense); raise the "
+        f"budget{_scope_hint(cfg)}, or factorise more layers — a layer that is not faster factorised stays dense.")
 
 
 def _scope_hint(cfg: InheritConfig) -> str:
@@ -277,5 +414,7 @@ for _policy in (
     RankPolicy("energy", _energy, needs_spectrum=True),
     RankPolicy("budget:uniform", _budget_uniform, sees_all_layers=True),
     RankPolicy("budget:spectral", _budget_spectral, needs_spectrum=True, sees_all_layers=True),
+    RankPolicy("latency:spectral", _latency_spectral, needs_spectrum=True, sees_all_layers=True),
+    RankPolicy("latency:uniform", _latency_uniform, sees_all_layers=True),
 ):
     RANK_POLICIES.register(_policy.name, _policy)

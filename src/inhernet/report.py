@@ -43,13 +43,21 @@ class LayerReport:
     head_cos: dict[str, float] = field(default_factory=dict)
     #: what the budget counts (``InheritConfig.budget_scope``): "model" or "targets"
     budget_scope: str = "model"
+    #: a latency budget's timing (``InheritPlan.latency``); adds the "ms (dense ms)" column
+    latency: dict[str, Any] | None = None
 
     HEADER = ("layer", "kind", "shape", "rank", "heads", "params before", "params after", "energy kept", "head cos",
               "note")
 
+    @property
+    def header(self) -> tuple[str, ...]:
+        return self.HEADER if self.latency is None else (*self.HEADER[:-1], "ms (dense)", self.HEADER[-1])
+
     def _cells(self) -> list[tuple[str, ...]]:
         out = []
         for r in self.rows:
+            ms = () if self.latency is None else (
+                "" if r.latency_ms is None else f"{r.latency_ms:.3g} ({r.dense_latency_ms:.3g})",)
             out.append((
                 r.name, r.kind, "×".join(map(str, r.shape)),
                 "dense" if r.rank is None else str(r.rank),
@@ -57,7 +65,7 @@ class LayerReport:
                 f"{r.params_before:,}", f"{r.params_after:,}",
                 "" if r.energy_kept is None else f"{100 * r.energy_kept:.1f}%",
                 f"{self.head_cos[r.name]:.6f}" if r.name in self.head_cos else "",
-                r.skipped,
+                *ms, r.skipped,
             ))
         return out
 
@@ -74,15 +82,33 @@ class LayerReport:
                 after = sum(r.params_after for r in sel)
                 line += (f" (budget_scope='targets': the {len(sel)} selected layers keep {after:,} of their "
                          f"{before:,} parameters, {after / max(before, 1):.1%}; the rest of the network as it was)")
+        if self.latency is not None:
+            line += "\n" + latency_line(self.latency)
         return line
 
     def __str__(self) -> str:
-        numeric = {3, 4, 5, 6, 7, 8}
-        left = {i for i in range(len(self.HEADER)) if i not in numeric}
-        return "\n".join([*text_table(list(self.HEADER), self._cells(), left), "", self.summary()])
+        header = self.header
+        left = {0, 1, 2, len(header) - 1}
+        return "\n".join([*text_table(list(header), self._cells(), left), "", self.summary()])
 
     def to_markdown(self) -> str:
-        return "\n".join([*markdown_table(list(self.HEADER), self._cells()), "", self.summary()])
+        return "\n".join([*markdown_table(list(self.header), self._cells()), "", self.summary()])
+
+
+def latency_line(t: dict[str, Any]) -> str:
+    """The latency budget's verdict: predicted against the budget, and measured against the teacher."""
+    scope = " of the selected layers" if t.get("budget_scope") == "targets" else ""
+    predicted, teacher = t["predicted_ms"], t["teacher_predicted_ms"]
+    verdict = "within" if predicted <= t["budget_ms"] + (t["fixed_ms"] if scope else 0) + 1e-9 else "OVER"
+    line = (f"latency on {t.get('input_shape') or 'the example'}: predicted {predicted:.3g} ms "
+            f"({predicted / teacher:.1%} of the teacher's predicted {teacher:.3g} ms; fixed part {t['fixed_ms']:.3g} ms); "
+            f"budget {t['budget']}{scope} = {t['budget_ms']:.3g} ms: {verdict} budget")
+    if t.get("inherited_measured_ms") is not None:
+        ref = t.get("teacher_measured_ms")
+        line += f"; measured {t['inherited_measured_ms']:.3g} ms"
+        if ref:
+            line += f" ({t['inherited_measured_ms'] / ref:.1%} of the teacher's measured {ref:.3g} ms)"
+    return line
 
 
 def layer_report(model: nn.Module) -> LayerReport:
@@ -93,7 +119,7 @@ def layer_report(model: nn.Module) -> LayerReport:
     cos = {name: st["cosine_mean"] for name, layer in multi_head_layers(model)
            if (st := head_stats(layer))["cosine_mean"] is not None}
     return LayerReport(plan.layers, plan.teacher_params, count_parameters(model), plan.budget, cos,
-                       plan.config.get("budget_scope", "model"))
+                       plan.config.get("budget_scope", "model"), plan.latency)
 
 
 def plan_report(plan: InheritPlan) -> LayerReport:
@@ -101,9 +127,11 @@ def plan_report(plan: InheritPlan) -> LayerReport:
     ``inhernet_config.json``), without the model: its parameter count follows from the records
     (the teacher's, minus what each layer had, plus what it has); no head cosines."""
     params = plan.teacher_params - sum(r.params_before for r in plan.layers) + sum(r.params_after for r in plan.layers)
-    return LayerReport(plan.layers, plan.teacher_params, params, plan.budget, {}, plan.config.get("budget_scope", "model"))
+    return LayerReport(plan.layers, plan.teacher_params, params, plan.budget, {}, plan.config.get("budget_scope", "model"),
+                       plan.latency)
 
 
 def _never_selected(record: LayerRecord) -> bool:
     """A dense layer that selection skipped (as opposed to one the rank policy kept dense)."""
-    return bool(record.skipped) and not record.skipped.startswith(("rank ", "the budget allocation"))
+    return bool(record.skipped) and not record.skipped.startswith(("rank ", "the budget allocation",
+                                                                    "the latency allocation"))

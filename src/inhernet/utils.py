@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .targets import is_transformers_model
 
-__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "on_device", "read_json", "write_json",
+__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "on_device", "read_json", "set_submodule", "write_json",
            "sha256_file", "stable_hash", "state_dict_problems", "text_table", "tied_names"]
 
 
@@ -112,6 +112,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any] | str | b
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule ``name`` (a qualified name, not ``""``) of ``model`` by ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def call_model(model: nn.Module, example: Any) -> Any:
