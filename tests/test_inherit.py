@@ -87,6 +87,7 @@ def test_no_matching_layer_lists_candidates():
     ({"rank": 0}, "rank=0 must be an integer >= 1"),
     ({"rank": -3}, "rank=-3"),
     ({"heads": 0}, "heads=0 must be an integer >= 1"),
+    ({"heads": 10**9}, "heads=1000000000: .* at most 64"),  # found by the property test as an OOM kill
     ({"rank": 2.5}, "rank=2.5"),
     ({"rank": 4, "energy": 0.9}, "give one rank policy"),
     ({"energy": 1.5}, "energy=1.5 must lie in"),

@@ -40,6 +40,10 @@ Budget = Union[int, float, nn.Module, None]
 #: the smallest ``int`` budget accepted: no network worth inheriting fits in fewer parameters, so a
 #: smaller int (``budget=1``) is almost surely a fraction written without its decimal point
 MIN_BUDGET_COUNT = 100
+#: the most heads accepted: every head is a whole up-projection (d_out × r) of every inherited layer,
+#: so H is the layer's size multiplier; the paper uses 2–3, and a larger count is almost surely a typo
+#: that would otherwise surface as an out-of-memory kill (``heads=10**9`` asks for terabytes)
+MAX_HEADS = 64
 
 
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -263,6 +267,9 @@ class InheritConfig:
             raise ConfigError(f"energy={self.energy} must lie in (0, 1] (fraction of squared singular values kept).")
         self._validate_budget()
         _positive_int("heads", self.heads)
+        if self.heads > MAX_HEADS:
+            raise ConfigError(f"heads={self.heads}: every head is a full up-projection of each inherited layer, so "
+                              f"H multiplies its size; at most {MAX_HEADS} are accepted (the paper uses 2-3).")
         _positive_int("rank_multiple", self.rank_multiple)
         _positive_int("svd_niter", self.svd_niter, allow_zero=True)
         for pattern, r in self.rank_pattern.items():
