@@ -86,6 +86,10 @@ def _add_dist_args(p: argparse.ArgumentParser) -> None:
                    help="auto, ddp (re-launches this command per device), ddp_spawn (default auto)")
     g.add_argument("--threads", type=int, default=None, help="torch threads per process")
     g.add_argument("--progress", default=None, choices=["tqdm", "rich", "none"], help="progress bar (default tqdm)")
+    g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the model's training steps; MODE: default (when left out), reduce-overhead "
+                        "(CUDA graphs, GPUs only), max-autotune, max-autotune-no-cudagraphs. The first steps "
+                        "compile (slow); checkpoints and saved models are the plain model's")
 
 
 def _devices(v: Optional[str]) -> Any:
@@ -100,7 +104,7 @@ def _devices(v: Optional[str]) -> Any:
 def _dist_kwargs(a: argparse.Namespace) -> dict:
     prog = {"tqdm": True, "rich": "rich", "none": False, None: True}[a.progress]
     return dict(accelerator=a.accelerator or "cpu", devices=_devices(a.devices) or 1, num_nodes=a.num_nodes or 1,
-                strategy=a.strategy or "auto", progress=prog)
+                strategy=a.strategy or "auto", compile=a.compile, progress=prog)
 
 
 def _add_inherit_args(p: argparse.ArgumentParser) -> None:
@@ -402,6 +406,17 @@ def _check_accelerator(a: argparse.Namespace) -> None:
     check_accelerator("accelerator", acc, option=cli_option)
 
 
+def _check_compile(a: argparse.Namespace) -> None:
+    """Refuse a ``--compile`` mode torch does not have before anything is loaded or written (the
+    rule is :func:`inhernet.train.validate.check_compile`, shared with ``trainer.compile``)."""
+    mode = getattr(a, "compile", None)
+    if mode is None:
+        return
+    from inhernet.train.validate import check_compile, cli_option
+
+    check_compile("compile", mode, option=cli_option)
+
+
 def _user_message(err: BaseException) -> str:
     """The one-line message for a user error: an OS error names the path and what to do."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
@@ -666,7 +681,7 @@ def _finetune_hf(a: argparse.Namespace) -> int:
                     checkpoint_every=a.checkpoint_every, kd_alpha=kd_alpha, temperature=a.temperature)
     # every bad option fails here, before a model is loaded or a file written
     check_finetune_options(task=task, teacher=a.teacher, teacher_logits="auto", strategy=dist["strategy"],
-                           accelerator=dist["accelerator"], option=cli_option, **train_kw)
+                           accelerator=dist["accelerator"], compile=dist["compile"], option=cli_option, **train_kw)
     if a.teacher and not _is_hf_folder(a.teacher):
         raise ConfigError(f"--teacher {a.teacher}: a Hugging Face model is distilled from a Hugging Face model folder "
                           "(config.json) of the same tokenizer.")
@@ -826,7 +841,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.max_steps is not None:
         overrides["schedule"] = {**overrides.get("schedule", {}), "max_steps": a.max_steps}
     tr = {k: v for k, v in (("accelerator", a.accelerator), ("devices", a.devices and _devices(a.devices)),
-                            ("num_nodes", a.num_nodes), ("strategy", a.strategy), ("threads", a.threads)) if v}
+                            ("num_nodes", a.num_nodes), ("strategy", a.strategy), ("threads", a.threads),
+                            ("compile", a.compile)) if v}
     if a.progress:
         tr["progress"] = {"tqdm": True, "rich": "rich", "none": False}[a.progress]
     if tr:
@@ -920,6 +936,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with sigterm_as_interrupt():  # a scheduler's SIGTERM stops the command like Ctrl-C, never with rc 0
             _check_accelerator(a)
+            _check_compile(a)
             return COMMANDS[a.command](a)
     except TrainingInterrupted as err:
         print(f"\ninhernet {a.command}: {err}.\n{_resume_hint(a, argv)}", file=sys.stderr)

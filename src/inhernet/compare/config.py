@@ -326,6 +326,11 @@ class TrainerConfig:
     * ``data_on_device``: the training / evaluation tensors live on the training device and the
       batch augmentation runs there (no host-to-device copy per batch); ``null`` (default): on when
       training on a GPU. On a CPU it changes nothing.
+    * ``compile``: ``torch.compile`` the trained models' training steps: ``false`` (default),
+      ``true`` (mode ``default``) or a mode, ``default`` / ``reduce-overhead`` (CUDA graphs: GPUs
+      with static shapes only; on a CPU it compiles as ``default``) / ``max-autotune`` /
+      ``max-autotune-no-cudagraphs``; see :mod:`inhernet.train.compiled`. Checkpoints and saved
+      models are the plain model's.
 
     None of these is part of a run's identity (nor is the accelerator): a run resumed under other
     settings continues where it was, so keep one config's runs on one setting.
@@ -343,6 +348,7 @@ class TrainerConfig:
     precision: Union[int, str, None] = None
     channels_last: bool = False
     data_on_device: Optional[bool] = None
+    compile: Union[bool, str, None] = False
 
     def __post_init__(self) -> None:
         require(self.strategy in STRATEGIES, f"trainer.strategy={self.strategy!r}; use one of {', '.join(STRATEGIES)}")
@@ -350,6 +356,7 @@ class TrainerConfig:
         option = "trainer.{}".format
         validated(validate.check_accelerator, "accelerator", self.accelerator, option=option, available=False)
         validated(validate.check_precision, "precision", self.precision, accelerator=self.accelerator, option=option)
+        validated(validate.check_compile, "compile", self.compile, option=option)
 
 
 @dataclass

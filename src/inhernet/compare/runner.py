@@ -102,7 +102,7 @@ def _fit_kwargs(cfg: CompareConfig, progress: Any) -> dict:
     tr = cfg.trainer
     return dict(devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy, accelerator=tr.accelerator,
                 precision=tr.precision, channels_last=tr.channels_last, data_on_device=tr.data_on_device,
-                progress=progress, quiet=True)
+                compile=tr.compile, progress=progress, quiet=True)
 
 
 def _info(msg: str) -> None:

@@ -137,7 +137,7 @@ def _schedule_kwargs(cfg: TextCompareConfig, progress: Any) -> dict:
                 precision=s.precision if s.precision is not None else tr.precision,
                 gradient_checkpointing=s.gradient_checkpointing, eval_every=s.eval_every,
                 eval_batch_size=s.eval_batch_size, devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy,
-                accelerator=tr.accelerator, progress=progress)
+                accelerator=tr.accelerator, compile=tr.compile, progress=progress)
 
 
 def _teacher_identity(cfg: TextCompareConfig, folder: Path) -> dict:

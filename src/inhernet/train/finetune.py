@@ -70,7 +70,7 @@ from .text import (
     quiet_lightning,
 )
 from .validate import Option, check_accelerator, check_batch_size, check_count, check_learning_rate, \
-    check_non_negative, check_precision, plain_option
+    check_non_negative, check_precision, compile_mode, plain_option
 
 __all__ = ["FINETUNE_RECORD", "STRATEGIES", "FinetuneResult", "check_finetune_options", "default_checkpoint_every",
            "finetune", "load_checkpoint_weights", "meta_copy", "resolve_warmup"]
@@ -140,7 +140,7 @@ def check_finetune_options(*, task: Any, max_steps: Any, batch_size: Any, grad_a
                            weight_decay: Any, schedule: Any, warmup: Any, kd_alpha: Any, temperature: Any,
                            teacher: Any, max_grad_norm: Any, eval_every: Any, eval_batch_size: Any,
                            checkpoint_every: Any, teacher_logits: Any, strategy: Any, accelerator: Any,
-                           precision: Any, option: Option = plain_option) -> None:
+                           precision: Any, compile: Any = None, option: Option = plain_option) -> None:
     """Every rule on :func:`finetune`'s options; a :class:`~inhernet.errors.ConfigError` naming the
     option (in the caller's spelling: ``option``, e.g. :func:`inhernet.train.validate.cli_option`)
     and the fix. Nothing is read or written."""
@@ -184,6 +184,10 @@ def check_finetune_options(*, task: Any, max_steps: Any, batch_size: Any, grad_a
                 f"strategy='fsdp' needs GPUs (accelerator='gpu'), got accelerator={accelerator!r}: Lightning refuses "
                 "FSDP on a CPU ('The strategy `fsdp` requires a GPU accelerator') and so does torch's FSDP ('FSDP "
                 "needs a non-CPU accelerator device'); on CPUs use strategy='ddp' or 'ddp_spawn'.")
+    if compile_mode(compile, option=option) is not None and strategy == "fsdp":
+        raise ConfigError(f"{option('compile')}={compile!r} with strategy='fsdp' is not supported here (compiling "
+                          "FSDP-wrapped blocks is untested in this project); use strategy='ddp', or drop "
+                          f"{option('compile')}.")
 
 
 def _check_data(task: str, data: Any, batch_size: int, model: nn.Module) -> None:
@@ -331,6 +335,7 @@ def finetune(
     warmup: Union[float, int] = 0.05,
     max_grad_norm: Optional[float] = 1.0,
     precision: Any = None,
+    compile: Union[bool, str, None] = None,
     gradient_checkpointing: bool = False,
     eval_every: Optional[int] = None,
     eval_batch_size: int = 8,
@@ -376,6 +381,11 @@ def finetune(
         max_grad_norm: clip the gradient norm (``None``: no clipping).
         precision: ``None`` (32-bit) or ``"bf16-mixed"`` (also on a CPU); see
             :func:`inhernet.train.validate.check_precision`.
+        compile: ``torch.compile`` the model for the training steps: ``True`` (mode ``"default"``), a
+            mode of :data:`~inhernet.train.validate.COMPILE_MODES` (``"reduce-overhead"``: CUDA
+            graphs, GPUs only, ``"default"`` elsewhere), or ``None`` / ``False`` (eager). Not with
+            FSDP. The checkpoint and the returned model are the plain model's; evaluation stays
+            eager; the first steps include the compilation (see :mod:`inhernet.train.compiled`).
         gradient_checkpointing: ``model.activation_checkpointing_enable()`` (transformers 5's name
             of ``gradient_checkpointing_enable``) during training, switched off again afterwards; a
             model without it is a ConfigError naming its class.
@@ -412,7 +422,7 @@ def finetune(
                            temperature=temperature, teacher=teacher, max_grad_norm=max_grad_norm,
                            eval_every=eval_every, eval_batch_size=eval_batch_size,
                            checkpoint_every=checkpoint_every, teacher_logits=teacher_logits, strategy=strategy,
-                           accelerator=accelerator, precision=precision)
+                           accelerator=accelerator, precision=precision, compile=compile)
     _check_data(task, data, batch_size, model)
     if gradient_checkpointing:
         _check_gradient_checkpointing(model)
@@ -449,7 +459,8 @@ def finetune(
     module = TextTaskModule(model, task=task, lr=lr, max_steps=max_steps, warmup_steps=warmup_steps,
                             schedule=schedule, weight_decay=weight_decay, teacher=distil_from, kd_alpha=kd_alpha,
                             temperature=temperature, teacher_logits=mode, cache_file=out / TEACHER_CACHE_NAME,
-                            eval_names=dm.eval_splits, seed=seed, run_name=run_name, quiet=quiet)
+                            eval_names=dm.eval_splits, seed=seed, run_name=run_name, quiet=quiet,
+                            compile=compile_mode(compile))
     recorder = StepRecorder(metrics_path, ckpt_path, max_steps=max_steps, checkpoint_every=checkpoint_every,
                             eval_every=eval_every, has_eval=has_eval, batch_size=batch_size * grad_accum,
                             train_items=n_train)

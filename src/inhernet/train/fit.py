@@ -39,7 +39,7 @@ from .heads import HeadDiagnostics
 from .losses import DistillLoss
 from .module import DistillModule
 from .signals import stop_cleanly
-from .validate import check_flag, check_precision, check_training_options
+from .validate import check_flag, check_precision, check_training_options, compile_mode
 
 __all__ = ["FitResult", "JsonlMetrics", "TensorDataModule", "fit", "global_rank", "read_metrics", "CHECKPOINT_NAME"]
 
@@ -232,6 +232,7 @@ def fit(
     precision: Any = None,
     channels_last: bool = False,
     data_on_device: Optional[bool] = None,
+    compile: Union[bool, str, None] = None,
     progress: Union[bool, str] = True,
     callbacks: Iterable[Callback] = (),
     run_name: Optional[str] = None,
@@ -258,6 +259,11 @@ def fit(
         data_on_device: keep the splits on the training device and augment there (no host-to-device
             copy per batch); ``None``: on when training on a GPU. The batches are the same either way,
             so on a CPU the result is bit-identical to ``False``.
+        compile: ``torch.compile`` the model for the training steps: ``True`` (mode ``"default"``),
+            a mode (``"reduce-overhead"``: CUDA graphs, GPUs only, ``"default"`` elsewhere;
+            ``"max-autotune"``; :data:`~inhernet.train.validate.COMPILE_MODES`), or ``None`` /
+            ``False`` (eager). The checkpoint and the returned model are the plain model's; the first
+            steps include the compilation (see :mod:`inhernet.train.compiled`).
         progress: ``True``/``"tqdm"`` (Lightning's TQDM bar), ``"rich"``, or ``False``.
         callbacks: extra Lightning callbacks.
         run_name: how errors name this run (default: ``out_dir``). A non-finite loss or gradient
@@ -280,6 +286,7 @@ def fit(
     check_precision("precision", precision, accelerator=accelerator)
     check_flag("channels_last", channels_last)
     check_flag("data_on_device", data_on_device, none_ok=True)
+    mode = compile_mode(compile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -316,7 +323,7 @@ def fit(
     module = DistillModule(
         model, num_classes=num_classes, teacher=teacher, loss=loss, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, nesterov=nesterov, milestones=milestones, gamma=gamma,
-        eval_names=dm.eval_splits, model_meta=model_meta, channels_last=channels_last,
+        eval_names=dm.eval_splits, model_meta=model_meta, channels_last=channels_last, compile=mode,
     )
     module.run_name = run_name or str(out)
 

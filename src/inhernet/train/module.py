@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..utils import eval_mode, on_device
+from .compiled import CompiledModel
 from .guard import TrainingDivergedError
 from .losses import DistillLoss
 
@@ -69,6 +70,10 @@ class DistillModule(L.LightningModule):
     ``channels_last``: every step puts its batch's images in the channels-last memory format, the
     format :func:`~inhernet.train.fit` put the model's convolutions in (and so is the private teacher
     copy made for another device).
+
+    ``compile``: a ``torch.compile`` mode (:data:`~inhernet.train.validate.COMPILE_MODES`) or
+    ``None``: the training steps run the model compiled (:class:`~inhernet.train.compiled.CompiledModel`:
+    ``self.model`` and the checkpoint stay those of the plain model; evaluation stays eager).
     """
 
     def __init__(
@@ -88,9 +93,12 @@ class DistillModule(L.LightningModule):
         eval_names: Sequence[str] = ("val", "test"),
         model_meta: Optional[dict] = None,
         channels_last: bool = False,
+        compile: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.model = model
+        # like channels_last, not a hyperparameter: it changes speed (and rounding), not what is learned
+        self.compiled = CompiledModel(compile)
         # inputs in channels-last memory format (the model is converted by fit()); not a hyperparameter:
         # it changes speed, not what is learned, and is absent from checkpoints
         self.channels_last = bool(channels_last)
@@ -128,6 +136,7 @@ class DistillModule(L.LightningModule):
         return self.model(x)
 
     def on_fit_start(self) -> None:
+        self.compiled.setup(self.model, self.device)
         t = self.teacher
         if t is None:
             return
@@ -151,7 +160,7 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         x = self._inputs(x)
-        logits = self.model(x)
+        logits = self.compiled(self.model)(x)
         t_logits = None
         if self.loss_fn.needs_teacher:
             t_logits = self.teacher_logits(x)

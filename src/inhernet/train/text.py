@@ -56,6 +56,7 @@ from ..errors import ConfigError
 from ..hf.lm import next_token_nll
 from ..hf.textdata import EncodedSplit
 from ..utils import atomic_write, eval_mode, on_device, stable_hash
+from .compiled import CompiledModel
 from .fit import read_metrics
 from .guard import TrainingDivergedError
 from .losses import kd_kl
@@ -349,17 +350,23 @@ class TextTaskModule(L.LightningModule):
     ``eval/tokens``; classification ``{split}/acc`` and ``{split}/loss``. Sums are reduced over the
     processes, so the numbers do not depend on how many there are. The latest are in
     :attr:`last_eval`.
+
+    ``compile``: a ``torch.compile`` mode or ``None``: the training steps run the model compiled
+    (:class:`~inhernet.train.compiled.CompiledModel`; static shapes for the fixed-length blocks of a
+    causal LM, dynamic ones for padded classification batches); ``self.model``, the checkpoint and
+    the evaluation stay those of the plain model.
     """
 
     def __init__(self, model: nn.Module, *, task: str, lr: float, max_steps: int, warmup_steps: int = 0,
                  schedule: str = "cosine", weight_decay: float = 0.01, teacher: Optional[nn.Module] = None,
                  kd_alpha: float = 0.0, temperature: float = 2.0, teacher_logits: str = "on_the_fly",
                  cache_file: Union[str, Path, None] = None, eval_names: Sequence[str] = (), seed: int = 0,
-                 run_name: str = "(unnamed)", quiet: bool = False) -> None:
+                 run_name: str = "(unnamed)", quiet: bool = False, compile: Optional[str] = None) -> None:
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"task={task!r} is not known; choose one of {', '.join(TASKS)}.")
         self.model = model
+        self.compiled = CompiledModel(compile, dynamic=False if task == CAUSAL_LM else None)
         # decided on the unwrapped model: under FSDP the parameters the optimiser sees are flat shards
         self.no_decay = {name for name, p in model.named_parameters() if p.ndim < 2}
         self.task = task
@@ -410,6 +417,7 @@ class TextTaskModule(L.LightningModule):
         return logits
 
     def on_fit_start(self) -> None:
+        self.compiled.setup(self.model, self.device)
         t = self.teacher
         if t is None:
             return
@@ -485,7 +493,7 @@ class TextTaskModule(L.LightningModule):
         torch.manual_seed(mix_seed(self.seed, batch_idx, self.global_rank))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self._forward(self.model, batch)
+        logits = self._forward(self.compiled(self.model), batch)
         task = self.task_loss(logits, batch)
         if self.distils:
             kd = self.kd_term(logits, self.teacher_logits(batch))

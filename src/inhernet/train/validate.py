@@ -20,10 +20,12 @@ from inhernet.config import ConfigError
 
 __all__ = [
     "ACCELERATORS",
+    "COMPILE_MODES",
     "FOLDER_NAME_RULE",
     "PRECISIONS",
     "check_accelerator",
     "check_batch_size",
+    "check_compile",
     "check_count",
     "check_flag",
     "check_folder_name",
@@ -34,6 +36,7 @@ __all__ = [
     "check_precision",
     "check_training_options",
     "cli_option",
+    "compile_mode",
     "plain_option",
 ]
 
@@ -217,3 +220,26 @@ def check_precision(field: str, value: Any, *, accelerator: Any = "cpu", option:
                           f"{explicit!r} (or another of {choices}).")
     raise ConfigError(f"{_shown(option, field, value)} is not a training precision; use one of {choices} "
                       "(or leave it out for 32-bit).")
+
+
+#: ``torch.compile`` modes training accepts (``compile: true`` means ``"default"``); ``reduce-overhead``
+#: adds CUDA graphs (GPUs only: on a CPU it compiles as ``default``, see :mod:`inhernet.train.compiled`)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile(field: str, value: Any, *, option: Option = plain_option) -> None:
+    """``torch.compile`` for training: ``None`` / ``False`` (eager), ``True`` (mode ``"default"``) or
+    one of :data:`COMPILE_MODES`."""
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and value in COMPILE_MODES):
+        return
+    raise ConfigError(f"{_shown(option, field, value)} is not a compile setting; use a torch.compile mode, one of "
+                      f"{', '.join(COMPILE_MODES)} (or true / false from Python and YAML).")
+
+
+def compile_mode(value: Any, *, option: Option = plain_option, field: str = "compile") -> Optional[str]:
+    """The ``torch.compile`` mode a checked ``compile`` value asks for: ``None`` (eager), ``True`` ->
+    ``"default"``, a mode name as it is."""
+    check_compile(field, value, option=option)
+    if value is None or value is False:
+        return None
+    return "default" if value is True else value
