@@ -13,7 +13,11 @@ fast phases of other work on the machine cancel. One thread by default.
   (and the faster memory layout): the fair baseline;
 * ``resnet20`` and ``resnet20, BN folded``: the dense network of about the InherNet's FLOPs;
 * ``InherNet H=…``: ``inherit(teacher, rank=8, heads=H)``, eager, then after
-  ``optimize_for_inference`` (and, with ``--compile``, that under ``torch.compile``).
+  ``optimize_for_inference`` (its identical heads fold exactly: an untrained model), and the same
+  with ``(heads differ)`` (``diversify_heads("perturbed")``: as after training, the per-image gate
+  runs, so the gated conv kernels are timed);
+* with ``--compile``: the optimised InherNets under ``torch.compile``, and the BN-folded teacher and
+  resnet20 compiled the same way (the fair baselines for a compiled model).
 
 ``--parts llm``: a SmolLM2-135M-shaped Llama (hidden 576, intermediate 1536, 9 heads / 3 KV heads,
 vocabulary 49152, ``--llm-layers`` of 30 blocks; random weights, or a ``save_pretrained`` folder
@@ -165,16 +169,27 @@ def build_cnn_models(batch: int, args: argparse.Namespace) -> tuple[dict[str, nn
     models: dict[str, nn.Module] = {TEACHER: teacher}
     summaries: dict[str, str] = {}
     models[TEACHER_FOLDED] = optimised(teacher, example, summaries, TEACHER_FOLDED, args)
+    if args.compile:  # the fair baseline for a compiled InherNet: the teacher compiled the same way
+        models[f"{TEACHER_FOLDED} + compiled"] = optimised(teacher, example, summaries, f"{TEACHER_FOLDED} + compiled",
+                                                           args, compile=True)
     models["resnet20"] = small
     models["resnet20, BN folded"] = optimised(small, example, summaries, "resnet20, BN folded", args)
+    if args.compile:
+        models["resnet20, BN folded + compiled"] = optimised(small, example, summaries,
+                                                             "resnet20, BN folded + compiled", args, compile=True)
     for heads in args.heads:
         inh = inhernet.inherit(teacher, rank=args.rank, heads=heads, progress=False).eval()
-        models[f"InherNet r{args.rank} H={heads}"] = inh
-        name = f"InherNet r{args.rank} H={heads}, optimised"
-        models[name] = optimised(inh, example, summaries, name, args)
-        if args.compile:
-            cname = f"InherNet r{args.rank} H={heads}, optimised + compiled"
-            models[cname] = optimised(inh, example, summaries, cname, args, compile=True)
+        # as inherited (identical heads: they fold exactly) and with heads that differ (a trained
+        # model: the per-image gate must run, so the gated kernels are what is timed)
+        variants = [(f"InherNet r{args.rank} H={heads}", inh)]
+        if heads > 1:
+            variants.append((f"InherNet r{args.rank} H={heads} (heads differ)", diversified(inh)))
+        for base, model in variants:
+            models[base] = model
+            models[f"{base}, optimised"] = optimised(model, example, summaries, f"{base}, optimised", args)
+            if args.compile:
+                models[f"{base}, optimised + compiled"] = optimised(model, example, summaries,
+                                                                    f"{base}, optimised + compiled", args, compile=True)
     return models, summaries
 
 
