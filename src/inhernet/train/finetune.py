@@ -47,12 +47,14 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from ..errors import ConfigError
 from ..hf.folders import save_text_model
 from ..utils import atomic_write
 from .fit import CHECKPOINT_NAME, METRICS_NAME, global_rank, read_metrics
+from .fsdp import FSDP2Strategy, transformer_blocks
 from .guard import NonFiniteGuard
 from .signals import stop_cleanly
 from .text import (
@@ -179,11 +181,6 @@ def check_finetune_options(*, task: Any, max_steps: Any, batch_size: Any, grad_a
         if strategy not in STRATEGIES:
             raise ConfigError(f"{option('strategy')}={strategy!r} is not known; choose one of {', '.join(STRATEGIES)} "
                               "(or pass a Lightning Strategy object).")
-        if strategy == "fsdp" and not (isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda")):
-            raise ConfigError(
-                f"strategy='fsdp' needs GPUs (accelerator='gpu'), got accelerator={accelerator!r}: Lightning refuses "
-                "FSDP on a CPU ('The strategy `fsdp` requires a GPU accelerator') and so does torch's FSDP ('FSDP "
-                "needs a non-CPU accelerator device'); on CPUs use strategy='ddp' or 'ddp_spawn'.")
 
 
 def _check_data(task: str, data: Any, batch_size: int, model: nn.Module) -> None:
@@ -255,19 +252,12 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def _strategy(strategy: Any, model: nn.Module) -> Any:
+    """Lightning's strategy for ``strategy``: ``"fsdp"`` is :class:`~inhernet.train.fsdp.FSDP2Strategy`
+    (a model without a list of transformer blocks is a ConfigError, before anything is written)."""
     if strategy != "fsdp":
         return strategy
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from ..hf.prune import block_list
-
-    try:
-        _, blocks = block_list(model)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"strategy='fsdp' wraps the model's transformer blocks, but none were found in "
-                          f"{type(model).__name__} ({err}); use strategy='ddp'.") from err
-    # use_orig_params: the optimiser sees the model's own parameters (by name: weight decay per parameter)
-    return FSDPStrategy(auto_wrap_policy={type(blocks[0])}, state_dict_type="full", use_orig_params=True)
+    transformer_blocks(model)
+    return FSDP2Strategy()
 
 
 def _check_gradient_checkpointing(model: nn.Module) -> None:
@@ -424,8 +414,9 @@ def finetune(
     metrics_path = out / METRICS_NAME
     record_path = out / FINETUNE_RECORD
     run_name = run_name or str(out)
-    fsdp = strategy == "fsdp"
     lightning_strategy = _strategy(strategy, model)
+    # FSDP2 shards the model in place: the trained weights come back from the full-state checkpoint
+    fsdp = isinstance(lightning_strategy, ModelParallelStrategy)
     has_eval = bool(eval_splits(data, task))
     mode = _teacher_logits_mode(teacher_logits, task, data, distil_from)
 

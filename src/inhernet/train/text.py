@@ -57,6 +57,7 @@ from ..hf.lm import next_token_nll
 from ..hf.textdata import EncodedSplit
 from ..utils import atomic_write, eval_mode, on_device, stable_hash
 from .fit import read_metrics
+from .fsdp import data_parallel_mesh, shard_model
 from .guard import TrainingDivergedError
 from .losses import kd_kl
 
@@ -360,7 +361,7 @@ class TextTaskModule(L.LightningModule):
         if task not in TASKS:
             raise ConfigError(f"task={task!r} is not known; choose one of {', '.join(TASKS)}.")
         self.model = model
-        # decided on the unwrapped model: under FSDP the parameters the optimiser sees are flat shards
+        # decided on the unsharded model (the shapes of the parameters, not of their shards)
         self.no_decay = {name for name, p in model.named_parameters() if p.ndim < 2}
         self.task = task
         self.lr, self.max_steps = float(lr), int(max_steps)
@@ -383,6 +384,13 @@ class TextTaskModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.quiet and _spawned():
             quiet_lightning()  # a ddp_spawn worker: a fresh interpreter, without the caller's filters
+
+    def configure_model(self) -> None:
+        # under FSDP2 (a ModelParallelStrategy) the blocks, then the root, are sharded here, before the
+        # optimiser is made from the (then sharded) parameters; any other strategy: nothing to do
+        mesh = data_parallel_mesh(self.trainer.strategy)
+        if mesh is not None:
+            shard_model(self.model, mesh)
 
     # ------------------------------------------------------------------------------ teacher
     @property
