@@ -14,7 +14,8 @@ Runs (each into ``OUT/<name>``):
 * ``resumed``: the same, stopped by Ctrl-C after step 3 (last checkpoint: step 2), then resumed
   from a fresh model object;
 * ``inherited``: an InherNet of a tiny Llama with tied embeddings / LM head, distilled from the
-  dense Llama (the teacher, not sharded; its logits cached), with gradient checkpointing.
+  dense Llama (the teacher, not sharded; its logits cached), with gradient checkpointing and
+  accumulation.
 
 Global rank zero writes ``OUT/runs.json``: per run the gradient norms seen before each optimiser
 step (as the NonFiniteGuard computes them over the sharded gradients), whether the returned model

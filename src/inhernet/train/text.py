@@ -554,8 +554,7 @@ class TextTaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        named = [(n.replace("_fsdp_wrapped_module.", ""), p) for n, p in self.model.named_parameters()
-                 if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # FSDP2 keeps the names
         decay = [p for n, p in named if n not in self.no_decay]
         no_decay = [p for n, p in named if n in self.no_decay]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
