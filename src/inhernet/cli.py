@@ -83,7 +83,8 @@ def _add_dist_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", default=None, help="processes / devices per node: an int or 'auto' (default 1)")
     g.add_argument("--num-nodes", type=int, default=None, help="machines (default 1)")
     g.add_argument("--strategy", default=None,
-                   help="auto, ddp (re-launches this command per device), ddp_spawn (default auto)")
+                   help="auto, ddp (re-launches this command per device), ddp_spawn, fsdp (Hugging Face models: "
+                        "FSDP2 sharding the transformer blocks, CPUs too; re-launches like ddp) (default auto)")
     g.add_argument("--threads", type=int, default=None, help="torch threads per process")
     g.add_argument("--progress", default=None, choices=["tqdm", "rich", "none"], help="progress bar (default tqdm)")
     g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",

@@ -9,7 +9,7 @@
 One Lightning path for both text tasks (the pieces are in :mod:`inhernet.train.text`): AdamW with a
 linear warm-up and a cosine / linear / constant decay stepped every optimiser step, gradient
 accumulation, gradient clipping, bf16 autocast, gradient checkpointing, optional distillation from a
-frozen teacher, one process or several (DDP, FSDP on GPUs).
+frozen teacher, one process or several (DDP; FSDP2, on CPUs and GPUs).
 
 ``out_dir`` receives ``metrics.jsonl`` (one row per optimiser step, global rank zero),
 ``checkpoints/last.ckpt`` (every ``checkpoint_every`` steps and at the end), ``finetune.json`` (the
@@ -23,12 +23,25 @@ stopped (``KeyboardInterrupt``, SIGTERM: :func:`~inhernet.train.signals.stop_cle
 checkpoint) and resumed with the same settings ends with the weights and metrics rows of an
 uninterrupted run, bit for bit on a CPU with the same thread count (``time_s`` aside).
 
-**FSDP** (``strategy="fsdp"``): Lightning's ``FSDPStrategy`` with the model's transformer block class
-as the wrap policy (:func:`inhernet.hf.prune.block_list`); the teacher is not sharded. It needs
-GPUs: Lightning 2.6 refuses it on a CPU (``The strategy `fsdp` requires a GPU accelerator``) and so
-does torch's FSDP (``FSDP needs a non-CPU accelerator device``), so it is refused here up front.
-With FSDP the model passed in is wrapped in place; the returned ``model`` is a clean copy that holds
-the trained weights (read back from the final, full-state checkpoint).
+**FSDP** (``strategy="fsdp"``): FSDP2 (``torch.distributed.fsdp.fully_shard``) through Lightning's
+``ModelParallelStrategy`` (:class:`~inhernet.train.fsdp.FSDP2Strategy`: every process one data-parallel
+shard), on CPUs (gloo) and GPUs (nccl). Each transformer block (:func:`inhernet.hf.prune.block_list`;
+a model without one is a ConfigError) and then the rest of the model are sharded in
+``configure_model()``, before the optimiser is made; the KD teacher is not sharded. Like ``"ddp"`` it
+re-launches the running script once per further process. Gradient clipping, the non-finite guard,
+evaluation, the teacher's logits cache, exact resume and the metrics rows work as on one process (two
+gloo processes train like one of the doubled batch within 1e-5; a resumed run ends bit-identical).
+The checkpoint is one full-state file (parameter names as in the model), so
+:func:`load_checkpoint_weights` reads it. The model passed in is sharded in place (its parameters
+become DTensor shards); the returned ``model`` is a clean, unsharded copy that holds the trained
+weights (read back from the final checkpoint), tied weights tied again.
+
+FSDP2 replaces FSDP1 (Lightning's ``FSDPStrategy``, what ``"fsdp"`` meant before) rather than
+standing beside it: FSDP1 refuses a CPU (Lightning 2.6: ``The strategy `fsdp` requires a GPU
+accelerator``; torch: ``FSDP needs a non-CPU accelerator device``), so a ``"fsdp1"`` choice would be a
+GPU-only path no test here can run; FSDP2 runs on the same GPUs, keeps the parameters' names (no flat
+parameters to rename for weight decay or the checkpoint), and is the one torch's documentation
+recommends.
 """
 
 from __future__ import annotations
@@ -47,12 +60,14 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from ..errors import ConfigError
 from ..hf.folders import save_text_model
 from ..utils import atomic_write
 from .fit import CHECKPOINT_NAME, METRICS_NAME, global_rank, read_metrics
+from .fsdp import FSDP2Strategy, transformer_blocks
 from .guard import NonFiniteGuard
 from .signals import stop_cleanly
 from .text import (
@@ -179,14 +194,9 @@ def check_finetune_options(*, task: Any, max_steps: Any, batch_size: Any, grad_a
         if strategy not in STRATEGIES:
             raise ConfigError(f"{option('strategy')}={strategy!r} is not known; choose one of {', '.join(STRATEGIES)} "
                               "(or pass a Lightning Strategy object).")
-        if strategy == "fsdp" and not (isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda")):
-            raise ConfigError(
-                f"strategy='fsdp' needs GPUs (accelerator='gpu'), got accelerator={accelerator!r}: Lightning refuses "
-                "FSDP on a CPU ('The strategy `fsdp` requires a GPU accelerator') and so does torch's FSDP ('FSDP "
-                "needs a non-CPU accelerator device'); on CPUs use strategy='ddp' or 'ddp_spawn'.")
     if compile_mode(compile, option=option) is not None and strategy == "fsdp":
         raise ConfigError(f"{option('compile')}={compile!r} with strategy='fsdp' is not supported here (compiling "
-                          "FSDP-wrapped blocks is untested in this project); use strategy='ddp', or drop "
+                          "FSDP-sharded blocks is untested in this project); use strategy='ddp', or drop "
                           f"{option('compile')}.")
 
 
@@ -259,19 +269,12 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def _strategy(strategy: Any, model: nn.Module) -> Any:
+    """Lightning's strategy for ``strategy``: ``"fsdp"`` is :class:`~inhernet.train.fsdp.FSDP2Strategy`
+    (a model without a list of transformer blocks is a ConfigError, before anything is written)."""
     if strategy != "fsdp":
         return strategy
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from ..hf.prune import block_list
-
-    try:
-        _, blocks = block_list(model)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"strategy='fsdp' wraps the model's transformer blocks, but none were found in "
-                          f"{type(model).__name__} ({err}); use strategy='ddp'.") from err
-    # use_orig_params: the optimiser sees the model's own parameters (by name: weight decay per parameter)
-    return FSDPStrategy(auto_wrap_policy={type(blocks[0])}, state_dict_type="full", use_orig_params=True)
+    transformer_blocks(model)
+    return FSDP2Strategy()
 
 
 def _check_gradient_checkpointing(model: nn.Module) -> None:
@@ -401,7 +404,8 @@ def finetune(
             layout).
         devices, num_nodes, strategy, accelerator: Lightning's; ``strategy`` ``"auto"``, ``"ddp"``
             (re-launches the running script per process), ``"ddp_spawn"`` (spawns from Python; CPU
-            + gloo works), ``"fsdp"`` (GPUs only). The data is sharded by rank so that ``P``
+            + gloo works), ``"fsdp"`` (FSDP2, see the module docstring; re-launches like ``"ddp"``;
+            CPU + gloo works). The data is sharded by rank so that ``P``
             processes of ``batch_size`` B train like one of ``P * B``.
         progress: Lightning's TQDM bar (loss, tokens/s); ``False``: silent.
         run_name: how errors name the run (default ``out_dir``); a non-finite loss or gradient
@@ -410,8 +414,8 @@ def finetune(
         tokenizer: saved beside the model in ``out_dir/model``.
         callbacks: extra Lightning callbacks (after this function's own).
     Returns:
-        :class:`FinetuneResult`; the model is trained in place (except under FSDP) and returned on
-        the CPU; global rank zero saves it in ``out_dir/model`` (:func:`inhernet.hf.folders.save_text_model`).
+        :class:`FinetuneResult`; the model is trained in place and returned on the CPU (under FSDP
+        the model passed in is left sharded and a clean copy with the trained weights is returned); global rank zero saves it in ``out_dir/model`` (:func:`inhernet.hf.folders.save_text_model`).
     Raises:
         inhernet.errors.ConfigError: a bad option or data (before anything is written).
         inhernet.train.signals.TrainingInterrupted: SIGTERM / Ctrl-C; the last checkpoint is kept
@@ -434,8 +438,9 @@ def finetune(
     metrics_path = out / METRICS_NAME
     record_path = out / FINETUNE_RECORD
     run_name = run_name or str(out)
-    fsdp = strategy == "fsdp"
     lightning_strategy = _strategy(strategy, model)
+    # FSDP2 shards the model in place: the trained weights come back from the full-state checkpoint
+    fsdp = isinstance(lightning_strategy, ModelParallelStrategy)
     has_eval = bool(eval_splits(data, task))
     mode = _teacher_logits_mode(teacher_logits, task, data, distil_from)
 

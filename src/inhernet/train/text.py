@@ -58,6 +58,7 @@ from ..hf.textdata import EncodedSplit
 from ..utils import atomic_write, eval_mode, on_device, stable_hash
 from .compiled import CompiledModel
 from .fit import read_metrics
+from .fsdp import data_parallel_mesh, shard_model
 from .guard import TrainingDivergedError
 from .losses import kd_kl
 
@@ -367,7 +368,7 @@ class TextTaskModule(L.LightningModule):
             raise ConfigError(f"task={task!r} is not known; choose one of {', '.join(TASKS)}.")
         self.model = model
         self.compiled = CompiledModel(compile, dynamic=False if task == CAUSAL_LM else None)
-        # decided on the unwrapped model: under FSDP the parameters the optimiser sees are flat shards
+        # decided on the unsharded model (the shapes of the parameters, not of their shards)
         self.no_decay = {name for name, p in model.named_parameters() if p.ndim < 2}
         self.task = task
         self.lr, self.max_steps = float(lr), int(max_steps)
@@ -390,6 +391,13 @@ class TextTaskModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.quiet and _spawned():
             quiet_lightning()  # a ddp_spawn worker: a fresh interpreter, without the caller's filters
+
+    def configure_model(self) -> None:
+        # under FSDP2 (a ModelParallelStrategy) the blocks, then the root, are sharded here, before the
+        # optimiser is made from the (then sharded) parameters; any other strategy: nothing to do
+        mesh = data_parallel_mesh(self.trainer.strategy)
+        if mesh is not None:
+            shard_model(self.model, mesh)
 
     # ------------------------------------------------------------------------------ teacher
     @property
@@ -554,8 +562,7 @@ class TextTaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        named = [(n.replace("_fsdp_wrapped_module.", ""), p) for n, p in self.model.named_parameters()
-                 if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # FSDP2 keeps the names
         decay = [p for n, p in named if n not in self.no_decay]
         no_decay = [p for n, p in named if n in self.no_decay]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
