@@ -114,7 +114,8 @@ case $STAGE in
   1) stage1; echo "== stage 1 done in $(( $(date +%s) - START ))s: now call again with carry [\".gpu_llm_b\"]"; exit 0 ;;
   2) stage2 ;;
   smoke) stage1; stage2 ;;
-  run) [[ -d $TEXT/wordnet ]] || { echo "run: $TEXT is missing (a fresh machine?): start again with stage 1"; exit 2; } ;;
+  run) [[ -d $TEXT/wordnet && -d $SITE ]] \
+         || { echo "run: $TEXT or $SITE is missing (a fresh machine?): start again with stage 1"; exit 2; } ;;
   *) echo "GPU_LLM_STAGE=$STAGE: give 1, 2 or run"; exit 2 ;;
 esac
 
