@@ -40,7 +40,8 @@
 #   GPU_LLM_STASH=/tmp/gpu_llm_a      where stage 1 keeps part A (smoke: runs/gpu_llm_smoke/stash_a)
 #   GPU_LLM_SITE=/tmp/gpu_llm_site    the wheels' --target (put first on PYTHONPATH; it holds only them)
 #   OUT=./gpu_out           where the results go (the device tool sets it)
-#   PYTHON                  the interpreter (default .venv/bin/python if it works, else python3)
+#   PYTHON                  the interpreter (default .venv/bin/python if it works, else the device's
+#                           /opt/torch/.venv/bin/python when there, else python3)
 #
 # How long: the config's header has the estimate (~8 minutes on an H200); it has not been run on a GPU.
 set -euo pipefail
@@ -58,6 +59,7 @@ exec > >(tee -a "$OUT/gpu_llm.log") 2>&1
 
 if [[ -z ${PYTHON:-} ]]; then
   if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import torch" 2>/dev/null; then PYTHON=.venv/bin/python
+  elif [[ -x /opt/torch/.venv/bin/python ]]; then PYTHON=/opt/torch/.venv/bin/python  # the device's
   else PYTHON=python3; fi
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -94,7 +96,12 @@ stage2() {
   # the wheels are for CPython 3.12 (the device); elsewhere (the smoke test) pip is told the target version
   [[ $pyver != 3.12 ]] && target_args=(--python-version 3.12 --only-binary=:all:)
   rm -rf "$SITE"
-  "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" "${target_args[@]}" "$a"/wheels/*.whl
+  if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" "${target_args[@]}" "$a"/wheels/*.whl; then
+    # no pip there: these four wheels are pure Python, so unpacking them is installing them
+    echo "pip install failed; unpacking the wheels into $SITE instead"
+    rm -rf "$SITE" && mkdir -p "$SITE"
+    "$PYTHON" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" "$SITE" "$a"/wheels/*.whl
+  fi
   echo "wheels: $(cd "$SITE" && ls -d *.dist-info | tr '\n' ' ')-> $SITE"
   rm -rf "$TEXT" && mkdir -p "$TEXT"
   tar -xzf "$PART_B/text.tar.gz" -C "$TEXT"
