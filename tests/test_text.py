@@ -61,6 +61,28 @@ def test_fortunes_split_on_percent_lines_and_skip_indexes(tmp_path):
     assert {t.label for t in read_fortunes(tmp_path)} == {"art", "long"} and len(read_fortunes(tmp_path)) == 4
 
 
+def test_environment_variables_replace_the_default_folders(tmp_path, monkeypatch):
+    """INHERNET_WORDNET_DIR / INHERNET_FORTUNES_DIR stand in for the Debian folders (a machine without
+    the packages, e.g. benchmarks/gpu_llm.sh's GPU machine); an explicit root still wins; the
+    lm sources ``glosses`` / ``fortunes`` read them too."""
+    wn = _write_wordnet(tmp_path / "wn", ["00001740 03 n 01 entity 0 000 | that which is perceived to exist  \n"])
+    fo = tmp_path / "fo"
+    fo.mkdir()
+    (fo / "art").write_text("A quote.\n%\n")
+    monkeypatch.setenv("INHERNET_WORDNET_DIR", str(wn))
+    monkeypatch.setenv("INHERNET_FORTUNES_DIR", str(fo))
+    assert read_wordnet_glosses() == [LabelledText("that which is perceived to exist", "noun.Tops")]
+    assert read_fortunes() == [LabelledText("A quote.", "art")]
+    from inhernet.hf.textdata import read_lm_documents
+
+    assert read_lm_documents(["glosses", "fortunes"]) == ["that which is perceived to exist", "A quote."]
+    with pytest.raises(DatasetNotFoundError, match="INHERNET_FORTUNES_DIR"):
+        read_fortunes(tmp_path / "nowhere")  # the explicit root, not the variable
+    monkeypatch.setenv("INHERNET_WORDNET_DIR", str(tmp_path / "missing"))
+    with pytest.raises(DatasetNotFoundError, match="missing.*INHERNET_WORDNET_DIR"):
+        read_wordnet_glosses()
+
+
 def test_balanced_split_is_disjoint_balanced_seeded_and_drops_rare_classes():
     items = [LabelledText(f"{c}{i}", c) for c, n in (("a", 10), ("b", 7), ("rare", 3)) for i in range(n)]
     train, test = balanced_split(items, 4, 2, seed=3)

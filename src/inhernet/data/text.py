@@ -1,6 +1,9 @@
 """Offline English text: WordNet glosses (labelled with their lexicographer class) and fortunes.
 
-Both come from Debian packages that ``make system-deps`` installs, so nothing is downloaded:
+Both come from Debian packages that ``make system-deps`` installs, so nothing is downloaded
+(on a machine without them, copies of the folders can stand in: the environment variables
+``INHERNET_WORDNET_DIR`` / ``INHERNET_FORTUNES_DIR`` replace the default folders below, for every
+reader that passes no ``root``, the configs' ``glosses`` / ``fortunes`` sources included):
 
 * :func:`read_wordnet_glosses` — the definitions of ``wordnet-base``'s ``data.{noun,verb,adj,adv}``
   with the synset's lexicographer file (``noun.animal``, ``verb.motion``, … 45 classes) as label;
@@ -24,6 +27,15 @@ from .errors import DataFormatError, DatasetNotFoundError
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
+#: environment variables that replace :data:`WORDNET_DIR` / :data:`FORTUNES_DIR` when set (non-empty)
+WORDNET_ENV = "INHERNET_WORDNET_DIR"
+FORTUNES_ENV = "INHERNET_FORTUNES_DIR"
+
+
+def _default_dir(env: str, default: Path) -> Path:
+    """The folder read when no ``root`` is given: ``$env`` when set and non-empty, else ``default``."""
+    value = os.environ.get(env, "").strip()
+    return Path(value).expanduser() if value else default
 
 # WordNet's lexicographer files, by the two-digit number stored in field 2 of every data.* line
 # (the ``lexnames`` file of the WordNet distribution, which the Debian package does not ship).
@@ -44,11 +56,12 @@ class LabelledText(NamedTuple):
     label: str
 
 
-def _require_dir(path: Path, package: str) -> Path:
+def _require_dir(path: Path, package: str, env: str) -> Path:
     if not path.is_dir():
         raise DatasetNotFoundError(
             f"{path} not found: install the Debian package `{package}` "
-            f"(`sudo apt-get install {package}`, or `make system-deps`), or pass root=<folder>."
+            f"(`sudo apt-get install {package}`, or `make system-deps`), pass root=<folder>, "
+            f"or set {env} to a copy of its folder."
         )
     return path
 
@@ -65,7 +78,8 @@ def read_wordnet_glosses(root: str | os.PathLike | None = None) -> list[Labelled
     Lines starting with two spaces are the licence header; a data line is
     ``offset lex_filenum ss_type ... | gloss``.
     """
-    folder = _require_dir(Path(root) if root is not None else WORDNET_DIR, "wordnet-base")
+    folder = _require_dir(Path(root) if root is not None else _default_dir(WORDNET_ENV, WORDNET_DIR),
+                          "wordnet-base", WORDNET_ENV)
     out: list[LabelledText] = []
     for pos in ("noun", "verb", "adj", "adv"):
         path = folder / f"data.{pos}"
@@ -89,7 +103,8 @@ def read_fortunes(root: str | os.PathLike | None = None, *, max_chars: int | Non
     """Every quote of the fortune files in ``root`` (records separated by lines holding ``%``), with
     the file name as topic. The ``.dat`` indexes and ``.u8`` links are skipped, and so are quotes
     longer than ``max_chars`` when given (ASCII art, long stories)."""
-    folder = _require_dir(Path(root) if root is not None else FORTUNES_DIR, "fortunes")
+    folder = _require_dir(Path(root) if root is not None else _default_dir(FORTUNES_ENV, FORTUNES_DIR),
+                          "fortunes", FORTUNES_ENV)
     out: list[LabelledText] = []
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.suffix in (".dat", ".u8") or path.is_symlink():

@@ -68,9 +68,10 @@ def perplexity(model: nn.Module, blocks: Tensor, batch_size: int = 8) -> dict[st
     ``ppl = exp(nll)``. The model is put in eval mode for the call and restored after."""
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # blocks go to the model
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        ids = blocks[i:i + batch_size]
+        ids = blocks[i:i + batch_size].to(device)
         nll = next_token_nll(model(input_ids=ids).logits, ids)
         total += float(nll.sum(dtype=torch.float64))
         count += nll.numel()
