@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from inhernet.errors import ConfigError
+from inhernet.hf.quiet import transformers_progress
 from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
@@ -476,8 +477,6 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     progress = cfg.trainer.progress if progress is None else progress
-    from inhernet.hf.quiet import transformers_progress
-
     with transformers_progress(bool(progress)):  # transformers' own bars (loading, writing shards) follow ours
         return _run_text_compare(cfg, force=force, progress=progress, log=log, report=report)
 
