@@ -47,7 +47,6 @@ depend on trained values, only on whether the heads differ.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import statistics
 import sys
@@ -59,6 +58,7 @@ from torch import nn
 
 import inhernet
 from inhernet.models import create_model
+from inhernet.optimize import as_trained
 
 TEACHER = "teacher"
 TEACHER_FOLDED = "teacher, BN folded"
@@ -87,17 +87,6 @@ def build_llama(layers: int = 30, weights: str = "random") -> nn.Module:
 def inherit_llama(teacher: nn.Module, heads: int = 2, fraction: float = 0.6) -> nn.Module:
     """``inherit(teacher, budget=fraction, budget_scope="targets", heads=heads)`` in eval mode."""
     return inhernet.inherit(teacher, budget=fraction, budget_scope="targets", heads=heads, progress=False).eval()
-
-
-def diversified(model: nn.Module, scale: float = 0.005, seed: int = 0) -> nn.Module:
-    """A copy of an InherNet whose heads differ (``diversify_heads("perturbed")`` on every layer):
-    what a fine-tuned model looks like to the kernels — the gate must run."""
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    for m in out.modules():
-        if isinstance(m, (inhernet.InherLinear, inhernet.InherConv2d)):
-            m.diversify_heads("perturbed", scale, gen)
-    return out
 
 
 def interleaved(calls: dict[str, callable], rounds: int, iters: int, reference: str,
@@ -183,7 +172,7 @@ def build_cnn_models(batch: int, args: argparse.Namespace) -> tuple[dict[str, nn
         # model: the per-image gate must run, so the gated kernels are what is timed)
         variants = [(f"InherNet r{args.rank} H={heads}", inh)]
         if heads > 1:
-            variants.append((f"InherNet r{args.rank} H={heads} (heads differ)", diversified(inh)))
+            variants.append((f"InherNet r{args.rank} H={heads} (heads differ)", as_trained(inh)))
         for base, model in variants:
             models[base] = model
             models[f"{base}, optimised"] = optimised(model, example, summaries, f"{base}, optimised", args)
@@ -245,7 +234,7 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
     t0 = time.perf_counter()
     copies = inherit_llama(teacher, heads=2)
     print(f"inherited in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    differ = diversified(copies)
+    differ = as_trained(copies)
     vocab = teacher.config.vocab_size
     ids = torch.randint(0, vocab, (8, 128), generator=torch.Generator().manual_seed(0))
     prompt = ids[:1, :32]

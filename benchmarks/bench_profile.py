@@ -59,10 +59,10 @@ import inhernet
 from inhernet.layers import InherConv2d, InherLinear, profile_scopes
 from inhernet.models import create_model
 from inhernet.optimize import (FactorisedConv2d, GatedConv2d, GatedLinear, InOutLinear, SharedInputProjection,
-                               optimize_for_inference)
+                               as_trained, optimize_for_inference)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_optimize import build_llama, diversified, inherit_llama  # noqa: E402
+from bench_optimize import build_llama, inherit_llama  # noqa: E402
 
 CATEGORIES = ["down product", "up/head products", "gate", "softmax/mixing", "bias", "shared-input product",
               "copies / re-layouts", "BatchNorm", "dense Linear/Conv2d", "LM head", "attention core", "other ops",
@@ -273,7 +273,7 @@ def cnn_workloads(args) -> list[tuple[str, dict[str, tuple]]]:
 
 def llm_workloads(args) -> list[tuple[str, dict[str, tuple]]]:
     teacher = build_llama(args.llm_layers, args.weights)
-    inh = diversified(inherit_llama(teacher, heads=2))
+    inh = as_trained(inherit_llama(teacher, heads=2))
     ids = torch.randint(0, teacher.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
     out = []
     for batch in (1, 8):

@@ -128,6 +128,8 @@ def test_candidate_ranks_are_a_geometric_grid_with_the_largest_rank():
     ({"budget_metric": "latency", "budget": 0.5, "latency_input": (4, 0)}, "latency_input"),
     ({"budget_metric": "latency", "budget": 0.5, "latency_input": "4,16"}, "latency_input"),
     ({"budget_metric": "latency", "budget": 0.5, "budget_scope": "targets", "latency_cache": 3}, "latency_cache"),
+    ({"budget_metric": "latency", "budget": 0.5, "latency_form": "fast"}, "latency_form='fast' is not valid"),
+    ({"budget": 0.5, "latency_form": "optimized"}, "latency_form='optimized' is only read by a latency budget"),
 ])
 def test_latency_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -240,6 +242,66 @@ def test_the_table_is_measured_once_and_read_back_from_the_cache(fake_clock, tmp
     assert other.entries == {} and other.path != LatencyCache(str(tmp_path), device_record("cpu")).path
 
 
+class RecordingClock(FakeClock):
+    """A :class:`FakeClock` that keeps the candidates of every layer timing."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __call__(self, candidates, x, **kw):
+        if "dense" in candidates:
+            self.seen.append((dict(candidates), x))
+        return super().__call__(candidates, x, **kw)
+
+
+@pytest.mark.parametrize("make, shape", [(toy_mlp, (8, 16)), (toy_cnn, (8, 3, 8, 8))], ids=["mlp", "cnn"])
+def test_the_optimized_form_times_each_layer_as_optimize_for_inference_serves_it_once_trained(
+        monkeypatch, tmp_path, make, shape):
+    from inhernet.optimize import REPORT_ATTR, as_trained
+    from inhernet.pipeline import build_layer, layer_generator
+    from inhernet.select import select_layers
+
+    clock = RecordingClock()
+    monkeypatch.setattr(inhernet.latency, "time_candidates", clock)
+    teacher = make()
+    cfg = InheritConfig(budget=0.6, budget_metric="latency", latency_form="optimized", latency_cache=str(tmp_path))
+    measure_latency(teacher, cfg, torch.randn(*shape), progress=False)
+    assert clock.seen
+    names = {c.name: c for c in select_layers(teacher, inhernet.select.resolve_config(teacher, cfg))[0]}
+    for candidates, x in clock.seen:
+        dense = candidates["dense"]
+        c = next(c for c in names.values() if c.module is dense)
+        gen = layer_generator(cfg.seed, c.name)
+        for key, served in candidates.items():
+            if key == "dense":
+                continue
+            # the candidate came out of optimize_for_inference, and computes what the inherited layer
+            # of that rank computes once its heads differ (as after training)
+            assert getattr(served, REPORT_ATTR) is not None, key
+            built = build_layer(dense, c.kind, int(key[1:]), cfg, generator=gen).eval()
+            with torch.no_grad():
+                torch.testing.assert_close(served(x), as_trained(built, 1e-3)(x), rtol=1e-4, atol=1e-5)
+    # the two forms are two cache entries: the inherited form is measured again
+    calls = clock.layer_calls
+    measure_latency(teacher, InheritConfig(budget=0.6, budget_metric="latency", latency_cache=str(tmp_path)),
+                    torch.randn(*shape), progress=False)
+    assert clock.layer_calls > calls
+    again = measure_latency(teacher, cfg, torch.randn(*shape), progress=False)
+    assert again.measured == 0
+
+
+def test_an_optimized_form_budget_records_the_optimised_model_measured(fake_clock, tmp_path):
+    model = inherit(toy_mlp(), budget=0.6, budget_metric="latency", latency_form="optimized", latency_input=(8, 16),
+                    latency_cache=str(tmp_path), min_saving=None, progress=False)
+    t = model.inhernet_plan.latency
+    assert t["form"] == "optimized" and t["optimized_measured_ms"] == 50.0
+    assert "optimised (heads made to differ)" in str(inhernet.layer_report(model))
+    plain = inherit(toy_mlp(), budget=0.6, budget_metric="latency", latency_input=(8, 16),
+                    latency_cache=str(tmp_path), min_saving=None, progress=False)
+    assert plain.inhernet_plan.latency["form"] == "inherited" and "optimized_measured_ms" not in plain.inhernet_plan.latency
+
+
 def test_cache_round_trip_and_damaged_file(tmp_path):
     cache = LatencyCache(str(tmp_path), device_record("cpu"))
     cache.put("k", {"dense": 1.5, "ranks": [1, 2], "ms": [0.5, 0.7]})
@@ -290,6 +352,10 @@ def test_cli_latency_budget(fake_clock, tmp_path, capsys):
                  "--latency-input", "2,1,28,28", "--latency-cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "latency on [2, 1, 28, 28]" in printed and "within budget" in printed
+    assert main(["inherit", str(tmp_path / "t"), "--budget", "0.7", "--budget-metric", "latency", "--latency-form",
+                 "optimized", "--latency-input", "2,1,28,28", "--latency-cache", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "inh_opt")]) == 0
+    assert "predicted (layers as optimize_for_inference runs them once trained)" in capsys.readouterr().out
     assert list((tmp_path / "cache").glob("*.json"))
     with pytest.raises(SystemExit):
         main(["inherit", str(tmp_path / "t"), "--budget", "0.7", "--budget-metric", "latency",

@@ -200,6 +200,42 @@ def test_forced_pairs_are_exact(monkeypatch, winner, module, attr):
         _assert_same(opt, model, torch.randn(2, 1, 28, 28))
 
 
+@pytest.mark.parametrize("winner", ["gated shared-weight", "dense"])
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_one_inherited_layer_alone_becomes_its_inference_form(monkeypatch, winner, layer):
+    monkeypatch.setattr(optimize, "time_candidates", _prefer(winner))
+    if layer == "conv":
+        model, x = _resnet(heads=3), torch.randn(4, 16, 28, 28)
+        lone = model.layer1[0].conv1
+    else:
+        model, x = _mlp(heads=3), torch.randn(8, 96)
+        lone = model[3]
+    gated = winner != "dense"
+    if not gated:  # a layer whose heads fold may become dense; a gated one cannot (its gate must run)
+        lone.gate = None
+    snap = _snapshot(lone)
+    opt = optimize_for_inference(lone, x, memory_format="contiguous")
+    assert not isinstance(opt, nn.Sequential) and not isinstance(opt, (inhernet.InherConv2d, inhernet.InherLinear))
+    report = opt.inhernet_optimized
+    assert [d.name for d in report.layers] == [optimize.LONE_LAYER] and set(report.counts()) == {winner}
+    assert isinstance(opt, (GatedConv2d if layer == "conv" else optimize.GatedLinear) if gated
+                      else (nn.Conv2d if layer == "conv" else nn.Linear))
+    _assert_unchanged(lone, snap)
+    _assert_same(opt, lone, x)
+
+
+def test_as_trained_makes_gated_heads_differ_and_keeps_the_original():
+    model = inhernet.inherit(create_model("resnet20", num_classes=10, in_channels=1), rank=4, progress=False)
+    snap = _snapshot(model)
+    trained = optimize.as_trained(model, 1e-3)
+    _assert_unchanged(model, snap)
+    layers = [m for m in trained.modules() if isinstance(m, inhernet.InherConv2d)]
+    assert layers and all(not torch.equal(m.up[0], m.up[1]) for m in layers)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(trained.eval()(x), model.eval()(x), rtol=0.05, atol=0.05)  # changed by ~1e-3
+
+
 @pytest.mark.parametrize("winner", ["gated kept", "gated per-sample", "gated shared-weight"])
 @pytest.mark.parametrize("structure", ["asymmetric", "symmetric"])
 def test_each_gated_kernel_is_exact(monkeypatch, winner, structure):

@@ -130,6 +130,9 @@ def _add_inherit_args(p: argparse.ArgumentParser) -> None:
                    help="the input shape a latency budget is timed on, batch included, e.g. 64,3,32,32")
     g.add_argument("--latency-cache", default=None, metavar="DIR",
                    help="where latency tables are kept (default ~/.cache/inhernet/latency)")
+    g.add_argument("--latency-form", default="inherited", choices=["inherited", "optimized"],
+                   help="what a latency budget times: each layer as inherited (default, the training form) or "
+                        "as optimize_for_inference / inhernet export runs it once trained")
     g.add_argument("--rank-multiple", type=int, default=1)
     g.add_argument("--head-scale", default="exact", choices=["exact", "paper"])
     g.add_argument("--init", default="svd", choices=["svd", "whitened", "random"],
@@ -503,7 +506,8 @@ def _inherit_config(a: argparse.Namespace, budget: Any) -> Any:
         rank=a.rank, heads=a.heads, rank_fraction=a.rank_fraction, energy=a.energy, budget=budget,
         budget_mode=a.budget_mode, budget_scope=getattr(a, "budget_scope", "model"),
         budget_metric=getattr(a, "budget_metric", "params"), latency_input=getattr(a, "latency_input", None),
-        latency_cache=getattr(a, "latency_cache", None), rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
+        latency_cache=getattr(a, "latency_cache", None), latency_form=getattr(a, "latency_form", "inherited"),
+        rank_multiple=a.rank_multiple, head_scale=a.head_scale, init=a.init,
         calibration_mode=getattr(a, "calibration_mode", "auto"), gate=a.gate, structure=a.structure, svd=a.svd, seed=a.inherit_seed)
 
 

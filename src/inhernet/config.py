@@ -31,6 +31,9 @@ SVD_METHODS = ("exact", "randomized")
 BUDGET_SCOPES = ("model", "targets")
 #: what a budget is measured in: parameters, or latency measured on this device (:mod:`inhernet.latency`)
 BUDGET_METRICS = ("params", "latency")
+#: which form of each layer a latency budget times: as ``inherit`` returns it (trained this way), or as
+#: ``optimize_for_inference`` runs it once trained (:mod:`inhernet.latency`)
+LATENCY_FORMS = ("inherited", "optimized")
 #: how ``init="whitened"`` measures input statistics (see :mod:`inhernet.calibrate`)
 CALIBRATION_MODES = ("auto", "sequential", "one_pass")
 #: ``target_modules`` shortcut (as in PEFT): every Linear/Conv1D except the output layer
@@ -96,6 +99,12 @@ class InheritConfig:
                       ids). Optional when ``inherit`` is given ``example_input``.
       latency_cache:  the folder of the latency tables (default ``~/.cache/inhernet/latency``), one
                       JSON per device, thread count and torch version; ``""``: measure every time.
+      latency_form:   what a latency budget times per layer. ``"inherited"`` (default): the layer as
+                      ``inherit`` returns it (H heads, the gate running: the training form).
+                      ``"optimized"``: the layer as :func:`inhernet.optimize_for_inference` runs it
+                      once trained (heads that differ, so the gate runs; the fastest of its inference
+                      kernels, or the exact dense product when that is not faster): budget the model
+                      you will serve through ``optimize_for_inference`` / ``inhernet export``.
       rank_pattern:   ``{regex: rank}`` overrides, matched against layer names (first full match
                       wins); it applies on top of the policy above, not under a budget.
       rank_multiple:  round each rank down to a multiple of this (at least the multiple itself).
@@ -178,6 +187,7 @@ class InheritConfig:
     budget_metric: str = "params"
     latency_input: Sequence[int] | None = None
     latency_cache: str | None = None
+    latency_form: str = "inherited"
     rank_pattern: dict[str, int] = field(default_factory=dict)
     rank_multiple: int = 1
     dense_at_full_rank: bool = True
@@ -242,7 +252,7 @@ class InheritConfig:
                               "ints such as (64, 3, 32, 32).")
         if self.latency_cache is not None and not isinstance(self.latency_cache, str):
             raise ConfigError(f"latency_cache={self.latency_cache!r} must be a folder path (a string; '' for no cache).")
-        for name in ("budget_mode", "budget_scope", "budget_metric", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
+        for name in ("budget_mode", "budget_scope", "budget_metric", "latency_form", "head_scale", "head_init", "init", "calibration_mode", "gate", "structure", "svd"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a string.")
         _positive_int("seed", self.seed, allow_zero=True)
@@ -323,10 +333,14 @@ class InheritConfig:
             )
 
     def _validate_latency(self) -> None:
+        _choice("latency_form", self.latency_form, LATENCY_FORMS)
         if self.budget_metric != "latency":
             if self.latency_input is not None:
                 raise ConfigError(f"latency_input={self.latency_input!r} is only read by a latency budget; pass "
                                   "budget_metric='latency' with a budget (e.g. budget=0.5), or drop latency_input.")
+            if self.latency_form != "inherited":
+                raise ConfigError(f"latency_form={self.latency_form!r} is only read by a latency budget; pass "
+                                  "budget_metric='latency' with a budget (e.g. budget=0.5), or drop latency_form.")
             return
         b = self.budget
         if b is None:

@@ -23,6 +23,7 @@ from .io import after_inherit, check_save_target, recorded_weight_files, remove_
 from .pipeline import CheckpointSource, ModuleSink, ModuleSource, ShardSink, check_materialised, merge_config, run
 from .plan import PLAN_ATTR
 from .latency import latency_example, latency_summary, measure_latency, time_models
+from .optimize import as_trained, optimize_for_inference
 from .shards import checkpoint_index, parse_size
 
 __all__ = ["inherit", "inherit_checkpoint"]
@@ -78,9 +79,11 @@ def inherit(teacher: nn.Module, config: InheritConfig | None = None, *, inplace:
     plan = run(ModuleSource(model), ModuleSink(), cfg, calibration, progress=progress, latency=table)
     setattr(model, PLAN_ATTR, plan)
     model = after_inherit(model)
-    if table is not None:  # the prediction checked: both whole models timed side by side
-        measured = time_models({"inherited": model} if inplace else {"teacher": teacher, "inherited": model}, example)
-        latency_summary(plan, table, cfg, measured)
+    if table is not None:  # the prediction checked: the whole models timed side by side
+        models = {"inherited": model} if inplace else {"teacher": teacher, "inherited": model}
+        if cfg.latency_form == "optimized":  # what the budget was for: the trained model, optimised
+            models["optimized"] = optimize_for_inference(as_trained(model), example)
+        latency_summary(plan, table, cfg, time_models(models, example))
     return model
 
 

@@ -29,10 +29,20 @@ dense layer), so an error of the additive model (a layer alone is timed with war
 both alike. The plan records the teacher's and the InherNet's measured whole-model times beside
 the predictions; ``inhernet.layer_report`` prints them.
 
-What is timed is the layer as inherited (the training form: H heads, the gate running), in eval
-mode without autograd — the model ``inherit`` returns. :func:`inhernet.optimize_for_inference`
-may make it faster still (it folds identical heads, multiplies back layers that are not faster),
-which a latency budget does not count on.
+What is timed (``InheritConfig.latency_form``), in eval mode without autograd:
+
+* ``"inherited"`` (default): the layer as inherited — the training form (H heads, the gate
+  running), the model ``inherit`` returns;
+* ``"optimized"``: the layer as :func:`inhernet.optimize_for_inference` runs it once trained. Its
+  heads are first made to differ (``diversify_heads("perturbed")``: after training they do, and
+  the gate must run; identical heads would fold), then ``optimize_for_inference`` is given the
+  layer alone on the recorded input shape (contiguous memory, no whole-model steps) and picks the
+  fastest of its inference kernels — or the exact dense product, when that is not faster or the
+  form keeps more than ``1 − min_saving`` of the dense parameters. Whole-model steps it takes on
+  a real model (BatchNorm folding, channels_last, fused shared-input products) are not counted:
+  the prediction is conservative for the optimised model, and the teacher's side is the teacher
+  as it is. :func:`inhernet.inherit` then also times the optimised InherNet (heads made to
+  differ the same way) against the teacher and writes it in the plan (``optimized_measured_ms``).
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from tqdm.auto import tqdm
 
 from .config import InheritConfig
 from .errors import ConfigError
-from .optimize import default_clock, time_candidates
+from .optimize import DEFAULT_MIN_SAVING, as_trained, default_clock, optimize_for_inference, time_candidates
 from .pipeline import build_layer, layer_generator, layer_spec
 from .plan import InheritPlan
 from .ranks import LayerSpec, too_large
@@ -59,7 +69,8 @@ from .select import Candidate, resolve_config, select_layers
 from .targets import is_transformers_model
 from .utils import call_model, eval_mode, read_json, set_submodule, stable_hash, write_json
 
-__all__ = ["DEFAULT_CACHE", "LatencyCache", "LatencyTable", "LayerLatency", "candidate_ranks", "device_record",
+__all__ = ["DEFAULT_CACHE", "LatencyCache", "LatencyTable", "LayerLatency", "candidate_ranks",
+           "device_record",
            "latency_example", "latency_summary", "measure_latency", "time_models"]
 
 #: where latency tables are kept unless ``InheritConfig.latency_cache`` says otherwise
@@ -68,6 +79,8 @@ DEFAULT_CACHE = Path("~/.cache/inhernet/latency")
 ROUNDS = 5
 #: bumps when what a cached entry means changes (older entries are then measured again)
 CACHE_VERSION = 1
+#: ``latency_form="optimized"``: the relative size of the head differences that make the gate run
+DIVERSIFY_SCALE = 1e-3
 
 
 def candidate_ranks(max_rank: int, multiple: int = 1) -> list[int]:
@@ -286,7 +299,9 @@ def _layer_key(c: Candidate, x: Tensor, cfg: InheritConfig, ranks: list[int]) ->
     m = c.module
     return stable_hash({"v": CACHE_VERSION, "kind": c.kind.name, "module": f"{type(m).__name__}({m.extra_repr()})",
                         "weight": list(m.weight.shape), "input": list(x.shape), "dtype": str(x.dtype),
-                        "heads": cfg.heads, "gate": cfg.gate, "structure": cfg.structure, "ranks": ranks}, n=20)
+                        "heads": cfg.heads, "gate": cfg.gate, "structure": cfg.structure, "ranks": ranks,
+                        **({} if cfg.latency_form == "inherited" else {"form": cfg.latency_form,
+                                                                        "min_saving": DEFAULT_MIN_SAVING})}, n=20)
 
 
 def _max_rank(spec: LayerSpec, cfg: InheritConfig) -> int:
@@ -361,14 +376,22 @@ def _shapes(example: Any) -> Any:
     return repr(example)
 
 
+def _deployed(layer: nn.Module, x: Tensor, rounds: int) -> nn.Module:
+    """``layer`` (inherited, untrained) as :func:`optimize_for_inference` would run it once trained."""
+    return optimize_for_inference(as_trained(layer, DIVERSIFY_SCALE), x, memory_format="contiguous", check_speed=False,
+                                  fuse_shared_inputs=False, min_saving=DEFAULT_MIN_SAVING, rounds=rounds)
+
+
 def _time_layer(c: Candidate, x: Tensor, grid: list[int], cfg: InheritConfig, rounds: int) -> dict[str, Any]:
-    """One layer shape timed: the dense layer and the inherited layer at every rank of ``grid``, side
-    by side on a random input of ``x``'s shape (the factors' values do not change the time)."""
+    """One layer shape timed: the dense layer and the inherited layer at every rank of ``grid`` (in
+    ``cfg.latency_form``), side by side on a random input of ``x``'s shape (the factors' values do
+    not change the time)."""
     x = torch.randn(x.shape, dtype=x.dtype, device=x.device) if x.is_floating_point() else x
     gen = layer_generator(cfg.seed, c.name)
     candidates: dict[str, nn.Module] = {"dense": c.module}
     for r in grid:
-        candidates[f"r{r}"] = build_layer(c.module, c.kind, r, cfg, generator=gen).eval().requires_grad_(False)
+        layer = build_layer(c.module, c.kind, r, cfg, generator=gen).eval().requires_grad_(False)
+        candidates[f"r{r}"] = _deployed(layer, x, rounds) if cfg.latency_form == "optimized" else layer
     times = time_candidates(candidates, x, rounds=rounds, statistic="min", clock=default_clock(x.device))
     return {"dense": times["dense"], "ranks": grid, "ms": [times[f"r{r}"] for r in grid]}
 
@@ -378,7 +401,8 @@ def latency_summary(plan: InheritPlan, table: LatencyTable, cfg: InheritConfig,
     """Write the latency side of an inheritance into ``plan``: each selected layer's predicted time
     as chosen and dense (``LayerRecord.latency_ms`` / ``dense_latency_ms``), and ``plan.latency``:
     the budget, the fixed part, the teacher's and the InherNet's predicted times, and ``measured``
-    (``{"teacher": ms, "inherited": ms}``, whole models timed side by side) when given."""
+    (``{"teacher": ms, "inherited": ms}``, and ``"optimized"`` for ``latency_form="optimized"``: whole
+    models timed side by side) when given."""
     predicted = table.fixed_ms
     for record in plan.layers:
         lat = table.layers.get(record.name)
@@ -388,7 +412,7 @@ def latency_summary(plan: InheritPlan, table: LatencyTable, cfg: InheritConfig,
         record.latency_ms = lat.dense_ms if record.rank is None else lat.at(record.rank)
         predicted += record.latency_ms
     plan.latency = {
-        "device": table.device, "input_shape": table.input_shape, "budget": cfg.budget,
+        "device": table.device, "input_shape": table.input_shape, "budget": cfg.budget, "form": cfg.latency_form,
         "budget_scope": cfg.budget_scope, "budget_ms": table.budget_ms(cfg), "fixed_ms": table.fixed_ms,
         "teacher_predicted_ms": table.teacher_predicted_ms, "predicted_ms": predicted,
         "teacher_measured_ms": table.teacher_ms, "cache_file": table.cache_file,

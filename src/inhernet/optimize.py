@@ -101,6 +101,7 @@ __all__ = [
     "InOutLinear",
     "LAYOUTS",
     "LayerDecision",
+    "LONE_LAYER",
     "OptimizationReport",
     "PER_LAYER",
     "PLAIN",
@@ -108,6 +109,7 @@ __all__ = [
     "SharedInputProduct",
     "SharedInputProjection",
     "optimize_for_inference",
+    "as_trained",
     "CLOCKS",
     "default_clock",
     "time_candidates",
@@ -123,6 +125,8 @@ DEFAULT_MIN_SAVING = 0.2
 _MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: the whole-model variants ``check_speed`` compares
 PER_LAYER, PLAIN = "per-layer choices", "out×in weights, no fusion"
+#: the report's name for the layer when ``optimize_for_inference`` is given one inherited layer alone
+LONE_LAYER = "(the layer)"
 #: a gated linear layer stays as it is only when faster than its best :class:`GatedLinear` form by
 #: more than this factor (the inference form can share its first product with its neighbours)
 _KEPT_MARGIN = 1.03
@@ -1414,6 +1418,19 @@ def _build(base: nn.Module, calls: dict[str, _Calls], pairs: dict[str, str], fro
     return work, decisions, removed, groups
 
 
+def as_trained(model: nn.Module, scale: float = 0.005, seed: int = 0) -> nn.Module:
+    """A copy of an InherNet (or of one inherited layer) whose gated heads differ, as they do after
+    training (``diversify_heads("perturbed", scale)`` on every layer with a gate and several heads):
+    what a speed measurement of the trained model needs, since identical heads fold and the gate
+    then never runs. The function changes by ``scale`` relative; the speed does not depend on it."""
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    for m in out.modules():
+        if isinstance(m, INHER_LAYERS) and m.gate is not None and m.heads > 1:
+            m.diversify_heads("perturbed", scale, gen)
+    return out
+
+
 def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: float = DEFAULT_TOLERANCE,
                            freeze_gate: bool | str | Iterable[str] = False, compile: bool = False,
                            min_speedup: float = 1.0, min_saving: float | None = DEFAULT_MIN_SAVING,
@@ -1461,6 +1478,10 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
             ``"contiguous"`` / ``"channels_last"``: that layout only.
         rounds: interleaved timing rounds per measurement (the median is kept).
 
+    ``model`` may be one inherited layer alone (:class:`~inhernet.layers.InherLinear` /
+    :class:`~inhernet.layers.InherConv2d`): the result is then its inference form, and the report
+    names it :data:`LONE_LAYER`.
+
     Returns the optimised module (eval mode, parameters without gradients) carrying its
     :class:`OptimizationReport` as ``model.inhernet_optimized`` (:data:`REPORT_ATTR`). An
     optimised InherNet carries no inheritance plan any more: save the original, not this.
@@ -1482,6 +1503,9 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         raise ConfigError("example_input must be a tensor, or a tuple / dict holding the model's input tensors.")
 
     base = copy.deepcopy(model).eval().requires_grad_(False)
+    lone = isinstance(base, INHER_LAYERS)  # one inherited layer: optimised as the only child of a container
+    if lone:
+        base = nn.Sequential(base)
     with torch.no_grad():
         reference = call_model(base, example_input)
     frozen = _select_frozen(base, freeze_gate)
@@ -1544,6 +1568,10 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         raise RuntimeError(f"optimize_for_inference: the optimised model differs from the original by {diff:.3g} "
                            f"(outputs up to {scale:.3g}, tolerance {tolerance:g} × that) on the example input; "
                            "please report this model")
+    if lone:
+        work = work[0]
+        for d in decisions:
+            d.name = LONE_LAYER
     result: nn.Module = work
     if compile:
         result = torch.compile(work)

@@ -100,7 +100,8 @@ def latency_line(t: dict[str, Any]) -> str:
     scope = " of the selected layers" if t.get("budget_scope") == "targets" else ""
     predicted, teacher = t["predicted_ms"], t["teacher_predicted_ms"]
     verdict = "within" if predicted <= t["budget_ms"] + (t["fixed_ms"] if scope else 0) + 1e-9 else "OVER"
-    line = (f"latency on {t.get('input_shape') or 'the example'}: predicted {predicted:.3g} ms "
+    form = " (layers as optimize_for_inference runs them once trained)" if t.get("form") == "optimized" else ""
+    line = (f"latency on {t.get('input_shape') or 'the example'}: predicted{form} {predicted:.3g} ms "
             f"({predicted / teacher:.1%} of the teacher's predicted {teacher:.3g} ms; fixed part {t['fixed_ms']:.3g} ms); "
             f"budget {t['budget']}{scope} = {t['budget_ms']:.3g} ms: {verdict} budget")
     if t.get("inherited_measured_ms") is not None:
@@ -108,6 +109,11 @@ def latency_line(t: dict[str, Any]) -> str:
         line += f"; measured {t['inherited_measured_ms']:.3g} ms"
         if ref:
             line += f" ({t['inherited_measured_ms'] / ref:.1%} of the teacher's measured {ref:.3g} ms)"
+    if t.get("optimized_measured_ms") is not None:
+        ref = t.get("teacher_measured_ms")
+        line += f"; optimised (heads made to differ) {t['optimized_measured_ms']:.3g} ms"
+        if ref:
+            line += f" ({t['optimized_measured_ms'] / ref:.1%} of the teacher's)"
     return line
 
 
