@@ -14,7 +14,8 @@ from torch import nn
 import inhernet
 from inhernet import InheritConfig, inherit
 from inhernet.errors import ConfigError
-from inhernet.latency import LatencyCache, LayerLatency, candidate_ranks, device_record, measure_latency
+from inhernet.latency import (LatencyCache, LayerLatency, candidate_ranks, device_record, measure_latency,
+                              monotone_in_rank)
 from inhernet.ranks import LATENCY_MARGIN, LayerSpec, choose_ranks, fast_ranks, latency_allocation
 
 from toy import mlp_arch, toy_cnn, toy_mlp
@@ -300,6 +301,31 @@ def test_an_optimized_form_budget_records_the_optimised_model_measured(fake_cloc
     plain = inherit(toy_mlp(), budget=0.6, budget_metric="latency", latency_input=(8, 16),
                     latency_cache=str(tmp_path), min_saving=None, progress=False)
     assert plain.inhernet_plan.latency["form"] == "inherited" and "optimized_measured_ms" not in plain.inhernet_plan.latency
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.01, 100.0), min_size=0, max_size=12))
+def test_monotone_in_rank_is_non_decreasing_and_keeps_what_already_is(ms):
+    out = monotone_in_rank(ms)
+    assert len(out) == len(ms) and all(a <= b + 1e-9 for a, b in zip(out, out[1:]))
+    if ms:
+        assert sum(out) == pytest.approx(sum(ms))  # least squares: each pooled run keeps its mean
+    if ms == sorted(ms):
+        assert out == pytest.approx(ms)
+
+
+def test_a_time_that_dips_with_the_rank_is_smoothed_before_the_allocator_reads_it(monkeypatch):
+    def dipping(candidates, x, **kw):  # rank 3 "measures" faster than rank 2: noise
+        if "dense" not in candidates:
+            return {k: 10.0 for k in candidates}
+        return {k: 10.0 if k == "dense" else 1.0 if k == "r3" else 2.0 + 0.1 * int(k[1:]) for k in candidates}
+
+    monkeypatch.setattr(inhernet.latency, "time_candidates", dipping)
+    table = measure_latency(toy_mlp(), InheritConfig(budget=0.6, budget_metric="latency", latency_cache=""),
+                            torch.randn(8, 16), progress=False)
+    for lat in table.layers.values():
+        assert lat.factorised_ms == sorted(lat.factorised_ms)
+        assert lat.at(3) > lat.at(2) - 1e-9 and lat.at(3) > 1.0  # the dip is averaged away
 
 
 def test_cache_round_trip_and_damaged_file(tmp_path):

@@ -17,7 +17,8 @@ count. The work is split as everywhere in the pipeline:
   *fixed* part. Every measurement is cached on disk (:class:`LatencyCache`: one JSON per device,
   CPU, thread count and torch version, keyed by the layer's kind and hyper-parameters, its input
   shape and dtype, heads / gate / structure and the rank grid), so it is made once per machine;
-  :class:`LayerLatency` interpolates linearly between the measured ranks;
+  :class:`LayerLatency` interpolates linearly between the measured ranks, whose times are first made
+  non-decreasing in the rank (:func:`monotone_in_rank`: a dip is noise the allocator would exploit);
 * **policy** (:mod:`inhernet.ranks`, ``latency:spectral`` / ``latency:uniform``): per layer dense or
   a rank, within the budget's milliseconds;
 * **surgery** (:mod:`inhernet.pipeline`): unchanged; :func:`latency_summary` then writes each
@@ -70,7 +71,7 @@ from .targets import is_transformers_model
 from .utils import call_model, eval_mode, read_json, set_submodule, stable_hash, write_json
 
 __all__ = ["DEFAULT_CACHE", "LatencyCache", "LatencyTable", "LayerLatency", "candidate_ranks",
-           "device_record",
+           "device_record", "monotone_in_rank",
            "latency_example", "latency_summary", "measure_latency", "time_models"]
 
 #: where latency tables are kept unless ``InheritConfig.latency_cache`` says otherwise
@@ -361,9 +362,22 @@ def measure_latency(model: nn.Module, cfg: InheritConfig, example: Any, *, progr
                            input_shapes=[list(x.shape) for x, _ in calls[c.name]])
         if entries and entries[0]["ranks"]:
             lat.ranks = entries[0]["ranks"]
-            lat.factorised_ms = [float(sum(col)) for col in zip(*(e["ms"] for e in entries))]
+            lat.factorised_ms = monotone_in_rank([float(sum(col)) for col in zip(*(e["ms"] for e in entries))])
         table.layers[c.name] = lat
     return table
+
+
+def monotone_in_rank(ms: list[float]) -> list[float]:
+    """The measured times of one layer at increasing ranks, made non-decreasing (the least-squares
+    isotonic fit, ``scipy.optimize.isotonic_regression``): a larger rank does more work, so a time
+    that drops with the rank is measurement noise — and an allocator that believes it picks the
+    rank that happened to measure fast (a rank-3 conv "faster" than rank 2, at a fraction of the
+    energy). The fit averages such runs of measurements instead; the cache keeps the raw times."""
+    from scipy.optimize import isotonic_regression  # here: scipy is slow to import, and only this needs it
+
+    if len(ms) < 2:
+        return list(ms)
+    return [float(t) for t in isotonic_regression(np.asarray(ms, dtype=np.float64), increasing=True).x]
 
 
 def _shapes(example: Any) -> Any:
