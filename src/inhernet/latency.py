@@ -40,9 +40,10 @@ What is timed (``InheritConfig.latency_form``), in eval mode without autograd:
   layer alone on the recorded input shape (contiguous memory, no whole-model steps) and picks the
   fastest of its inference kernels — or the exact dense product, when that is not faster or the
   form keeps more than ``1 − min_saving`` of the dense parameters. Whole-model steps it takes on
-  a real model (BatchNorm folding, channels_last, fused shared-input products) are not counted:
-  the prediction is conservative for the optimised model, and the teacher's side is the teacher
-  as it is. :func:`inhernet.inherit` then also times the optimised InherNet (heads made to
+  a real model (BatchNorm folding, channels_last, fused shared-input products) are not counted,
+  and the teacher's side is the teacher as it is: the prediction is conservative against that
+  teacher, and can be optimistic against a teacher given the same steps (they help dense layers
+  more; docs/benchmarks/latency_budget.md). :func:`inhernet.inherit` then also times the optimised InherNet (heads made to
   differ the same way) against the teacher and writes it in the plan (``optimized_measured_ms``).
 """
 
