@@ -17,7 +17,10 @@ fast phases of other work on the machine cancel. One thread by default.
   with ``(heads differ)`` (``diversify_heads("perturbed")``: as after training, the per-image gate
   runs, so the gated conv kernels are timed);
 * with ``--compile``: the optimised InherNets under ``torch.compile``, and the BN-folded teacher and
-  resnet20 compiled the same way (the fair baselines for a compiled model).
+  resnet20 compiled the same way (the fair baselines for a compiled model); in the LLM part the
+  optimised teacher and the optimised InherNet whose heads differ, compiled, in the forwards
+  (``optimize_for_inference(compile=True)`` for the full LM, the optimised decoder under
+  ``torch.compile`` for the blocks alone).
 
 ``--parts llm``: a SmolLM2-135M-shaped Llama (hidden 576, intermediate 1536, 9 heads / 3 KV heads,
 vocabulary 49152, ``--llm-layers`` of 30 blocks; random weights, or a ``save_pretrained`` folder
@@ -52,6 +55,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -251,12 +255,15 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
         return lambda: m.generate(prompt, do_sample=False, min_new_tokens=args.gen_tokens,
                                   max_new_tokens=args.gen_tokens)
 
-    workloads = [  # (title, example the optimised models are built for, call maker, rounds)
-        ("forward 1 × 128, blocks", {"input_ids": ids[:1]}, fwd_blocks(ids[:1]), args.rounds),
-        ("forward 1 × 128, full LM", {"input_ids": ids[:1]}, fwd_full(ids[:1]), args.rounds),
-        ("forward 8 × 128, blocks", {"input_ids": ids}, fwd_blocks(ids), max(3, args.rounds // 2)),
-        (f"generate {args.gen_tokens} tokens (greedy, KV cache)", {"input_ids": prompt[:, :1]}, generate, args.rounds),
-    ]
+    every = {  # id: (title, example the optimised models are built for, call maker, rounds)
+        "fwd1-blocks": ("forward 1 × 128, blocks", {"input_ids": ids[:1]}, fwd_blocks(ids[:1]), args.rounds),
+        "fwd1-full": ("forward 1 × 128, full LM", {"input_ids": ids[:1]}, fwd_full(ids[:1]), args.rounds),
+        "fwd8-blocks": ("forward 8 × 128, blocks", {"input_ids": ids}, fwd_blocks(ids), max(3, args.rounds // 2)),
+        "generate": (f"generate {args.gen_tokens} tokens (greedy, KV cache)", {"input_ids": prompt[:, :1]}, generate,
+                     args.rounds),
+    }
+    workloads = [every[k] for k in args.llm_workloads]
+    compiled_bases = (TEACHER, "InherNet (heads differ)")  # --compile: the fair pair, in the forwards
     results: dict[str, dict[str, dict]] = {}
     summaries: dict[str, str] = {}
     opt_cache: dict[tuple, nn.Module] = {}
@@ -272,6 +279,14 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
                 label = f"{oname} (for {key[0]} × {key[1]})"
                 opt_cache[(oname, key)] = optimised(base, example, summaries, label, args)
             models[oname] = opt_cache[(oname, key)]
+        if args.compile and not title.startswith("generate"):
+            for name in compiled_bases:
+                cname = f"{name}, optimised + compiled"
+                if title.endswith("full LM"):
+                    models[cname] = optimised(bases[name], example, summaries, f"{cname} (for {key[0]} × {key[1]})",
+                                              args, compile=True)
+                else:  # the blocks alone: the optimised model's decoder under torch.compile
+                    models[cname] = SimpleNamespace(model=torch.compile(models[f"{name}, optimised"].model))
         if title.startswith("generate"):  # the optimised models must generate what the originals do
             with torch.no_grad():
                 for name in bases:
@@ -292,13 +307,16 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
         "| model | " + " | ".join(titles) + " |",
         "|---|" + "---:|" * len(titles),
     ]
-    for n in results[titles[0]]:
-        cells = [f"{results[t][n]['s'] * 1e3:.1f} ms, **{results[t][n]['ratio']:.2f}×**" for t in titles]
+    names = list(dict.fromkeys(n for t in titles for n in results[t]))
+    for n in names:
+        cells = [f"{results[t][n]['s'] * 1e3:.1f} ms, **{results[t][n]['ratio']:.2f}×**" if n in results[t] else "–"
+                 for t in titles]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "The same rounds in wall time (other processes' share of the core included):", "",
               "| model | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-    for n in results[titles[0]]:
-        cells = [f"{results[t][n]['wall_s'] * 1e3:.1f} ms, {results[t][n]['wall_ratio']:.2f}×" for t in titles]
+    for n in names:
+        cells = [f"{results[t][n]['wall_s'] * 1e3:.1f} ms, {results[t][n]['wall_ratio']:.2f}×" if n in results[t]
+                 else "–" for t in titles]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     details = []
     for name, text in summaries.items():
@@ -323,6 +341,9 @@ def main() -> None:
     parser.add_argument("--llm-layers", type=int, default=30, help="blocks of the SmolLM2-shaped model (of 30)")
     parser.add_argument("--weights", default="random", help="'random' or a save_pretrained folder (SmolLM2-135M)")
     parser.add_argument("--gen-tokens", type=int, default=16)
+    parser.add_argument("--llm-workloads", nargs="+", default=["fwd1-blocks", "fwd1-full", "fwd8-blocks", "generate"],
+                        choices=["fwd1-blocks", "fwd1-full", "fwd8-blocks", "generate"],
+                        help="which LLM timings to run (--compile adds compiled rows to the full-LM forwards)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 blocks, 2 rounds, tiny counts")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown report here too")
     args = parser.parse_args()
