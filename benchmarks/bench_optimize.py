@@ -50,6 +50,7 @@ depend on trained values, only on whether the heads differ.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import statistics
 import sys
@@ -252,8 +253,17 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
         return lambda m: (lambda: m(input_ids=x))
 
     def generate(m):
+        extra = getattr(m, "generate_kwargs", {})
         return lambda: m.generate(prompt, do_sample=False, min_new_tokens=args.gen_tokens,
-                                  max_new_tokens=args.gen_tokens)
+                                  max_new_tokens=args.gen_tokens, **extra)
+
+    def compiled_generator(model: nn.Module) -> nn.Module:
+        """A copy of ``model`` whose forward is compiled, generating with a static KV cache (the
+        Hugging Face recipe for a compiled ``generate``: one decoding shape, no recompiles)."""
+        out = copy.deepcopy(model)
+        out.forward = torch.compile(out.forward, dynamic=False)
+        out.generate_kwargs = {"cache_implementation": "static"}
+        return out
 
     every = {  # id: (title, example the optimised models are built for, call maker, rounds)
         "fwd1-blocks": ("forward 1 × 128, blocks", {"input_ids": ids[:1]}, fwd_blocks(ids[:1]), args.rounds),
@@ -279,10 +289,12 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
                 label = f"{oname} (for {key[0]} × {key[1]})"
                 opt_cache[(oname, key)] = optimised(base, example, summaries, label, args)
             models[oname] = opt_cache[(oname, key)]
-        if args.compile and not title.startswith("generate"):
+        if args.compile:
             for name in compiled_bases:
                 cname = f"{name}, optimised + compiled"
-                if title.endswith("full LM"):
+                if title.startswith("generate"):
+                    models[cname + " (static cache)"] = compiled_generator(models[f"{name}, optimised"])
+                elif title.endswith("full LM"):
                     models[cname] = optimised(bases[name], example, summaries, f"{cname} (for {key[0]} × {key[1]})",
                                               args, compile=True)
                 else:  # the blocks alone: the optimised model's decoder under torch.compile
@@ -293,6 +305,10 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
                     same = torch.equal(models[name].generate(prompt, do_sample=False, max_new_tokens=8),
                                        models[f"{name}, optimised"].generate(prompt, do_sample=False, max_new_tokens=8))
                     summaries[f"{name}, optimised (for 1 × 1)"] += f"\ngreedy generate equals the original's: {same}"
+                for name in compiled_bases if args.compile else ():
+                    cname = f"{name}, optimised + compiled (static cache)"
+                    same = torch.equal(make(models[name])(), make(models[cname])())
+                    summaries[cname] = f"greedy generate ({args.gen_tokens} tokens) equals the original's: {same}"
         results[title] = interleaved({n: make(m) for n, m in models.items()}, rounds, 1, TEACHER)
         print(f"llm {title}: done", file=sys.stderr, flush=True)
 
