@@ -206,6 +206,22 @@ def test_whitened_method_calibrates_on_training_images(tmp_path):
         build_method_model(cfg.methods[1], 0, cfg, teacher, data.num_classes, data.in_channels)
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_inheritance_progress_bars_follow_the_trainer_setting(tmp_path, monkeypatch, progress):
+    """``trainer: {progress: false}`` reached every training bar but not the inheritance's (its
+    calibration and layer bars filled the logs of the long benchmark runs)."""
+    import inhernet
+    from inhernet.compare.runner import build_method_model
+    from inhernet.models import create_model
+
+    seen, real = [], inhernet.inherit
+    monkeypatch.setattr(inhernet, "inherit", lambda *a, **kw: seen.append(kw.get("progress", True)) or real(*a, **kw))
+    cfg = load_config(write_cfg(tmp_path, tiny_config(tmp_path)))
+    teacher = create_model("resnet14", num_classes=10, in_channels=1)
+    build_method_model(cfg.methods[2], 0, cfg, teacher, 10, 1, progress=progress)
+    assert seen == [progress]
+
+
 @pytest.mark.parametrize("inherit, message", [
     ({"rank": 4, "calibration_images": 64}, "only applies to init: whitened"),
     ({"rank": 4, "init": "whitened", "calibration_images": 0}, "must be a positive int"),

@@ -204,9 +204,10 @@ def calibration_batches(train: Any, images: int, batch_size: int = 64) -> list[t
 
 
 def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teacher: nn.Module, num_classes: int,
-                       in_channels: int, train: Any = None) -> tuple[nn.Module, dict]:
+                       in_channels: int, train: Any = None, *, progress: bool = True) -> tuple[nn.Module, dict]:
     """The untrained model of a method: a fresh student, or the teacher inherited with its config.
-    ``train`` (the training split) is needed by ``init: whitened``, which calibrates on it."""
+    ``train`` (the training split) is needed by ``init: whitened``, which calibrates on it;
+    ``progress``: the inheritance's progress bars (``trainer: {progress: false}`` turns them off)."""
     import lightning as L
 
     import inhernet
@@ -230,7 +231,7 @@ def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teac
         if train is None:
             raise CompareError(f"method {method.name!r}: init: whitened needs the training split to calibrate on")
         calibration = calibration_batches(train, images)
-    model = inhernet.inherit(teacher, icfg, calibration=calibration)
+    model = inhernet.inherit(teacher, icfg, calibration=calibration, progress=progress)
     return model, {"arch": cfg.teacher.arch, "num_classes": num_classes, "in_channels": in_channels,
                    "inherited": True, "inherit": icfg.to_dict()}
 
@@ -364,7 +365,8 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         write_json(d / "run.json", {"key": r["key"], **r["identity"]})
     ck = d / "checkpoints" / "last.ckpt"
     log(f"{tag}: {'resuming' if ck.exists() else 'training'} ({m.kind}, loss {m.loss_kind})")
-    model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels, data.train)
+    model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels, data.train,
+                                     progress=bool(progress))
     loss = DistillLoss.from_dict(m.loss_spec())
     s = cfg.schedule
     t0 = time.perf_counter()
