@@ -43,8 +43,9 @@ What is timed (``InheritConfig.latency_form``), in eval mode without autograd:
   a real model (BatchNorm folding, channels_last, fused shared-input products) are not counted,
   and the teacher's side is the teacher as it is: the prediction is conservative against that
   teacher, and can be optimistic against a teacher given the same steps (they help dense layers
-  more; docs/benchmarks/latency_budget.md). :func:`inhernet.inherit` then also times the optimised InherNet (heads made to
-  differ the same way) against the teacher and writes it in the plan (``optimized_measured_ms``).
+  more; docs/benchmarks/latency_budget.md). :func:`inhernet.inherit` then also times the optimised
+  InherNet (heads made to differ the same way) against the teacher and writes it in the plan
+  (``optimized_measured_ms``).
 """
 
 from __future__ import annotations
@@ -393,8 +394,9 @@ def _shapes(example: Any) -> Any:
 
 def _deployed(layer: nn.Module, x: Tensor, rounds: int) -> nn.Module:
     """``layer`` (inherited, untrained) as :func:`optimize_for_inference` would run it once trained."""
-    return optimize_for_inference(as_trained(layer, DIVERSIFY_SCALE), x, memory_format="contiguous", check_speed=False,
-                                  fuse_shared_inputs=False, min_saving=DEFAULT_MIN_SAVING, rounds=rounds)
+    return optimize_for_inference(as_trained(layer, DIVERSIFY_SCALE), x, memory_format="contiguous",
+                                  check_speed=False, fuse_shared_inputs=False, min_saving=DEFAULT_MIN_SAVING,
+                                  rounds=rounds)
 
 
 def _time_layer(c: Candidate, x: Tensor, grid: list[int], cfg: InheritConfig, rounds: int) -> dict[str, Any]:
