@@ -234,6 +234,9 @@ def test_as_trained_makes_gated_heads_differ_and_keeps_the_original():
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(trained.eval()(x), model.eval()(x), rtol=0.05, atol=0.05)  # changed by ~1e-3
+    same = optimize.as_trained(model, 1e-3, inplace=True)
+    assert same is model and all(not torch.equal(m.up[0], m.up[1])
+                                 for m in model.modules() if isinstance(m, inhernet.InherConv2d))
 
 
 @pytest.mark.parametrize("winner", ["gated kept", "gated per-sample", "gated shared-weight"])

@@ -393,8 +393,9 @@ def _shapes(example: Any) -> Any:
 
 
 def _deployed(layer: nn.Module, x: Tensor, rounds: int) -> nn.Module:
-    """``layer`` (inherited, untrained) as :func:`optimize_for_inference` would run it once trained."""
-    return optimize_for_inference(as_trained(layer, DIVERSIFY_SCALE), x, memory_format="contiguous",
+    """``layer`` (inherited, untrained, built for this timing) as :func:`optimize_for_inference`
+    would run it once trained."""
+    return optimize_for_inference(as_trained(layer, DIVERSIFY_SCALE, inplace=True), x, memory_format="contiguous",
                                   check_speed=False, fuse_shared_inputs=False, min_saving=DEFAULT_MIN_SAVING,
                                   rounds=rounds)
 

@@ -1418,12 +1418,13 @@ def _build(base: nn.Module, calls: dict[str, _Calls], pairs: dict[str, str], fro
     return work, decisions, removed, groups
 
 
-def as_trained(model: nn.Module, scale: float = 0.005, seed: int = 0) -> nn.Module:
+def as_trained(model: nn.Module, scale: float = 0.005, seed: int = 0, *, inplace: bool = False) -> nn.Module:
     """A copy of an InherNet (or of one inherited layer) whose gated heads differ, as they do after
     training (``diversify_heads("perturbed", scale)`` on every layer with a gate and several heads):
     what a speed measurement of the trained model needs, since identical heads fold and the gate
-    then never runs. The function changes by ``scale`` relative; the speed does not depend on it."""
-    out = copy.deepcopy(model)
+    then never runs. The function changes by ``scale`` relative; the speed does not depend on it.
+    ``inplace=True`` changes ``model`` itself (for a throwaway model: no copy)."""
+    out = model if inplace else copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     for m in out.modules():
         if isinstance(m, INHER_LAYERS) and m.gate is not None and m.heads > 1:
