@@ -63,7 +63,8 @@
 #   GPU_STATE_PARTS=2       state parts written (14 MiB each; 0: none)
 #   GPU_MPS=0               1: try to start CUDA MPS so the processes' kernels overlap (untested here)
 #   OUT=./gpu_out           where the results go (the device tool sets it)
-#   PYTHON                  the interpreter (default .venv/bin/python if it works, else python3)
+#   PYTHON                  the interpreter (default .venv/bin/python if it works, else the device's
+#                           /opt/torch/.venv/bin/python when there, else python3)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -75,16 +76,8 @@ RESERVE=${GPU_REPORT_RESERVE:-60}
 GRACE=${GPU_GRACE:-25}
 STATE_IN=${GPU_STATE_IN:-.gpu_state}
 STATE_PARTS=${GPU_STATE_PARTS:-2}
-OUT=${OUT:-./gpu_out}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-exec > >(tee -a "$OUT/gpu_heads.log") 2>&1
-
-if [[ -z ${PYTHON:-} ]]; then
-  if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import torch" 2>/dev/null; then PYTHON=.venv/bin/python
-  else PYTHON=python3; fi
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/gpu_env.sh
+gpu_env gpu_heads  # $OUT, the log, $PYTHON, the environment
 TOOLS=benchmarks/gpu_heads_tools.py
 CONFIGS=(benchmarks/configs/gpu60k_resnet56_resnet20.yaml benchmarks/configs/gpu60k_wrn_40_2_wrn_40_1.yaml)
 if [[ $SMOKE == 1 ]]; then WORK=runs/gpu_smoke; else WORK=runs/gpu; fi

