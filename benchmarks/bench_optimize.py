@@ -16,6 +16,11 @@ fast phases of other work on the machine cancel. One thread by default.
   ``optimize_for_inference`` (its identical heads fold exactly: an untrained model), and the same
   with ``(heads differ)`` (``diversify_heads("perturbed")``: as after training, the per-image gate
   runs, so the gated conv kernels are timed);
+* with ``--floor``: ``InherNet … (heads differ), down convs only (floor)`` — the optimised model
+  whose heads differ with every inherited layer cut down to its k×k down conv (its output replaced
+  by zeros of the layer's output shape: no up product, gate, mixing or bias). It computes nothing
+  useful; it is the time *any* implementation of the heads would need at best with this library's
+  down convs, so ``teacher / floor`` bounds the speed-up reachable on this machine;
 * with ``--compile``: the optimised InherNets under ``torch.compile``, and the BN-folded teacher and
   resnet20 compiled the same way (the fair baselines for a compiled model); in the LLM part the
   optimised teacher and the optimised InherNet whose heads differ, compiled, in the forwards
@@ -62,8 +67,9 @@ import torch
 from torch import nn
 
 import inhernet
+from inhernet.layers import InherConv2d
 from inhernet.models import create_model
-from inhernet.optimize import as_trained
+from inhernet.optimize import FactorisedConv2d, GatedConv2d, as_trained
 
 TEACHER = "teacher"
 TEACHER_FOLDED = "teacher, BN folded"
@@ -152,6 +158,39 @@ def kernel_check(report) -> str:
 # the CNN part
 
 
+class DownOnly(nn.Module):
+    """An inherited conv's k×k down conv alone, returning zeros of the layer's output shape: the
+    floor of any implementation of the rest (``--floor``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        if isinstance(layer, InherConv2d):
+            self.weight = layer.down
+            self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        else:  # GatedConv2d / FactorisedConv2d: their down conv is an nn.Conv2d
+            conv = layer.down
+            self.weight, self.stride, self.padding, self.dilation = (conv.weight, conv.stride, conv.padding,
+                                                                     conv.dilation)
+        self.out_channels = layer.out_channels if hasattr(layer, "out_channels") else layer.up.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.nn.functional.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        return z.new_zeros(z.shape[0], self.out_channels, *z.shape[2:]).contiguous(
+            memory_format=torch.channels_last if z.is_contiguous(memory_format=torch.channels_last)
+            and not z.is_contiguous() else torch.contiguous_format)
+
+
+def down_convs_only(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every inherited conv (any inference form) replaced by :class:`DownOnly`."""
+    floor = copy.deepcopy(model)
+    kinds = (InherConv2d, GatedConv2d, FactorisedConv2d)
+    for name, module in list(floor.named_modules()):
+        if name and isinstance(module, kinds):
+            parent, _, leaf = name.rpartition(".")
+            setattr(floor.get_submodule(parent) if parent else floor, leaf, DownOnly(module))
+    return floor
+
+
 def build_cnn_models(batch: int, args: argparse.Namespace) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The models for one batch size (the optimised ones optimised for it) and, per optimised
     model, the summary of what ``optimize_for_inference`` did."""
@@ -184,6 +223,9 @@ def build_cnn_models(batch: int, args: argparse.Namespace) -> tuple[dict[str, nn
             if args.compile:
                 models[f"{base}, optimised + compiled"] = optimised(model, example, summaries,
                                                                     f"{base}, optimised + compiled", args, compile=True)
+        if args.floor and heads > 1:
+            models[f"{variants[-1][0]}, down convs only (floor)"] = down_convs_only(
+                models[f"{variants[-1][0]}, optimised"])
     return models, summaries
 
 
@@ -351,6 +393,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="CNN forwards per model per round")
     parser.add_argument("--opt-rounds", type=int, default=5, help="timing rounds inside optimize_for_inference")
     parser.add_argument("--compile", action="store_true", help="also time the optimised InherNets under torch.compile")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the optimised InherNet with heads that differ cut down to its down convs")
     parser.add_argument("--size", type=int, default=32, help="image height and width (CIFAR: 32)")
     parser.add_argument("--in-channels", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=100)
