@@ -172,6 +172,28 @@ def test_finetune_never_silently_reuses_a_run(tmp_path, capsys):
     assert "teacher.sha256" in capsys.readouterr().err
 
 
+def test_finetune_gate_lr_scale_trains_the_gates_faster_and_is_part_of_the_run(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    import torch
+
+    t, inh, ft = (tmp_path / n for n in ("teacher", "inh", "ft"))
+    assert main(["train-teacher", "--arch", "resnet8", "--epochs", "1", "--out", str(t), *TINY]) == 0
+    # a dense model has no gate to speed up: refused before --out is touched
+    assert main(["finetune", str(t), "--out", str(ft), "--epochs", "1", "--gate-lr-scale", "10", *TINY]) == 2
+    _one_error_line(capsys, "--gate-lr-scale=10", "no gated inherited layer")
+    assert not ft.exists()
+    assert main(["inherit", str(t), "--rank", "2", "--heads", "2", "--out", str(inh)]) == 0
+    base = ["finetune", str(inh), "--out", str(ft), "--epochs", "1", *TINY]
+    assert main([*base, "--gate-lr-scale", "10"]) == 0
+    assert json.loads((ft / "run.json").read_text())["identity"]["gate_lr_scale"] == 10
+    groups = torch.load(ft / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    capsys.readouterr()
+    assert main(base) == 2  # the default scale is another run
+    assert "other settings" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ user errors: one line, no traceback
 def _one_error_line(capsys, *needles):
     err = capsys.readouterr().err
@@ -446,6 +468,7 @@ def test_finetune_a_hugging_face_classifier_on_a_csv_file(tmp_path, capsys):
     (["--max-steps", "2", "--warmup", "5"], ["--warmup=5"]),
     (["--max-steps", "2", "--kd-alpha", "0.5"], ["--kd-alpha=0.5", "--teacher"]),
     (["--max-steps", "2", "--schedule", "step"], ["--schedule='step'"]),
+    (["--max-steps", "2", "--gate-lr-scale", "0"], ["--gate-lr-scale=0"]),
 ])
 def test_finetune_hugging_face_option_errors_are_one_line_and_write_nothing(hf_text, tmp_path, capsys, extra,
                                                                             needles):
@@ -453,6 +476,16 @@ def test_finetune_hugging_face_option_errors_are_one_line_and_write_nothing(hf_t
     out = tmp_path / "ft"
     assert main(["finetune", str(folder), "--text", str(text), "--out", str(out), *extra]) == 2
     _one_error_line(capsys, *needles)
+    assert not out.exists()
+
+
+def test_finetune_gate_lr_scale_of_a_dense_hugging_face_model_is_refused_before_out_is_claimed(hf_text, tmp_path,
+                                                                                               capsys):
+    folder, text, _, _ = hf_text
+    out = tmp_path / "ft"
+    assert main(["finetune", str(folder), "--text", str(text), "--out", str(out), "--max-steps", "2", "--seq-len", "8",
+                 "--gate-lr-scale", "10", "--progress", "none"]) == 2
+    assert "--gate-lr-scale=10.0, but the model has no gated inherited layer" in capsys.readouterr().err
     assert not out.exists()
 
 

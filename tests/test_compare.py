@@ -406,3 +406,36 @@ def test_two_processes_share_one_comparison(tmp_path):
         "inh seed 0", "inh seed 1", "student seed 0", "student seed 1"], both
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert all(m["complete"] for m in res["methods"])
+
+
+@pytest.mark.parametrize("method, message", [
+    ({"name": "s", "kind": "student", "gate_lr_scale": 10}, "needs an InherNet with gated heads"),
+    ({"name": "h1", "kind": "inhernet", "gate_lr_scale": 10, "inherit": {"rank": 4, "heads": 1}}, "heads=1"),
+    ({"name": "ng", "kind": "inhernet", "gate_lr_scale": 10, "inherit": {"rank": 4, "gate": "none"}}, "gate='none'"),
+    ({"name": "z", "kind": "inhernet", "gate_lr_scale": 0, "inherit": {"rank": 4}}, "must be a finite number > 0"),
+])
+def test_gate_lr_scale_is_checked(method, message, tmp_path):
+    with pytest.raises(CompareConfigError, match=message):
+        CompareConfig.from_dict(tiny_config(tmp_path, methods=[method]))
+
+
+def test_gate_lr_scale_reaches_the_optimiser_and_only_then_the_run_key(tmp_path):
+    """A method's ``gate_lr_scale`` trains its gates at lr × the scale (the checkpoint's optimiser
+    groups say so); left at 1 it is absent from the run's identity, so the keys of runs made before
+    the option are unchanged."""
+    import torch
+
+    from inhernet.compare.runner import plan_runs
+
+    base = {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}
+    cfg = CompareConfig.from_dict(tiny_config(tmp_path, methods=[base, {**base, "name": "fast", "gate_lr_scale": 10}]))
+    plain, fast = plan_runs(cfg, "teacher-key")
+    assert "gate_lr_scale" not in plain["identity"]["method"] and fast["identity"]["method"]["gate_lr_scale"] == 10
+    before = CompareConfig.from_dict(tiny_config(tmp_path, methods=[base]))
+    assert plan_runs(before, "teacher-key")[0]["key"] == plain["key"]
+
+    cfg_path = write_cfg(tmp_path, tiny_config(tmp_path, methods=[{**base, "name": "fast", "gate_lr_scale": 10}]))
+    run_compare(load_config(cfg_path), log=lambda _: None)
+    ckpt = torch.load(tmp_path / "out" / "runs" / "fast" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])

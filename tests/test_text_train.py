@@ -540,3 +540,25 @@ def test_the_logged_lr_follows_the_schedule(tmp_path, schedule):
         assert lrs[1:] == pytest.approx([1e-3] * 7)
     else:
         assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_gate_lr_scale_gives_the_gates_their_own_adamw_groups():
+    """``finetune(gate_lr_scale=)``'s optimiser: the gate parameters (decayed weights and undecayed
+    biases alike) at lr × the scale, every other parameter once at lr, the decay split kept."""
+    from inhernet.diagnostics import gated_layers
+    from inhernet.train.text import TextTaskModule
+
+    model = inhernet.inherit(tiny_llama(), rank=4, heads=2, progress=False)
+    gates = {id(p) for _, m in gated_layers(model) for p in m.gate.parameters()}
+    assert gates
+    module = TextTaskModule(model, task="causal-lm", lr=1e-3, max_steps=4, gate_lr_scale=8.0)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    # initial_lr: the schedule's base (LambdaLR has already applied step 0's factor to "lr")
+    fast = [g for g in groups if g["initial_lr"] == pytest.approx(8e-3)]
+    assert {id(p) for g in fast for p in g["params"]} == gates
+    assert all(g["initial_lr"] == pytest.approx(1e-3) for g in groups if not any(g is f for f in fast))
+    assert all(f["lr"] == pytest.approx(8 * groups[0]["lr"]) for f in fast)  # the schedule scales both alike
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    assert {g["weight_decay"] for g in fast} == {0.01, 0.0}  # gate weights decay, gate biases do not
+    with pytest.raises(ConfigError, match="no gated inherited layer"):
+        TextTaskModule(tiny_llama(), task="causal-lm", lr=1e-3, max_steps=4, gate_lr_scale=8.0)

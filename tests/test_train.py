@@ -362,3 +362,75 @@ def test_non_finite_teacher_logits_name_the_teacher(tmp_path):
         teacher[5].weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match="teacher's logits are non-finite"):
         fit(_net(), _data(), out_dir=tmp_path, teacher=teacher, loss="kd", epochs=1, batch_size=16, progress=False)
+
+
+# --------------------------------------------------------------------------- gate learning rate
+def _gated_toy(heads=3):
+    """A 1 × 8 × 8, 3-class conv net (toy_data's shape) inherited with H gated heads in every layer."""
+    import inhernet
+
+    torch.manual_seed(2)
+    teacher = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(16, 3)).eval()
+    return inhernet.inherit(teacher, rank=4, heads=heads, head_init="perturbed", min_saving=None, progress=False)
+
+
+def test_gate_parameter_groups_split_the_gates_and_keep_the_rest():
+    from inhernet.diagnostics import gated_layers
+    from inhernet.train.groups import gate_parameter_groups
+
+    model = _gated_toy()
+    params = list(model.parameters())
+    assert gate_parameter_groups(model, [{"params": params}], 0.1, 1.0) == [{"params": params}]
+    groups = gate_parameter_groups(model, [{"params": params, "weight_decay": 1e-3}], 0.1, 20.0)
+    gates = {id(p) for _, m in gated_layers(model) for p in m.gate.parameters()}
+    assert gates and len(groups) == 2 and all(g["weight_decay"] == 1e-3 for g in groups)
+    rest, mine = groups
+    assert {id(p) for p in mine["params"]} == gates and mine["lr"] == pytest.approx(2.0) and "lr" not in rest
+    assert sorted(map(id, rest["params"] + mine["params"])) == sorted(map(id, params))  # every parameter, once
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_gate_lr_scale_multiplies_the_gate_step_only(scale):
+    """One SGD step from the same state: the gates move ``scale`` times as far, the rest the same."""
+    from inhernet.diagnostics import gated_layers
+    from inhernet.train import DistillModule
+
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    moved = {}
+    for s in (1.0, scale):
+        model = _gated_toy()
+        with torch.no_grad():  # heads apart, so the gates get a gradient worth comparing
+            for _, m in gated_layers(model):
+                m.up.add_(0.3 * torch.randn_like(m.up))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        module = DistillModule(model, num_classes=3, epochs=2, lr=0.1, momentum=0.0, weight_decay=0.0,
+                               gate_lr_scale=s)
+        opt = module.configure_optimizers()["optimizer"]
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        moved[s] = {n: (p.detach() - before[n]) for n, p in model.named_parameters()}
+    gate_names = [n for n in moved[1.0] if ".gate." in n]
+    assert gate_names
+    for n, d in moved[1.0].items():
+        expect = d * (scale if n in gate_names else 1.0)
+        torch.testing.assert_close(moved[scale][n], expect, rtol=1e-4, atol=1e-7)
+    assert any(moved[1.0][n].abs().max() > 0 for n in gate_names)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "10"])
+def test_gate_lr_scale_must_be_a_positive_number(tmp_path, bad):
+    from inhernet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gate_lr_scale"):
+        fit(_gated_toy(), _data(), out_dir=tmp_path / "run", epochs=1, gate_lr_scale=bad, progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_gate_lr_scale_refuses_a_model_without_gates(tmp_path):
+    from inhernet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no gated inherited layer"):
+        fit(_net(), _data(), out_dir=tmp_path / "run", epochs=1, gate_lr_scale=10, progress=False)
+    fit(_net(), _data(), out_dir=tmp_path / "ok", epochs=1, gate_lr_scale=1, progress=False)  # 1: allowed, a no-op

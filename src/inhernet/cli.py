@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="saved teacher for kd / dkd / lskd; for a Hugging Face model a folder of the same tokenizer "
                         "(then KD with --kd-alpha)")
     s.add_argument("--loss", default="ce", choices=["ce", "kd", "dkd", "lskd"], help="objective (default ce)")
+    s.add_argument("--gate-lr-scale", type=float, default=1.0, metavar="X",
+                   help="the gates of the inherited layers learn at the learning rate x X (default 1; needs gated "
+                        "heads: their gradient is tiny while the heads are near-copies)")
     s.add_argument("--alpha", type=float, default=None, help="KD: weight of the KD term (CE gets 1-alpha); DKD: TCKD weight")
     s.add_argument("--beta", type=float, default=8.0, help="DKD: NCKD weight (default 8)")
     s.add_argument("--temperature", type=float, default=None,
@@ -586,6 +589,7 @@ _HF_ONLY = ("text", "seq_len", "held_out", "max_train_blocks", "text_column", "l
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     from inhernet.train import DistillLoss, evaluate, fit, load_model, save_model
+    from inhernet.train.groups import check_gate_lr_scale
     from inhernet.train.identity import file_digest, finish_run
 
     if _is_hf_folder(a.model):
@@ -604,8 +608,10 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             setattr(a, name, value)
     _setup(a)
     _check_schedule(a)
+    check_gate_lr_scale(a.gate_lr_scale, option="--gate-lr-scale")
     data = _load_data(a)
     model, info = load_model(a.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    check_gate_lr_scale(a.gate_lr_scale, model, option="--gate-lr-scale")  # before --out is claimed
     teacher, teacher_source = None, None
     if a.loss != "ce":
         if not a.teacher:
@@ -615,12 +621,15 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     loss = DistillLoss(kind=a.loss, alpha=a.alpha, beta=a.beta, temperature=a.temperature)
     # the files' hashes, not their paths, say which model and teacher the run starts from
     model_source = {"arch": info["arch"], "inherited": bool(info["inherited"]), "sha256": file_digest(info["path"])}
-    source = {"model": model_source, "teacher": teacher_source, "loss": loss.resolved()}
+    source = {"model": model_source, "teacher": teacher_source, "loss": loss.resolved(),
+              # absent at the default, so runs made before the option keep their identity
+              **({"gate_lr_scale": a.gate_lr_scale} if a.gate_lr_scale != 1 else {})}
     plan = _claim_out(a, _run_identity(a, **source))
     if plan.action == "skip":
         return 0
     meta = {k: info[k] for k in ("arch", "num_classes", "in_channels", "inherited")}
-    res = fit(model, data, out_dir=a.out, teacher=teacher, loss=loss, model_meta=meta, **_fit_common(a, plan))
+    res = fit(model, data, out_dir=a.out, teacher=teacher, loss=loss, model_meta=meta, gate_lr_scale=a.gate_lr_scale,
+              **_fit_common(a, plan))
     if res.extra.get("is_global_zero", True) and _rank0():
         save_model(res.model, Path(a.out) / "model", arch=info["arch"], num_classes=data.num_classes,
                    in_channels=data.in_channels, overwrite=True)  # the run's own model (--force / --resume)
@@ -658,6 +667,7 @@ def _finetune_hf(a: argparse.Namespace) -> int:
 
     from inhernet.hf.folders import load_text_model, save_text_model
     from inhernet.train.finetune import check_finetune_options, finetune
+    from inhernet.train.groups import check_gate_lr_scale
     from inhernet.train.identity import file_digest, finish_run
     from inhernet.train.validate import cli_option
 
@@ -687,6 +697,8 @@ def _finetune_hf(a: argparse.Namespace) -> int:
     # every bad option fails here, before a model is loaded or a file written
     check_finetune_options(task=task, teacher=a.teacher, teacher_logits="auto", strategy=dist["strategy"],
                            accelerator=dist["accelerator"], compile=dist["compile"], option=cli_option, **train_kw)
+    check_gate_lr_scale(a.gate_lr_scale, option="--gate-lr-scale")
+    gate_kw = {"gate_lr_scale": a.gate_lr_scale} if a.gate_lr_scale != 1 else {}  # absent at 1: older identities hold
     if a.teacher and not _is_hf_folder(a.teacher):
         raise ConfigError(f"--teacher {a.teacher}: a Hugging Face model is distilled from a Hugging Face model folder "
                           "(config.json) of the same tokenizer.")
@@ -706,11 +718,12 @@ def _finetune_hf(a: argparse.Namespace) -> int:
         data = argparse.Namespace(**{name: encode_classification(tokenizer, getattr(raw, name),
                                                                  max_length=a.max_length)
                                      for name in ("train", "val", "test")})
+    check_gate_lr_scale(a.gate_lr_scale, model, option="--gate-lr-scale")  # before --out is claimed
     teacher = load_text_model(a.teacher, task, num_labels=num_labels)[0] if a.teacher else None
     identity = {"command": a.command, "model": {"folder_sha256": file_digest(a.model)},
                 "teacher": {"folder_sha256": file_digest(a.teacher)} if a.teacher else None,
                 "data": _hf_data_identity(a), "seed": a.seed,
-                "schedule": {**train_kw, "gradient_checkpointing": a.gradient_checkpointing}}
+                "schedule": {**train_kw, **gate_kw, "gradient_checkpointing": a.gradient_checkpointing}}
     plan = _claim_out(a, identity)
     if plan.action == "skip":
         return 0
@@ -718,7 +731,7 @@ def _finetune_hf(a: argparse.Namespace) -> int:
     if dtype in (torch.float16, torch.bfloat16):  # AdamW on half-precision weights loses small updates
         model.float()
     res = finetune(model.train(), data, task=task, out_dir=a.out, teacher=teacher, tokenizer=tokenizer, seed=a.seed,
-                   resume=not plan.fresh, gradient_checkpointing=a.gradient_checkpointing, **train_kw, **dist)
+                   resume=not plan.fresh, gradient_checkpointing=a.gradient_checkpointing, **train_kw, **gate_kw, **dist)
     if res.model_dir is None or not _rank0():
         return 0
     if dtype != torch.float32 and dtype.is_floating_point:  # saved in the precision it came in

@@ -238,6 +238,8 @@ class MethodConfig:
     fraction of the teacher). ``seed`` defaults to the run's seed. With ``init: whitened``,
     ``calibration_images`` (default 256) says on how many training images (the first ones, no
     augmentation) the teacher's layer inputs are measured.
+    ``gate_lr_scale`` (inhernet with gated heads only): the gates learn at the schedule's lr × this
+    (:mod:`inhernet.train.groups`); 1 = like every parameter.
     """
 
     name: str = ""
@@ -246,6 +248,7 @@ class MethodConfig:
     loss: dict = field(default_factory=dict)
     inherit: dict = field(default_factory=dict)
     label: Optional[str] = None
+    gate_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         require(bool(self.name), "every method needs a name")
@@ -263,6 +266,24 @@ class MethodConfig:
         self._validate_loss()
         if self.kind == "inhernet":
             self._validate_inherit()
+        self._validate_gate_lr_scale()
+
+    def _validate_gate_lr_scale(self) -> None:
+        from inhernet import InheritConfig
+        from inhernet.train.groups import check_gate_lr_scale
+
+        where = f"methods[{self.name}].gate_lr_scale"
+        try:
+            self.gate_lr_scale = check_gate_lr_scale(self.gate_lr_scale, option=where)
+        except ValueError as err:
+            raise CompareConfigError(str(err)) from err
+        if self.gate_lr_scale == 1:
+            return
+        defaults = InheritConfig()
+        heads, gate = self.inherit.get("heads", defaults.heads), self.inherit.get("gate", defaults.gate)
+        require(self.kind == "inhernet" and heads != 1 and gate != "none",
+                f"{where}={self.gate_lr_scale:g} needs an InherNet with gated heads (kind: inhernet, heads > 1, "
+                f"gate not 'none'); method {self.name!r} has {'no gate' if self.kind != 'inhernet' else f'heads={heads}, gate={gate!r}'}.")
 
     @property
     def loss_kind(self) -> str:

@@ -239,6 +239,8 @@ def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teac
 def _run_identity(cfg: CompareConfig, tkey: str, method: MethodConfig, seed: int) -> dict:
     m = asdict(method)
     m.pop("label", None)
+    if m.get("gate_lr_scale") == 1.0:  # the default is absent, so runs made before the option keep their keys
+        m.pop("gate_lr_scale")
     return {"teacher": tkey, "data": _data_identity(cfg), "student": cfg.student.arch,
             "schedule": asdict(cfg.schedule), "method": m, "seed": seed}
 
@@ -374,7 +376,8 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
         res = fit(model, data, out_dir=d, teacher=teacher if loss.needs_teacher else None, loss=loss,
                   epochs=s.epochs, batch_size=s.batch_size, eval_batch_size=s.eval_batch_size, lr=s.lr,
                   momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov, milestones=s.milestones,
-                  gamma=s.gamma, augment=cfg.data.augment, seed=seed, resume=True, model_meta=meta,
+                  gamma=s.gamma, gate_lr_scale=m.gate_lr_scale, augment=cfg.data.augment, seed=seed, resume=True,
+                  model_meta=meta,
                   run_name=f"{m.name}/seed{seed}", **_fit_kwargs(cfg, progress))
     except TrainingDivergedError as err:
         out = {"key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "failed": True,

@@ -68,6 +68,7 @@ from ..hf.folders import save_text_model
 from ..utils import atomic_write
 from .fit import CHECKPOINT_NAME, METRICS_NAME, global_rank, read_metrics
 from .fsdp import FSDP2Strategy, transformer_blocks
+from .groups import check_gate_lr_scale
 from .guard import NonFiniteGuard
 from .signals import stop_cleanly
 from .text import (
@@ -336,6 +337,7 @@ def finetune(
     weight_decay: float = 0.01,
     schedule: str = "cosine",
     warmup: Union[float, int] = 0.05,
+    gate_lr_scale: float = 1.0,
     max_grad_norm: Optional[float] = 1.0,
     precision: Any = None,
     compile: Union[bool, str, None] = None,
@@ -381,6 +383,8 @@ def finetune(
         schedule, warmup: ``cosine`` / ``linear`` / ``constant`` after a linear warm-up of
             ``warmup`` steps (an int) or of that fraction of ``max_steps`` (a float < 1); see
             :func:`inhernet.train.text.lr_factor`.
+        gate_lr_scale: the gates of the inherited layers learn at ``lr × gate_lr_scale`` (default 1:
+            like every parameter; :mod:`inhernet.train.groups`). Needs gated layers when not 1.
         max_grad_norm: clip the gradient norm (``None``: no clipping).
         precision: ``None`` (32-bit) or ``"bf16-mixed"`` (also on a CPU); see
             :func:`inhernet.train.validate.check_precision`.
@@ -427,6 +431,7 @@ def finetune(
                            eval_every=eval_every, eval_batch_size=eval_batch_size,
                            checkpoint_every=checkpoint_every, teacher_logits=teacher_logits, strategy=strategy,
                            accelerator=accelerator, precision=precision, compile=compile)
+    check_gate_lr_scale(gate_lr_scale, model)
     _check_data(task, data, batch_size, model)
     if gradient_checkpointing:
         _check_gradient_checkpointing(model)
@@ -465,7 +470,7 @@ def finetune(
                             schedule=schedule, weight_decay=weight_decay, teacher=distil_from, kd_alpha=kd_alpha,
                             temperature=temperature, teacher_logits=mode, cache_file=out / TEACHER_CACHE_NAME,
                             eval_names=dm.eval_splits, seed=seed, run_name=run_name, quiet=quiet,
-                            compile=compile_mode(compile))
+                            compile=compile_mode(compile), gate_lr_scale=gate_lr_scale)
     recorder = StepRecorder(metrics_path, ckpt_path, max_steps=max_steps, checkpoint_every=checkpoint_every,
                             eval_every=eval_every, has_eval=has_eval, batch_size=batch_size * grad_accum,
                             train_items=n_train)
@@ -492,6 +497,8 @@ def finetune(
                     "distils": distil_from is not None, "kd_alpha": kd_alpha if distil_from is not None else 0.0,
                     "temperature": temperature if distil_from is not None else None, "seed": seed,
                     "train_items": n_train, "seq_len": int(data.train.shape[1]) if task == CAUSAL_LM else None}
+        if gate_lr_scale != 1:  # absent at the default, so runs recorded before the option still resume
+            settings["gate_lr_scale"] = float(gate_lr_scale)
         layout = {"batch_size": batch_size, "grad_accum": grad_accum, "world_size": trainer.world_size}
         resume_from = _resume_point(out, ckpt_path, record_path, settings, resume)
         # nothing was written before this point

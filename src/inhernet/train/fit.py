@@ -34,6 +34,7 @@ from torch import nn
 from ..data.loader import TensorLoader
 from ..diagnostics import has_gated_layers
 from ..utils import atomic_write
+from .groups import check_gate_lr_scale
 from .guard import NonFiniteGuard
 from .heads import HeadDiagnostics
 from .losses import DistillLoss
@@ -222,6 +223,7 @@ def fit(
     nesterov: bool = False,
     milestones: Optional[Sequence[int]] = None,
     gamma: float = 0.1,
+    gate_lr_scale: float = 1.0,
     augment: Any = "default",
     seed: int = 0,
     resume: bool = True,
@@ -249,6 +251,8 @@ def fit(
         loss: ``"ce"``, ``"kd"``, ``"dkd"``, ``"lskd"``, a dict of :class:`DistillLoss` fields, or one.
         teacher: frozen teacher for the distillation losses.
         milestones: lr milestones; default the paper's 150/180/210 of 240 scaled to ``epochs``.
+        gate_lr_scale: the gates of the inherited layers learn at ``lr × gate_lr_scale`` (default 1:
+            like every parameter); see :mod:`inhernet.train.groups`. Needs gated layers when not 1.
         augment: ``"default"`` (the data set's ``default_augment``), ``"none"``, ``"crop_flip"``, ...
         resume: continue from ``out_dir/checkpoints/last.ckpt`` if present; ``False`` starts over
             (the old checkpoint and metrics are replaced).
@@ -283,6 +287,7 @@ def fit(
     # every bad option fails here, before anything is created or trained
     check_training_options(epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
                            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma)
+    check_gate_lr_scale(gate_lr_scale, model)
     check_precision("precision", precision, accelerator=accelerator)
     check_flag("channels_last", channels_last)
     check_flag("data_on_device", data_on_device, none_ok=True)
@@ -324,6 +329,7 @@ def fit(
         model, num_classes=num_classes, teacher=teacher, loss=loss, epochs=epochs, lr=lr, momentum=momentum,
         weight_decay=weight_decay, nesterov=nesterov, milestones=milestones, gamma=gamma,
         eval_names=dm.eval_splits, model_meta=model_meta, channels_last=channels_last, compile=mode,
+        gate_lr_scale=gate_lr_scale,
     )
     module.run_name = run_name or str(out)
 

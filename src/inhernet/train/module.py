@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..utils import eval_mode, on_device
 from .compiled import CompiledModel
+from .groups import check_gate_lr_scale, gate_parameter_groups
 from .guard import TrainingDivergedError
 from .losses import DistillLoss
 
@@ -74,6 +75,9 @@ class DistillModule(L.LightningModule):
     ``compile``: a ``torch.compile`` mode (:data:`~inhernet.train.validate.COMPILE_MODES`) or
     ``None``: the training steps run the model compiled (:class:`~inhernet.train.compiled.CompiledModel`:
     ``self.model`` and the checkpoint stay those of the plain model; evaluation stays eager).
+
+    ``gate_lr_scale``: the gates of the inherited layers learn at ``lr × gate_lr_scale``
+    (:mod:`inhernet.train.groups`: their gradient is tiny while the heads are near-copies).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class DistillModule(L.LightningModule):
         model_meta: Optional[dict] = None,
         channels_last: bool = False,
         compile: Optional[str] = None,
+        gate_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -121,6 +126,7 @@ class DistillModule(L.LightningModule):
                 "nesterov": nesterov,
                 "milestones": self.milestones,
                 "gamma": gamma,
+                "gate_lr_scale": check_gate_lr_scale(gate_lr_scale, model),
                 "model_meta": dict(model_meta or {}),
             }
         )
@@ -197,7 +203,9 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt = torch.optim.SGD(self.model.parameters(), lr=hp.lr, momentum=hp.momentum,
-                              weight_decay=hp.weight_decay, nesterov=hp.nesterov)
+        groups = gate_parameter_groups(self.model, [{"params": self.model.parameters()}], hp.lr,
+                                       hp.get("gate_lr_scale", 1.0))
+        opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                              nesterov=hp.nesterov)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=self.milestones, gamma=hp.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

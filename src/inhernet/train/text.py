@@ -59,6 +59,7 @@ from ..utils import atomic_write, eval_mode, on_device, stable_hash
 from .compiled import CompiledModel
 from .fit import read_metrics
 from .fsdp import data_parallel_mesh, shard_model
+from .groups import check_gate_lr_scale, gate_parameter_groups
 from .guard import TrainingDivergedError
 from .losses import kd_kl
 
@@ -362,7 +363,8 @@ class TextTaskModule(L.LightningModule):
                  schedule: str = "cosine", weight_decay: float = 0.01, teacher: Optional[nn.Module] = None,
                  kd_alpha: float = 0.0, temperature: float = 2.0, teacher_logits: str = "on_the_fly",
                  cache_file: Union[str, Path, None] = None, eval_names: Sequence[str] = (), seed: int = 0,
-                 run_name: str = "(unnamed)", quiet: bool = False, compile: Optional[str] = None) -> None:
+                 run_name: str = "(unnamed)", quiet: bool = False, compile: Optional[str] = None,
+                 gate_lr_scale: float = 1.0) -> None:
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"task={task!r} is not known; choose one of {', '.join(TASKS)}.")
@@ -374,6 +376,7 @@ class TextTaskModule(L.LightningModule):
         self.lr, self.max_steps = float(lr), int(max_steps)
         self.warmup_steps, self.schedule = int(warmup_steps), schedule
         self.weight_decay = float(weight_decay)
+        self.gate_lr_scale = check_gate_lr_scale(gate_lr_scale, model)
         self.kd_alpha, self.temperature = float(kd_alpha), float(temperature)
         # a tuple keeps the teacher out of the registered children (no DDP/FSDP, no checkpoint, no .train())
         self._teacher: tuple = (teacher,) if teacher is not None and self.kd_alpha > 0 else ()
@@ -566,7 +569,7 @@ class TextTaskModule(L.LightningModule):
         decay = [p for n, p in named if n not in self.no_decay]
         no_decay = [p for n, p in named if n in self.no_decay]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        opt = torch.optim.AdamW(gate_parameter_groups(self.model, groups, self.lr, self.gate_lr_scale), lr=self.lr)
         max_steps, warmup, schedule = self.max_steps, self.warmup_steps, self.schedule
 
         def factor(step: int) -> float:  # a function, not an object: LambdaLR keeps it out of the checkpoint
