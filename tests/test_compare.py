@@ -179,6 +179,22 @@ def test_cli_compare_and_report_on_finished_runs(finished, capsys):
     assert main(["report", str(tmp / "nowhere")]) == 2
 
 
+def test_report_says_whether_its_latencies_are_earlier_ones_or_none(finished):
+    """A table rebuilt without measuring says its latencies are earlier ones only when there are
+    some; with none (a partial comparison rebuilt with --no-latency) it says none were measured."""
+    import copy
+
+    from inhernet.compare.report import format_table
+
+    results = copy.deepcopy(finished[2])
+    results["latency"]["measured"] = False
+    assert "(from an earlier measurement)" in format_table(results)
+    for m in results["methods"]:
+        m["latency_ms"] = None
+    table = format_table(results)
+    assert "earlier measurement" not in table and "none was measured before" in table
+
+
 def test_whitened_method_calibrates_on_training_images(tmp_path):
     """``inherit: {init: whitened}`` in a method: the teacher is calibrated on the first training
     images; the inherited network then tracks the teacher on them better than plain SVD's."""

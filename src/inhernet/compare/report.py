@@ -209,7 +209,9 @@ def format_table(results: dict) -> str:
     if not lat.get("enabled", True):
         lat_note = " (not measured: latency.enabled is false)"
     else:
-        lat_note = "" if lat.get("measured", True) else " (from an earlier measurement)"
+        earlier = any(e.get("latency_ms") is not None for e in results.get("methods", []))
+        lat_note = ("" if lat.get("measured", True) else " (from an earlier measurement)" if earlier
+                    else " (not measured: the table was rebuilt without latency and none was measured before)")
     notes = [
         "",
         f"Data: {d['name']}, train {d['train']:,} / val {d['val']:,} / test {d['test']:,} images "
