@@ -455,3 +455,127 @@ def test_gate_lr_scale_reaches_the_optimiser_and_only_then_the_run_key(tmp_path)
     ckpt = torch.load(tmp_path / "out" / "runs" / "fast" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([], "non-empty list of distinct integers"),
+    ([0, 0], "non-empty list of distinct integers"),
+    ("0", "non-empty list of distinct integers"),
+    ([0, 5], r"names seed\(s\) \[5\] the comparison does not run.*add them there"),
+])
+def test_method_seeds_are_checked(seeds, message, tmp_path):
+    with pytest.raises(CompareConfigError, match=message):
+        CompareConfig.from_dict(tiny_config(tmp_path, seeds=[0, 1],
+                                            methods=[{"name": "s", "kind": "student", "seeds": seeds}]))
+
+
+def test_a_method_runs_on_its_own_seeds_and_keeps_its_run_keys(tmp_path):
+    """``seeds:`` on a method restricts it to those of the comparison's seeds: the plan skips the
+    rest, the row is complete at its own n, and the run keys are the ones made without the option
+    (so a config can narrow a row without retraining it)."""
+    from inhernet.compare.runner import plan_runs
+
+    methods = [{"name": "student", "kind": "student", "seeds": [1]},
+               {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}]
+    cfg = tiny_config(tmp_path, seeds=[0, 1], methods=methods)
+    cfg["schedule"]["epochs"] = 1
+    plan = plan_runs(CompareConfig.from_dict(cfg), "teacher-key")
+    assert [(r["method"].name, r["seed"]) for r in plan] == [("inh", 0), ("student", 1), ("inh", 1)]
+    wide = CompareConfig.from_dict({**cfg, "methods": [{"name": "student", "kind": "student"}, methods[1]]})
+    keys = {(r["method"].name, r["seed"]): r["key"] for r in plan_runs(wide, "teacher-key")}
+    assert all(keys[(r["method"].name, r["seed"])] == r["key"] for r in plan)
+    assert "seeds" not in plan[1]["identity"]["method"]
+
+    res = run_compare(load_config(write_cfg(tmp_path, cfg)), log=lambda _: None)
+    student, inh = res["methods"]
+    assert student["seeds"] == [1] and student["complete"] and inh["seeds"] == [0, 1] and inh["complete"]
+    assert not (tmp_path / "out" / "runs" / "student" / "seed0").exists()
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "(n = 1)" in table and "(incomplete)" not in table
+
+
+def _strip_weights(out: Path) -> None:
+    """What a committed comparison folder keeps: the run records, not the weights or checkpoints."""
+    import shutil
+
+    for d in [*out.rglob("model"), *out.rglob("checkpoints")]:
+        shutil.rmtree(d)
+
+
+def test_run_records_without_weights_count_as_finished(finished, tmp_path):
+    """A run folder that kept its records but not its weights (a comparison committed to a repository,
+    checkpoints ignored) is finished: re-running skips it, its accuracy stays in the table, only its
+    latency is missing."""
+    import shutil
+
+    src, path, results, _ = finished
+    shutil.copytree(src / "out", tmp_path / "out")
+    _strip_weights(tmp_path / "out")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["out_dir"] = str(tmp_path / "out")  # the same (cached) teacher
+    logs: list[str] = []
+    again = run_compare(load_config(write_cfg(tmp_path, cfg)), log=logs.append)
+    assert sum("done, skipped" in line for line in logs) == 3 and not any(": training (" in x for x in logs)
+    assert [m["test_acc_mean"] for m in again["methods"]] == [m["test_acc_mean"] for m in results["methods"]]
+    assert all("latency_ms" not in m and "latency_error" in m for m in again["methods"])
+
+
+@pytest.fixture()
+def restore_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("restore_runs", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "restore_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_restore_runs_rebuilds_published_single_seed_rows(finished, tmp_path, restore_tool, capsys):
+    """benchmarks/restore_runs.py turns a published results.json's n = 1 rows back into run records:
+    a comparison in a fresh folder then trains nothing, reports the same accuracies and says which
+    rows were restored; a record already there is left alone."""
+    src, path, results, _ = finished
+    cfg = yaml.safe_load(path.read_text())
+    cfg["out_dir"] = str(tmp_path / "fresh")
+    new_cfg = write_cfg(tmp_path, cfg)
+    published = src / "out" / "results.json"
+    assert restore_tool.main([str(new_cfg), str(published), "--only", "student", "inh"]) == 0
+    assert "2 run record(s) restored" in capsys.readouterr().out
+    logs: list[str] = []
+    again = run_compare(load_config(new_cfg), log=logs.append)
+    trained = [line for line in logs if ": training (" in line]
+    assert len(trained) == 1 and "student_kd" in trained[0]  # the one row not restored
+    assert [m["test_acc_mean"] for m in again["methods"]] == pytest.approx(
+        [m["test_acc_mean"] for m in results["methods"]])
+    assert again["methods"][2]["curve_test_acc"] == results["methods"][2]["curve_test_acc"]
+    table = (tmp_path / "fresh" / "results.md").read_text()
+    assert "Restored: student seed 0" in table and "Restored: inh seed 0" in table
+    assert "Restored: student_kd" not in table
+    # a second restore leaves existing records as they are
+    done = tmp_path / "fresh" / "runs" / "inh" / "seed0" / "done.json"
+    before = done.read_bytes()
+    restore_tool.main([str(new_cfg), str(published)])
+    assert "already holds a record" in capsys.readouterr().out and done.read_bytes() == before
+
+
+def test_restore_runs_refuses_another_teacher_or_experiment(finished, tmp_path, restore_tool, capsys):
+    src, path, _, _ = finished
+    cfg = yaml.safe_load(path.read_text())
+    cfg["out_dir"] = str(tmp_path / "fresh")
+    published = json.loads((src / "out" / "results.json").read_text())
+    published["teacher"]["test_acc_mean"] -= 0.01  # a teacher that scored otherwise
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps(published))
+    with pytest.raises(SystemExit, match=r"is not the published one \(.*\); nothing was restored"):
+        restore_tool.main([str(write_cfg(tmp_path, cfg)), str(bad)])
+    assert not (tmp_path / "fresh").exists()
+    # another run schedule (the same teacher), so every run key differs
+    cfg["schedule"] = {**cfg["schedule"], "eval_batch_size": 128}
+    assert restore_tool.main([str(write_cfg(tmp_path, cfg, "other.yaml")), str(src / "out" / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "0 run record(s) restored" in out and "key differs" in out
+    # no teacher trained here
+    cfg["cache_dir"] = str(tmp_path / "empty-cache")
+    with pytest.raises(SystemExit, match="is not trained here yet"):
+        restore_tool.main([str(write_cfg(tmp_path, cfg, "nocache.yaml")), str(src / "out" / "results.json")])

@@ -240,6 +240,9 @@ class MethodConfig:
     augmentation) the teacher's layer inputs are measured.
     ``gate_lr_scale`` (inhernet with gated heads only): the gates learn at the schedule's lr × this
     (:mod:`inhernet.train.groups`); 1 = like every parameter.
+    ``seeds``: the method runs on these of the comparison's ``seeds`` only (default: all of them) —
+    for exploratory rows whose one seed already rules them out, so the CPU hours go to the rows
+    that decide; the table shows each row's n. Not part of a run's identity (the seed is).
     """
 
     name: str = ""
@@ -249,6 +252,7 @@ class MethodConfig:
     inherit: dict = field(default_factory=dict)
     label: Optional[str] = None
     gate_lr_scale: float = 1.0
+    seeds: Optional[list] = None
 
     def __post_init__(self) -> None:
         require(bool(self.name), "every method needs a name")
@@ -428,6 +432,16 @@ class CompareConfig:
         require(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
                f"seeds={self.seeds!r} must be a non-empty list of integers")
         require(len(set(self.seeds)) == len(self.seeds), f"seeds={self.seeds!r} repeats a seed")
+        for m in self.methods:
+            if m.seeds is None:
+                continue
+            where = f"methods[{m.name}].seeds={m.seeds!r}"
+            require(isinstance(m.seeds, list) and bool(m.seeds)
+                    and all(isinstance(s, int) and not isinstance(s, bool) for s in m.seeds)
+                    and len(set(m.seeds)) == len(m.seeds), f"{where} must be a non-empty list of distinct integers")
+            extra = [s for s in m.seeds if s not in self.seeds]
+            require(not extra, f"{where} names seed(s) {extra} the comparison does not run; a method's seeds are a "
+                    f"subset of the top-level seeds={self.seeds!r} (add them there)")
         from inhernet.models import is_import_path, is_model, list_models, resolve_architecture
 
         for what, arch in (("teacher.arch", self.teacher.arch), ("student.arch", self.student.arch)):
@@ -440,6 +454,10 @@ class CompareConfig:
                 hint = did_you_mean(arch, list_models(), n=3)
                 raise CompareConfigError(f"{what}={arch!r} is not a known model{hint}. Known: {', '.join(list_models())}"
                                          "; or give your own model as an import path 'package.module:factory'")
+
+    def seeds_of(self, method: MethodConfig) -> list[int]:
+        """The seeds ``method`` runs on: its own ``seeds`` (in the comparison's order) or all of them."""
+        return [s for s in self.seeds if method.seeds is None or s in method.seeds]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

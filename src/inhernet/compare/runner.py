@@ -47,7 +47,8 @@ from inhernet.utils import read_json, stable_hash, write_json
 
 from .config import CompareConfig, MethodConfig
 
-__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model"]
+__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
+           "plan_runs", "teacher_folder", "teacher_key"]
 
 
 class CompareError(TrainingError):
@@ -98,6 +99,14 @@ def teacher_key(cfg: CompareConfig) -> str:
     return stable_hash(ident)
 
 
+def teacher_folder(cfg: CompareConfig) -> Path:
+    """Where a teacher trained by the comparison is cached: ``cache_dir/teachers/<arch>-<key>/``
+    (``done.json`` and ``model/`` once finished; ``checkpoints/last.ckpt`` while training)."""
+    from inhernet.models import arch_slug
+
+    return Path(cfg.cache_dir) / "teachers" / f"{arch_slug(cfg.teacher.arch)}-{teacher_key(cfg)}"
+
+
 def _fit_kwargs(cfg: CompareConfig, progress: Any) -> dict:
     tr = cfg.trainer
     return dict(devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy, accelerator=tr.accelerator,
@@ -132,13 +141,11 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
         return model, {"source": "path", "path": str(info["path"]), "arch": t.arch, "key": teacher_key(cfg),
                        "test_acc": ev["acc"], "params": inhernet.count_parameters(model), "curve": None}
 
-    from inhernet.models import arch_slug
-
     key = teacher_key(cfg)
-    folder = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(t.arch)}-{key}"
+    folder = teacher_folder(cfg)
     if not single_process(cfg):
         return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
-    lock = Path(cfg.cache_dir) / "teachers" / f"{arch_slug(t.arch)}-{key}.lock"
+    lock = folder.with_name(folder.name + ".lock")
     with file_lock(lock, wait=False) as taken:
         if taken:
             return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
@@ -239,6 +246,7 @@ def build_method_model(method: MethodConfig, seed: int, cfg: CompareConfig, teac
 def _run_identity(cfg: CompareConfig, tkey: str, method: MethodConfig, seed: int) -> dict:
     m = asdict(method)
     m.pop("label", None)
+    m.pop("seeds", None)  # which seeds a method runs on is planning; the run's own seed is below
     if m.get("gate_lr_scale") == 1.0:  # the default is absent, so runs made before the option keep their keys
         m.pop("gate_lr_scale")
     return {"teacher": tkey, "data": _data_identity(cfg), "student": cfg.student.arch,
@@ -276,6 +284,8 @@ def plan_runs(cfg: CompareConfig, tkey: str) -> list[dict]:
     runs = []
     for seed in cfg.seeds:
         for m in cfg.methods:
+            if seed not in cfg.seeds_of(m):
+                continue
             ident = _run_identity(cfg, tkey, m, seed)
             runs.append({"method": m, "seed": seed, "dir": _run_dir(cfg, m, seed), "identity": ident,
                          "key": stable_hash(ident)})
