@@ -461,7 +461,6 @@ def test_gate_lr_scale_reaches_the_optimiser_and_only_then_the_run_key(tmp_path)
     ([], "non-empty list of distinct integers"),
     ([0, 0], "non-empty list of distinct integers"),
     ("0", "non-empty list of distinct integers"),
-    ([0, 5], r"names seed\(s\) \[5\] the comparison does not run.*add them there"),
 ])
 def test_method_seeds_are_checked(seeds, message, tmp_path):
     with pytest.raises(CompareConfigError, match=message):
@@ -518,3 +517,29 @@ def test_run_records_without_weights_count_as_finished(finished, tmp_path):
     assert sum("done, skipped" in line for line in logs) == 3 and not any(": training (" in x for x in logs)
     assert [m["test_acc_mean"] for m in again["methods"]] == [m["test_acc_mean"] for m in results["methods"]]
     assert all("latency_ms" not in m and "latency_error" in m for m in again["methods"])
+
+
+def test_methods_option_trains_those_rows_first_and_reports_all(finished, tmp_path, capsys):
+    """``--methods`` trains only the named methods' runs; the report counts every finished run (the
+    others' rows are empty until they run); an unknown name is refused before anything is written,
+    with the config's method names; a method whose seeds miss the comparison's says so."""
+    from inhernet.cli import main as cli_main
+
+    src, path, _, _ = finished
+    cfg = yaml.safe_load(path.read_text())
+    cfg["out_dir"] = str(tmp_path / "out")  # the cached teacher
+    cfg["seeds"] = [0]
+    cfg["methods"] = [*cfg["methods"][:2], {"name": "later", "kind": "student", "seeds": [7]}]
+    cfg_path = write_cfg(tmp_path, cfg)
+    assert cli_main(["compare", str(cfg_path), "--methods", "student_k"]) == 2
+    err = capsys.readouterr().err
+    assert "'student_k' is not a method of this config" in err and "did you mean 'student_kd'" in err
+    assert not (tmp_path / "out").exists()
+
+    assert cli_main(["compare", str(cfg_path), "--methods", "student"]) == 0
+    out = capsys.readouterr().out
+    assert "method 'later' runs on seeds [7], none of this comparison's [0]" in out
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    by = {m["name"]: m for m in res["methods"]}
+    assert by["student"]["seeds"] == [0] and by["student_kd"]["seeds"] == [] and by["later"]["seeds"] == []
+    assert not (tmp_path / "out" / "runs" / "student_kd").exists()

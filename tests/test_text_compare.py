@@ -148,6 +148,13 @@ def test_causal_lm_comparison_end_to_end(tmp_path, capsys):
     with pytest.raises(StaleRunError, match="--force"):
         run_compare(load_config(path))
     assert (out / "runs" / "teacher_ft" / "seed0" / "done.json").is_file()
+    # --force with methods= clears and retrains those methods only; the others' old runs stay on disk
+    # (and out of the table: they belong to the old schedule)
+    stale_ft = (out / "runs" / "teacher_ft" / "seed0" / "done.json").read_bytes()
+    part = run_compare(load_config(path), force=True, methods=["svd_llm_50"])
+    by = {m["name"]: m for m in part["methods"]}
+    assert by["svd_llm_50"]["seeds"] == [0] and by["teacher_ft"]["seeds"] == [] and by["inhernet_50"]["seeds"] == []
+    assert (out / "runs" / "teacher_ft" / "seed0" / "done.json").read_bytes() == stale_ft
 
 
 def test_sequence_classification_comparison_end_to_end(tmp_path):

@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default=None, help="override the config's out_dir")
     s.add_argument("--cache-dir", default=None, help="override the config's cache_dir")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
+    s.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="train only these methods' runs this time (the rows that decide first); the report "
+                        "counts every finished run, --force clears only these")
     s.add_argument("--epochs", type=int, default=None, help="override schedule.epochs (image-classification)")
     s.add_argument("--max-steps", type=int, default=None,
                    help="override schedule.max_steps (sequence-classification / causal-lm)")
@@ -866,7 +869,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if tr:
         overrides["trainer"] = tr
     cfg = load_config(a.config, overrides)
-    results = run_compare(cfg, force=a.force)
+    results = run_compare(cfg, force=a.force, methods=a.methods)
     failed = (results or {}).get("failed_runs", [])
     if failed:  # the table is written, but a scheduler must not see success
         print(f"error: {len(failed)} run(s) failed (listed above and in results.md); a diverged run "

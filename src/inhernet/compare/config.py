@@ -240,7 +240,8 @@ class MethodConfig:
     augmentation) the teacher's layer inputs are measured.
     ``gate_lr_scale`` (inhernet with gated heads only): the gates learn at the schedule's lr × this
     (:mod:`inhernet.train.groups`); 1 = like every parameter.
-    ``seeds``: the method runs on these of the comparison's ``seeds`` only (default: all of them) —
+    ``seeds``: the method runs on those of the comparison's ``seeds`` that are in this list only
+    (default: all of them; a seed outside the comparison's is not run, and the run says so) —
     for exploratory rows whose one seed already rules them out, so the CPU hours go to the rows
     that decide; the table shows each row's n. Not part of a run's identity (the seed is).
     """
@@ -439,9 +440,6 @@ class CompareConfig:
             require(isinstance(m.seeds, list) and bool(m.seeds)
                     and all(isinstance(s, int) and not isinstance(s, bool) for s in m.seeds)
                     and len(set(m.seeds)) == len(m.seeds), f"{where} must be a non-empty list of distinct integers")
-            extra = [s for s in m.seeds if s not in self.seeds]
-            require(not extra, f"{where} names seed(s) {extra} the comparison does not run; a method's seeds are a "
-                    f"subset of the top-level seeds={self.seeds!r} (add them there)")
         from inhernet.models import is_import_path, is_model, list_models, resolve_architecture
 
         for what, arch in (("teacher.arch", self.teacher.arch), ("student.arch", self.student.arch)):

@@ -320,6 +320,30 @@ def refuse_stale(runs: list[dict], out: Path, force: bool) -> None:
             "--force to retrain them (their old results are deleted), or set another out_dir.")
 
 
+def select_runs(runs: list[dict], methods: Optional[list[str]], known: list[str]) -> list[dict]:
+    """The planned runs of ``methods`` only (all when None): ``inhernet compare --methods`` trains
+    the rows that decide first; the report still counts every finished run. An unknown name is a
+    :class:`~inhernet.compare.config.CompareConfigError` naming the config's methods."""
+    if methods is None:
+        return runs
+    from inhernet.utils import did_you_mean
+
+    from .config import CompareConfigError
+
+    for name in methods:
+        if name not in known:
+            raise CompareConfigError(f"--methods: {name!r} is not a method of this config{did_you_mean(name, known)}; "
+                                     f"its methods: {', '.join(known)}")
+    return [r for r in runs if r["method"].name in methods]
+
+
+def unplanned_methods(cfg: Any) -> list[str]:
+    """Log lines for the methods that run on none of the comparison's seeds (a method's own
+    ``seeds`` outside them, e.g. after ``--seeds``): their rows stay empty."""
+    return [f"note: method {m.name!r} runs on seeds {m.seeds}, none of this comparison's {cfg.seeds}: it has no "
+            "runs this time" for m in cfg.methods if getattr(m, "seeds", None) is not None and not cfg.seeds_of(m)]
+
+
 def clear_runs(runs: list[dict]) -> None:
     """Delete the planned runs' folders (``--force``)."""
     for r in runs:
@@ -458,8 +482,11 @@ def _check_trainer_here(cfg: CompareConfig) -> None:
 
 
 def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None,
-                log: Callable[[str], None] = _info, report: bool = True) -> Optional[dict]:
-    """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero)."""
+                log: Callable[[str], None] = _info, report: bool = True,
+                methods: Optional[list[str]] = None) -> Optional[dict]:
+    """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero).
+    ``methods``: train only these methods' runs this time (``--force`` then clears only theirs);
+    the report covers every finished run."""
     import yaml
 
     from .report import build_results, write_report
@@ -481,7 +508,10 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
         teacher, tinfo = None, None
     tkey = teacher_key(cfg)
     runs = plan_runs(cfg, tkey)
-    refuse_stale(runs, out, force)
+    todo = select_runs(runs, methods, [m.name for m in cfg.methods])
+    refuse_stale(todo, out, force)
+    for line in unplanned_methods(cfg):
+        log(line)
     # 2. the teacher (trained and cached if needed)
     if teacher is None:
         teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
@@ -490,7 +520,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         if force:
-            clear_runs(runs)
+            clear_runs(todo)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         # the teacher's path relative to out_dir, so `inhernet report` works from any directory
         tinfo = {**tinfo, "path": os.path.relpath(Path(tinfo["path"]).resolve(), out.resolve())}
@@ -498,7 +528,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
 
     # 3. every method x seed (a diverged run is recorded as failed; the others go on); a run another
     #    process is training is left to it
-    elsewhere = run_all(runs, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(runs), log),
+    elsewhere = run_all(todo, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(todo), log),
                         locking=single_process(cfg), log=log)
     if not rank0:
         return None

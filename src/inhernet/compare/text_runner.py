@@ -40,7 +40,8 @@ from inhernet.hf.quiet import transformers_progress
 from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
-from .runner import CompareError, clear_runs, file_lock, finished_run, refuse_stale, run_all, single_process
+from .runner import (CompareError, clear_runs, file_lock, finished_run, refuse_stale, run_all, select_runs,
+                     single_process)
 from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",
@@ -469,8 +470,10 @@ def _sentences_per_second(models: dict, data: TextData, rounds: int, sentences: 
 
 
 def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: Any = None,
-                     log: Callable[[str], None] = _info, report: bool = True) -> Optional[dict]:
-    """Run (or resume) the transformer comparison ``cfg`` and write its report (rank zero returns the results)."""
+                     log: Callable[[str], None] = _info, report: bool = True,
+                     methods: Optional[list[str]] = None) -> Optional[dict]:
+    """Run (or resume) the transformer comparison ``cfg`` and write its report (rank zero returns the
+    results). ``methods``: train only these methods' runs this time; the report covers every finished run."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -478,11 +481,11 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
         torch.set_num_threads(int(cfg.trainer.threads))
     progress = cfg.trainer.progress if progress is None else progress
     with transformers_progress(bool(progress)):  # transformers' own bars (loading, writing shards) follow ours
-        return _run_text_compare(cfg, force=force, progress=progress, log=log, report=report)
+        return _run_text_compare(cfg, force=force, progress=progress, log=log, report=report, methods=methods)
 
 
 def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log: Callable[[str], None],
-                      report: bool) -> Optional[dict]:
+                      report: bool, methods: Optional[list[str]]) -> Optional[dict]:
     import yaml
 
     from .text_report import build_text_results, describe_data, write_text_report
@@ -495,7 +498,8 @@ def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log
     log(f"data: {describe_data(cfg.task, data.info)}")
     tkey = stable_hash(_teacher_identity(cfg, folder))
     runs = plan_text_runs(cfg, tkey)
-    refuse_stale(runs, out, force)
+    todo = select_runs(runs, methods, [m.name for m in cfg.methods])
+    refuse_stale(todo, out, force)
     # 2. the teacher
     teacher, tinfo = load_text_teacher(cfg, folder, data, progress=progress, log=log)
     teacher.eval()
@@ -506,11 +510,11 @@ def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         if force:
-            clear_runs(runs)
+            clear_runs(todo)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(out / "teacher.json", tinfo)
     # 3. every method x seed, claimed through lock files
-    elsewhere = run_all(runs, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(runs), log),
+    elsewhere = run_all(todo, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(todo), log),
                         locking=single_process(cfg), log=log)
     if not rank0:
         return None
