@@ -47,7 +47,8 @@ from inhernet.utils import read_json, stable_hash, write_json
 
 from .config import CompareConfig, MethodConfig
 
-__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model"]
+__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
+           "plan_runs", "select_runs", "teacher_folder", "teacher_key"]
 
 
 class CompareError(TrainingError):

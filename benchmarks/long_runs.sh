@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The long CPU comparisons of issue 11 (benchmarks/configs/fmnist60k_*.yaml), run in pieces across
+# sessions whose machine may be new each time. Their state lives in benchmarks/store/ and is committed.
+#
+#   bash benchmarks/long_runs.sh start    # two background processes, one thread each (logs: $LOG_DIR)
+#   bash benchmarks/long_runs.sh status   # every planned run: done / epoch k of n / not started
+#   bash benchmarks/long_runs.sh save     # stage what must survive the machine, for a commit:
+#                                         # finished run records, teachers' weights, and the
+#                                         # checkpoint + metrics of a teacher still training
+#   bash benchmarks/long_runs.sh stop     # end the processes (a run's finished epochs are kept on disk;
+#                                         # only a teacher's checkpoint is committed by `save`)
+#
+# What `start` runs: one process on the resnet pair's deciding rows (DECIDE; its teacher first while it
+# is unfinished), one on the wrn pair (its teacher first, then its rows). A run not finished when a session ends starts
+# over next session (run checkpoints are not committed: they would churn megabytes per epoch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+LOG_DIR=${LOG_DIR:-/tmp/benchlogs}
+R56=benchmarks/configs/fmnist60k_resnet56_resnet20.yaml
+WRN=benchmarks/configs/fmnist60k_wrn_40_2_wrn_40_1.yaml
+DECIDE=${DECIDE:-"student student_dkd h1_svd h2_perturbed h3_copies h3_whitened h3_wo_gate large"}
+
+launch() {  # name, then the compare arguments
+  local name=$1; shift
+  mkdir -p "$LOG_DIR"
+  setsid nohup "$BIN/inhernet" compare "$@" --threads 1 >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  echo "started $name (pid $!): inhernet compare $* --threads 1  -> $LOG_DIR/$name.log"
+}
+
+case "${1:-status}" in
+  start)
+    if pgrep -f "inhernet compare benchmarks/configs/fmnist60k_" >/dev/null; then
+      echo "already running:"; pgrep -af "inhernet compare benchmarks/configs/fmnist60k_"; exit 1
+    fi
+    # shellcheck disable=SC2086
+    launch resnet56 "$R56" --methods $DECIDE
+    launch wrn "$WRN"
+    ;;
+  status)
+    "$BIN/python" - "$R56" "$WRN" <<'EOF'
+import sys
+from pathlib import Path
+
+from inhernet.compare import load_config
+from inhernet.compare.runner import plan_runs, teacher_folder, teacher_key
+from inhernet.utils import read_json
+
+
+def epochs_done(folder: Path) -> int:
+    p = folder / "metrics.jsonl"
+    return sum(1 for line in p.read_text().splitlines() if line.strip()) if p.is_file() else 0
+
+
+for path in sys.argv[1:]:
+    cfg = load_config(path)
+    t = teacher_folder(cfg)
+    done = read_json(t / "done.json")
+    state = (f"done, test acc {100 * done['test_acc']:.2f} %" if done else
+             f"epoch {epochs_done(t)} of {cfg.teacher.epochs}")
+    print(f"{cfg.name}\n  teacher {cfg.teacher.arch}: {state}")
+    n_done = 0
+    runs = plan_runs(cfg, teacher_key(cfg))
+    for r in runs:
+        rec = read_json(r["dir"] / "done.json")
+        if rec is not None and rec.get("key") == r["key"]:
+            n_done += 1
+            what = f"done, test acc {100 * rec['final']['test/acc']:.2f} %"
+        elif (r["dir"] / "failed.json").is_file():
+            what = "FAILED"
+        elif epochs_done(r["dir"]):
+            what = f"epoch {epochs_done(r['dir'])} of {cfg.schedule.epochs} (not committed)"
+        else:
+            continue
+        print(f"  {r['method'].name} seed {r['seed']}: {what}")
+    print(f"  {n_done} of {len(runs)} runs done")
+EOF
+    ;;
+  save)
+    # finished runs' records and the teachers' metrics/config are tracked as usual (the ignore rules
+    # keep run weights and checkpoints out); a teacher still training also needs its checkpoint
+    git add benchmarks/store
+    for t in benchmarks/store/cache/teachers/*/; do
+      if [ ! -f "$t/done.json" ] && [ -f "$t/checkpoints/last.ckpt" ]; then
+        git add -f "$t/checkpoints/last.ckpt"
+        echo "staged the checkpoint of the unfinished teacher $t ($(du -h "$t/checkpoints/last.ckpt" | cut -f1))"
+      elif [ -f "$t/done.json" ] && git ls-files --error-unmatch "$t/checkpoints/last.ckpt" >/dev/null 2>&1; then
+        git rm -q --cached "$t/checkpoints/last.ckpt"   # finished: its weights are in model/
+        echo "unstaged the checkpoint of the finished teacher $t"
+      fi
+    done
+    git status --short benchmarks/store | head -40
+    ;;
+  stop)
+    pkill -f "inhernet compare benchmarks/configs/fmnist60k_" && echo "stopped" || echo "nothing running"
+    ;;
+  *)
+    echo "usage: bash benchmarks/long_runs.sh start|status|save|stop" >&2; exit 2 ;;
+esac
