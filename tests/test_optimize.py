@@ -10,6 +10,7 @@ from torch import nn
 
 import inhernet
 import inhernet.optimize as optimize
+import inhernet.optimize.build  # noqa: F401 - the module whose timing the tests replace
 from inhernet.config import ConfigError
 from inhernet.models import create_model
 from inhernet.optimize import FactorisedConv2d, GatedConv2d, optimize_for_inference
@@ -174,7 +175,7 @@ def _prefer(winner):
 
 
 def test_a_layer_not_faster_than_dense_becomes_dense_and_exact(monkeypatch):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer("dense"))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer("dense"))
     for model in (_resnet(heads=1), _resnet(heads=3, gate="none")):
         opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format="contiguous")
         assert set(opt.inhernet_optimized.counts()) == {"dense"}
@@ -189,7 +190,7 @@ def test_a_layer_not_faster_than_dense_becomes_dense_and_exact(monkeypatch):
 def test_forced_pairs_are_exact(monkeypatch, winner, module, attr):
     def fake(candidates, x, **kw):
         return {k: (1.0 if k == winner else 2.0) for k in candidates}
-    monkeypatch.setattr(optimize, "time_candidates", fake)
+    monkeypatch.setattr(optimize.build, "time_candidates", fake)
     for memory_format in ("contiguous", "channels_last"):
         model = _resnet(heads=3, structure="symmetric", gate="none")
         # min_saving=None: at inner width H·r = 24 some pairs keep > 80 % of the dense parameters
@@ -203,7 +204,7 @@ def test_forced_pairs_are_exact(monkeypatch, winner, module, attr):
 @pytest.mark.parametrize("winner", ["gated shared-weight", "dense"])
 @pytest.mark.parametrize("layer", ["conv", "linear"])
 def test_one_inherited_layer_alone_becomes_its_inference_form(monkeypatch, winner, layer):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer(winner))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer(winner))
     if layer == "conv":
         model, x = _resnet(heads=3), torch.randn(4, 16, 28, 28)
         lone = model.layer1[0].conv1
@@ -242,7 +243,7 @@ def test_as_trained_makes_gated_heads_differ_and_keeps_the_original():
 @pytest.mark.parametrize("winner", ["gated kept", "gated per-sample", "gated shared-weight"])
 @pytest.mark.parametrize("structure", ["asymmetric", "symmetric"])
 def test_each_gated_kernel_is_exact(monkeypatch, winner, structure):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer(winner))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer(winner))
     model = _resnet(heads=3, structure=structure)
     for memory_format in ("contiguous", "channels_last"):
         opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28), memory_format=memory_format)
@@ -257,7 +258,7 @@ def test_each_gated_kernel_is_exact(monkeypatch, winner, structure):
 def test_min_speedup_prefers_dense_at_near_ties(monkeypatch):
     def fake(candidates, x, **kw):
         return {k: (1.0 if k == "dense" else 0.9) for k in candidates}  # the pair 10 % faster
-    monkeypatch.setattr(optimize, "time_candidates", fake)
+    monkeypatch.setattr(optimize.build, "time_candidates", fake)
     model = _resnet(heads=1)
     x = torch.randn(4, 1, 28, 28)
     assert set(optimize_for_inference(model, x, memory_format="contiguous").inhernet_optimized.counts()) == {"folded pair"}
@@ -268,7 +269,7 @@ def test_min_speedup_prefers_dense_at_near_ties(monkeypatch):
 
 
 def test_memory_format_auto_keeps_the_faster_layout(monkeypatch):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer("channels_last"))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer("channels_last"))
     model = _resnet(heads=1)
     opt = optimize_for_inference(model, torch.randn(4, 1, 28, 28))
     assert opt.inhernet_optimized.memory_format == "channels_last"
@@ -412,7 +413,7 @@ def test_inherlinear_no_grad_heads_loop_matches_the_concatenated_product(rows):
 @pytest.mark.parametrize("winner", ["gated kept", "gated shared-weight", "gated shared-weight (in×out)",
                                     "gated per-token", "gated per-token (in×out)"])
 def test_each_gated_linear_kernel_is_exact_and_reported(monkeypatch, winner):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer(winner))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer(winner))
     model = _gated_mlp()
     opt = optimize_for_inference(model, torch.randn(2, 7, 32), fuse_shared_inputs=False)
     report = opt.inhernet_optimized
@@ -438,7 +439,7 @@ def test_identical_heads_fold_exactly():
 
 
 def test_min_saving_makes_large_pairs_dense_and_notes_large_gated_layers(monkeypatch):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer("folded pair"))  # timing alone would keep pairs
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer("folded pair"))  # timing alone would keep pairs
     teacher = nn.Sequential(nn.Linear(32, 40), nn.GELU(), nn.Linear(40, 12), nn.GELU(), nn.Linear(12, 4))
     # rank 10 keeps (10·(32 + 40) + 40) / (32·40 + 40) = 58 % of layer 0, (10·52 + 12) / (40·12 + 12) = 108 % of
     # layer 2 (layer 4 is the classifier: not inherited)
@@ -463,14 +464,14 @@ def test_min_saving_makes_large_pairs_dense_and_notes_large_gated_layers(monkeyp
 
 
 def test_a_dense_linear_is_relaid_only_when_faster_and_never_a_tied_one(monkeypatch):
-    monkeypatch.setattr(optimize, "time_candidates", _prefer("dense (in×out)"))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer("dense (in×out)"))
     model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 24))
     model[4].weight = model[0].weight  # tied: stays an nn.Linear
     opt = optimize_for_inference(model, torch.randn(3, 16), fuse_shared_inputs=False)
     assert isinstance(opt[2], InOutLinear) and type(opt[0]) is nn.Linear and opt[0].weight is opt[4].weight
     assert opt[2].weight.shape == (16, 24)  # the (out, in) view for code that reads it
     _assert_same(opt, model, torch.randn(5, 16))
-    monkeypatch.setattr(optimize, "time_candidates", _prefer("dense"))
+    monkeypatch.setattr(optimize.build, "time_candidates", _prefer("dense"))
     assert type(optimize_for_inference(model, torch.randn(3, 16))[2]) is nn.Linear
 
 
@@ -497,7 +498,7 @@ def test_projections_sharing_an_input_fuse_when_faster(monkeypatch, winner, kern
     def fake(candidates, x, **kw):
         prefer = winner if "separate" in candidates else kernel
         return {k: (1.0 if k == prefer else 2.0) for k in candidates}
-    monkeypatch.setattr(optimize, "time_candidates", fake)
+    monkeypatch.setattr(optimize.build, "time_candidates", fake)
     model = _qkv_model(diversify=kernel != "folded pair")
     opt = optimize_for_inference(model, torch.randn(2, 5, 32))
     report = opt.inhernet_optimized
@@ -513,7 +514,7 @@ def test_projections_sharing_an_input_fuse_when_faster(monkeypatch, winner, kern
 def test_projections_sharing_an_input_stay_separate_when_not_faster(monkeypatch):
     def fake(candidates, x, **kw):
         return {k: (1.0 if k in ("separate", "gated shared-weight") else 2.0) for k in candidates}
-    monkeypatch.setattr(optimize, "time_candidates", fake)
+    monkeypatch.setattr(optimize.build, "time_candidates", fake)
     model = _qkv_model()
     opt = optimize_for_inference(model, torch.randn(2, 5, 32))
     group = opt.inhernet_optimized.shared_inputs[0]
@@ -565,7 +566,7 @@ def test_optimised_tiny_llama_generates_what_the_original_does(monkeypatch, kern
     def fake(candidates, x, **kw):
         prefer = "fused (in×out)" if "separate" in candidates else kernel
         return {k: (1.0 if k == prefer else 2.0) for k in candidates}
-    monkeypatch.setattr(optimize, "time_candidates", fake)
+    monkeypatch.setattr(optimize.build, "time_candidates", fake)
     _, model = _tiny_llama(head_init="perturbed")  # heads differ: the gate runs
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
     opt = optimize_for_inference(model, {"input_ids": ids[:, :1]})
@@ -607,7 +608,7 @@ def test_the_whole_model_check_keeps_the_faster_variant(monkeypatch, plain_faste
             return {optimize.PER_LAYER: 2.0 if plain_faster else 1.0, optimize.PLAIN: 1.0 if plain_faster else 2.0}
         prefer = "fused (in×out)" if "separate" in candidates else "gated shared-weight (in×out)"
         return {k: (1.0 if k == prefer else 2.0) for k in candidates}
-    monkeypatch.setattr(optimize, "time_candidates", fake)
+    monkeypatch.setattr(optimize.build, "time_candidates", fake)
     model = _qkv_model()
     opt = optimize_for_inference(model, torch.randn(2, 5, 32))
     report = opt.inhernet_optimized

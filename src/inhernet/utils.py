@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .targets import is_transformers_model
 
-__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "on_device", "read_json", "set_submodule", "write_json",
+__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "nested_tensors", "on_device", "read_json", "set_submodule", "write_json",
            "sha256_file", "stable_hash", "state_dict_problems", "text_table", "tied_names"]
 
 
@@ -118,6 +118,17 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     """Replace the submodule ``name`` (a qualified name, not ``""``) of ``model`` by ``new``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def nested_tensors(obj: Any) -> list[Tensor]:
+    """The tensors of a (nested) output: a tensor, tuple/list, dict or dict-like (ModelOutput)."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping) or hasattr(obj, "values") and callable(obj.values):
+        return [t for v in obj.values() for t in nested_tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in nested_tensors(v)]
+    return []
 
 
 def call_model(model: nn.Module, example: Any) -> Any:
