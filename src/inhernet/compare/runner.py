@@ -333,7 +333,7 @@ def select_runs(runs: list[dict], methods: Optional[list[str]], known: list[str]
 
     for name in methods:
         if name not in known:
-            raise CompareConfigError(f"--methods: {name!r} is not a method of this config{did_you_mean(name, known)}; "
+            raise CompareConfigError(f"methods (--methods): {name!r} is not a method of this config{did_you_mean(name, known)}; "
                                      f"its methods: {', '.join(known)}")
     return [r for r in runs if r["method"].name in methods]
 
