@@ -517,6 +517,8 @@ def test_run_records_without_weights_count_as_finished(finished, tmp_path):
     assert sum("done, skipped" in line for line in logs) == 3 and not any(": training (" in x for x in logs)
     assert [m["test_acc_mean"] for m in again["methods"]] == [m["test_acc_mean"] for m in results["methods"]]
     assert all("latency_ms" not in m and "latency_error" in m for m in again["methods"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "Latency not measured for student, student_kd, inh: no model weights in the run folder" in table
 
 
 def test_methods_option_trains_those_rows_first_and_reports_all(finished, tmp_path, capsys):

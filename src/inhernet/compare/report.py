@@ -228,6 +228,10 @@ def format_table(results: dict) -> str:
         notes.append("Head cos: the heads' pairwise cosine (mean over pairs and layers; 1 = the heads are copies); "
                      "gate grad ratio: ‖∇gate‖ / ‖∇heads‖ (median over layers, mean over the epoch's "
                      "steps; ≈ 0: the gate does not learn). Last epoch, mean over seeds; see heads_vs_epoch.png.")
+    unmeasured = [e["name"] for e in results.get("methods", []) if e.get("latency_error")]
+    if unmeasured and lat.get("measured", True) and lat.get("enabled", True):
+        notes.append(f"Latency not measured for {', '.join(unmeasured)}: no model weights in the run folder (a folder "
+                     "kept with its run records only, e.g. committed without weights).")
     for f in results.get("failed_runs", []):
         notes.append(f"FAILED: {f['method']} seed {f['seed']} — {f['reason']}; not counted in its mean.")
     if results.get("wall_time_s"):
