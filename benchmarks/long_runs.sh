@@ -6,13 +6,14 @@
 #   bash benchmarks/long_runs.sh status   # every planned run: done / epoch k of n / not started
 #   bash benchmarks/long_runs.sh save     # stage what must survive the machine, for a commit:
 #                                         # finished run records, teachers' weights, and the
-#                                         # checkpoint + metrics of a teacher still training
-#   bash benchmarks/long_runs.sh stop     # end the processes (a run's finished epochs are kept on disk;
-#                                         # only a teacher's checkpoint is committed by `save`)
+#                                         # checkpoint + metrics of every teacher or run still training
+#   bash benchmarks/long_runs.sh stop     # end the processes (each keeps its last finished epoch)
 #
 # What `start` runs: one process on the resnet pair's deciding rows (DECIDE; its teacher first while it
-# is unfinished), one on the wrn pair (its teacher first, then its rows). A run not finished when a session ends starts
-# over next session (run checkpoints are not committed: they would churn megabytes per epoch).
+# is unfinished), one on the wrn pair (its teacher first, then its rows). Stop at the end of a session,
+# then `save` and commit: an unfinished teacher or run resumes from its last finished epoch next
+# session, on whatever machine it gets (the checkpoints are committed once a session, 2-18 MB each; a
+# finished one's is untracked again — a run keeps its records only, a teacher also its model/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -80,13 +81,15 @@ EOF
     # finished runs' records and the teachers' metrics/config are tracked as usual (the ignore rules
     # keep run weights and checkpoints out); a teacher still training also needs its checkpoint
     git add benchmarks/store
-    for t in benchmarks/store/cache/teachers/*/; do
-      if [ ! -f "$t/done.json" ] && [ -f "$t/checkpoints/last.ckpt" ]; then
-        git add -f "$t/checkpoints/last.ckpt"
-        echo "staged the checkpoint of the unfinished teacher $t ($(du -h "$t/checkpoints/last.ckpt" | cut -f1))"
-      elif [ -f "$t/done.json" ] && git ls-files --error-unmatch "$t/checkpoints/last.ckpt" >/dev/null 2>&1; then
-        git rm -q --cached "$t/checkpoints/last.ckpt"   # finished: its weights are in model/
-        echo "unstaged the checkpoint of the finished teacher $t"
+    shopt -s nullglob
+    for d in benchmarks/store/cache/teachers/*/ benchmarks/store/*/runs/*/seed*/; do
+      ck="${d}checkpoints/last.ckpt"
+      if [ ! -f "${d}done.json" ] && [ ! -f "${d}failed.json" ] && [ -f "$ck" ]; then
+        git add -f "$ck"
+        echo "staged the checkpoint of the unfinished $d ($(du -h "$ck" | cut -f1), $(wc -l < "${d}metrics.jsonl") epoch(s))"
+      elif git ls-files --error-unmatch "$ck" >/dev/null 2>&1 && { [ -f "${d}done.json" ] || [ -f "${d}failed.json" ]; }; then
+        git rm -q --cached "$ck"   # finished: its record (and a teacher's model/) is what is kept
+        echo "untracked the checkpoint of the finished $d"
       fi
     done
     git status --short benchmarks/store | head -40
