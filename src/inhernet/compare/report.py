@@ -95,8 +95,8 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
             entry.update(_head_stats(rs))
             if "inherit" in rs[0]:
                 entry["inherit"] = {k: v for k, v in rs[0]["inherit"].items()
-                                    if k in ("rank", "heads", "budget", "budget_mode", "init", "gate", "structure",
-                                             "head_scale", "rank_fraction", "energy")}
+                                    if k in ("rank", "heads", "head_init", "head_init_scale", "budget", "budget_mode",
+                                             "init", "gate", "structure", "head_scale", "rank_fraction", "energy")}
                 entry["layer_summary"] = rs[0].get("layer_summary")
             if measure:
                 mdir = Path(cfg.out_dir) / "runs" / m.name / f"seed{rs[0]['seed']}" / "model"

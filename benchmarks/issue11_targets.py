@@ -1,0 +1,181 @@
+"""Issue 11's targets, read off one or more `inhernet compare` results.json files: each target with
+the figures it is judged on, the n behind them, and met / not met — so the verdict in the docs is
+computed, not typed.
+
+    python benchmarks/issue11_targets.py benchmarks/store/fmnist60k_resnet56_resnet20/results.json \\
+        [benchmarks/store/fmnist60k_wrn_40_2_wrn_40_1/results.json] [--out docs/benchmarks/issue11_targets.md]
+
+The rows, by what each method is (its inherit summary in results.json, not its name):
+
+* **gated**: an InherNet at the student's parameter budget with H > 1, a softmax gate and the paper's
+  shared down-projection (the symmetric ablation is not a candidate); the best of them (highest
+  mean) is "the best gated variant";
+* **H = 1**: the same budget, one head (plain low rank); the best of them;
+* **w.o. gate**: the same budget, H > 1, ``gate: none``;
+* **best KD student**: the highest-mean student_kd / student_dkd / student_lskd row;
+* **Large**: an InherNet with a fixed rank (no budget), e.g. the paper's rank 16, H = 3;
+* **the default config**: the gated row whose head_init, heads, init and gate are the library's
+  defaults (``InheritConfig()``): its last-epoch head cosine and gate gradient ratio are reported.
+
+A target is judged on means over seeds; a row with fewer seeds than the comparison's is marked
+provisional and so is every verdict that reads it. Nothing here trains or measures anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+KD_KINDS = ("student_kd", "student_dkd", "student_lskd")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _acc(e: dict) -> str:
+    n = len(e.get("seeds", []))
+    if e.get("kind") == "teacher":
+        return _pct(e.get("test_acc_mean"))
+    return f"{_pct(e['test_acc_mean'])} (n = 1)" if n == 1 else f"{_pct(e['test_acc_mean'])} ± {_pct(e['test_acc_std'])}"
+
+
+def _finished(e: dict) -> bool:
+    return e.get("test_acc_mean") is not None and e.get("seeds")
+
+
+def classify(results: dict) -> dict[str, list[dict]]:
+    """The rows of one comparison by role (see the module docstring)."""
+    sp = results["student_params"]
+    out: dict[str, list[dict]] = {"gated": [], "h1": [], "wo_gate": [], "kd": [], "large": [], "inhernet_small": []}
+    for e in results["methods"]:
+        if not _finished(e):
+            continue
+        if e["kind"] in KD_KINDS:
+            out["kd"].append(e)
+        if e["kind"] != "inhernet":
+            continue
+        inh = e.get("inherit", {})
+        if inh.get("budget") is None and inh.get("rank") is not None:
+            out["large"].append(e)
+            continue
+        if e["params"] > sp:
+            continue
+        out["inhernet_small"].append(e)
+        if inh.get("heads") == 1:
+            out["h1"].append(e)
+        elif inh.get("gate") == "none":
+            out["wo_gate"].append(e)
+        elif inh.get("structure", "asymmetric") == "asymmetric":
+            out["gated"].append(e)
+    return out
+
+
+def _best(rows: list[dict]) -> Optional[dict]:
+    return max(rows, key=lambda e: e["test_acc_mean"]) if rows else None
+
+
+def verdicts(results: dict, seeds_wanted: int) -> list[tuple[str, str, str, str]]:
+    """``(target, figures, n, verdict)`` rows for one comparison."""
+    from inhernet import InheritConfig
+
+    roles = classify(results)
+    rows: list[tuple[str, str, str, str]] = []
+
+    def provisional(*es: Optional[dict]) -> bool:
+        return any(e is not None and len(e["seeds"]) < seeds_wanted for e in es)
+
+    def judge(ok: Optional[bool], *es: Optional[dict]) -> str:
+        if ok is None:
+            return "not measured yet"
+        word = "met" if ok else "**not met**"
+        return word + (" (provisional: n < %d)" % seeds_wanted if provisional(*es) else "")
+
+    def ns(*es: Optional[dict]) -> str:
+        return ", ".join(f"{e['name']} {len(e['seeds'])}" for e in es if e is not None)
+
+    gated, h1, wo = _best(roles["gated"]), _best(roles["h1"]), _best(roles["wo_gate"])
+    for other, label in ((h1, "H = 1 (plain low rank)"), (wo, "w.o. gate")):
+        if gated is None or other is None:
+            rows.append((f"best gated ≥ {label} + 0.5", "–", ns(gated, other), judge(None)))
+            continue
+        d = gated["test_acc_mean"] - other["test_acc_mean"]
+        rows.append((f"best gated ≥ {label} + 0.5",
+                     f"{gated['name']} {_acc(gated)} vs {other['name']} {_acc(other)}: {100 * d:+.2f}",
+                     ns(gated, other), judge(d >= 0.005, gated, other)))
+    small, kd = _best(roles["inhernet_small"]), _best(roles["kd"])
+    if small is not None and kd is not None:
+        d = small["test_acc_mean"] - kd["test_acc_mean"]
+        rows.append(("InherNet at ≤ student params ≥ best KD student + 1",
+                     f"{small['name']} {_acc(small)} vs {kd['name']} {_acc(kd)}: {100 * d:+.2f}", ns(small, kd),
+                     judge(d >= 0.01, small, kd)))
+    else:
+        rows.append(("InherNet at ≤ student params ≥ best KD student + 1", "–", ns(small, kd), judge(None)))
+    t = results["teacher"]
+    for large in roles["large"] or [None]:
+        if large is None:
+            rows.append(("Large ≥ teacher − 0.3 at ≤ 50 % of its params", "–", "", judge(None)))
+            continue
+        d = large["test_acc_mean"] - t["test_acc_mean"]
+        frac = large["params"] / t["params"]
+        rows.append(("Large ≥ teacher − 0.3 at ≤ 50 % of its params",
+                     f"{large['name']} {_acc(large)} vs teacher {_acc(t)}: {100 * d:+.2f}; {frac:.0%} of its params",
+                     ns(large), judge(d >= -0.003 and frac <= 0.5, large)))
+    ref = results.get("reference_kd_student")
+    inhs = roles["inhernet_small"] + roles["large"]
+    if ref and inhs:
+        epochs = max(e.get("epochs") or 0 for e in inhs)
+        limit = epochs / 3
+        hits = {e["name"]: e.get("epochs_to_best_kd_student") for e in inhs}
+        slow = {k: v for k, v in hits.items() if v is None or v > limit}
+        figures = ", ".join(f"{k} {v if v is not None else 'never'}" for k, v in hits.items())
+        rows.append((f"every InherNet reaches {ref}'s final accuracy in ≤ ⅓ of the epochs (≤ {limit:.1f} of {epochs})",
+                     figures, ns(*inhs), judge(not slow, *inhs)))
+    default = InheritConfig()
+    for e in roles["gated"]:
+        inh = e.get("inherit", {})
+        if (inh.get("heads"), inh.get("head_init", "copies"), inh.get("init"), inh.get("gate")) == (
+                default.heads, default.head_init, default.init, default.gate):
+            cos, ratio = e.get("head_cosine_last"), e.get("gate_grad_ratio_last")
+            rows.append(("default config's heads reported (head cosine, gate gradient ratio)",
+                         f"{e['name']}: cos {cos:.6f}, ratio {ratio:.1e}" if cos is not None and ratio is not None
+                         else f"{e['name']}: –", ns(e), "reported"))
+            break
+    return rows
+
+
+def render(paths: list[Path]) -> str:
+    lines = ["# Issue 11 targets", "",
+             "Computed by `python benchmarks/issue11_targets.py " + " ".join(map(str, paths)) + "` from the "
+             "tables' results.json (means over seeds, last epoch; \"provisional\": a row has fewer seeds than "
+             "the comparison asks for).", ""]
+    for p in paths:
+        results = json.loads(p.read_text())
+        want = len(results["config"]["seeds"])
+        lines += [f"## {results['name']}", "", "| target | figures (test acc %, last epoch) | seeds per row | verdict |",
+                  "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in verdicts(results, want)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", type=Path, help="results.json of a comparison")
+    ap.add_argument("--out", type=Path, help="also write the Markdown here")
+    a = ap.parse_args(argv)
+    for p in a.results:
+        if not p.is_file():
+            sys.exit(f"{p}: not found (run `inhernet report OUT_DIR --no-latency` to write it)")
+    text = render(a.results)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
