@@ -605,3 +605,28 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     assert "## toy" in mod.render([path])
+
+
+@pytest.mark.parametrize("path, kept", [
+    ("benchmarks/store/cache/teachers/resnet56-0/model/model.safetensors", True),
+    ("benchmarks/store/cache/teachers/resnet56-0/done.json", True),
+    ("benchmarks/store/fmnist60k_resnet56_resnet20/runs/h1_svd/seed0/done.json", True),
+    ("benchmarks/store/fmnist60k_resnet56_resnet20/runs/h1_svd/seed0/metrics.jsonl", True),
+    ("benchmarks/store/fmnist60k_resnet56_resnet20/results.json", True),
+    ("benchmarks/store/fmnist60k_resnet56_resnet20/runs/h1_svd/seed0/model/model.safetensors", False),
+    ("benchmarks/store/fmnist60k_resnet56_resnet20/runs/h1_svd/seed0/checkpoints/last.ckpt", False),
+    ("benchmarks/store/cache/teachers/resnet56-0/checkpoints/last.ckpt", False),
+    ("benchmarks/store/fmnist60k_resnet56_resnet20/locks/h1_svd-seed0.lock", False),
+])
+def test_the_committed_store_keeps_records_and_teachers_not_run_weights(path, kept):
+    """The ignore rules behind benchmarks/store/ (the long comparisons' state, committed because a
+    session's machine may be new): records and teachers' weights tracked, run weights, checkpoints
+    (staged by hand by long_runs.sh save) and locks not."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout: the ignore rules cannot be asked")
+    res = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+    assert res.returncode == (1 if kept else 0), f"{path}: {'ignored' if res.returncode == 0 else 'tracked'}"
