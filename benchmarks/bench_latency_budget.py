@@ -47,7 +47,7 @@ from inhernet.optimize import as_trained, optimize_for_inference
 from inhernet.train import evaluate, load_model
 from inhernet.utils import markdown_table
 
-TEACHER = "benchmarks/store/cache/teachers/resnet56-bf487c73312a/model"  # committed (benchmarks/long_runs.sh)
+TEACHER = "benchmarks/store/cache/teachers/resnet56-bf487c73312a/model"  # trained by fmnist60k_resnet56_resnet20.yaml (benchmarks/long_runs.sh)
 FORMS = ("inherited", "optimized")
 
 

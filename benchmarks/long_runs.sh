@@ -4,16 +4,14 @@
 #
 #   bash benchmarks/long_runs.sh start    # two background processes, one thread each (logs: $LOG_DIR)
 #   bash benchmarks/long_runs.sh status   # every planned run: done / epoch k of n / not started
-#   bash benchmarks/long_runs.sh save     # stage what must survive the machine, for a commit:
-#                                         # finished run records, teachers' weights, and the
-#                                         # checkpoint + metrics of every teacher or run still training
+#   bash benchmarks/long_runs.sh save     # stage the run records and reports for a commit (trained
+#                                         # artefacts — weights, checkpoints — stay out of git)
 #   bash benchmarks/long_runs.sh stop     # end the processes (each keeps its last finished epoch)
 #
 # What `start` runs: one process on the resnet pair's deciding rows (DECIDE; its teacher first while it
-# is unfinished), one on the wrn pair (its teacher first, then its rows). Stop at the end of a session,
-# then `save` and commit: an unfinished teacher or run resumes from its last finished epoch next
-# session, on whatever machine it gets (the checkpoints are committed once a session, 2-18 MB each; a
-# finished one's is untracked again — a run keeps its records only, a teacher also its model/).
+# is unfinished), one on the wrn pair (its teacher first, then its rows). A teacher or run resumes from
+# its checkpoint only on the machine that holds it; on a new machine the teachers are retrained (another
+# network: CPU training repeats only on one machine), so committed records count only with their teacher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -80,18 +78,7 @@ EOF
   save)
     # finished runs' records and the teachers' metrics/config are tracked as usual (the ignore rules
     # keep run weights and checkpoints out); a teacher still training also needs its checkpoint
-    git add benchmarks/store
-    shopt -s nullglob
-    for d in benchmarks/store/cache/teachers/*/ benchmarks/store/*/runs/*/seed*/; do
-      ck="${d}checkpoints/last.ckpt"
-      if [ ! -f "${d}done.json" ] && [ ! -f "${d}failed.json" ] && [ -f "$ck" ]; then
-        git add -f "$ck"
-        echo "staged the checkpoint of the unfinished $d ($(du -h "$ck" | cut -f1), $(wc -l < "${d}metrics.jsonl") epoch(s))"
-      elif git ls-files --error-unmatch "$ck" >/dev/null 2>&1 && { [ -f "${d}done.json" ] || [ -f "${d}failed.json" ]; }; then
-        git rm -q --cached "$ck"   # finished: its record (and a teacher's model/) is what is kept
-        echo "untracked the checkpoint of the finished $d"
-      fi
-    done
+    git add benchmarks/store   # records and reports only: the ignore rules keep weights and checkpoints out
     git status --short benchmarks/store | head -40
     ;;
   stop)

@@ -608,7 +608,7 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
 
 
 @pytest.mark.parametrize("path, kept", [
-    ("benchmarks/store/cache/teachers/resnet56-0/model/model.safetensors", True),
+    ("benchmarks/store/cache/teachers/resnet56-0/model/model.safetensors", False),
     ("benchmarks/store/cache/teachers/resnet56-0/done.json", True),
     ("benchmarks/store/fmnist60k_resnet56_resnet20/runs/h1_svd/seed0/done.json", True),
     ("benchmarks/store/fmnist60k_resnet56_resnet20/runs/h1_svd/seed0/metrics.jsonl", True),
@@ -618,10 +618,10 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     ("benchmarks/store/cache/teachers/resnet56-0/checkpoints/last.ckpt", False),
     ("benchmarks/store/fmnist60k_resnet56_resnet20/locks/h1_svd-seed0.lock", False),
 ])
-def test_the_committed_store_keeps_records_and_teachers_not_run_weights(path, kept):
-    """The ignore rules behind benchmarks/store/ (the long comparisons' state, committed because a
-    session's machine may be new): records and teachers' weights tracked, run weights, checkpoints
-    (staged by hand by long_runs.sh save) and locks not."""
+def test_the_committed_store_keeps_records_not_trained_artefacts(path, kept):
+    """The ignore rules behind benchmarks/store/ (the long comparisons' records, committed because a
+    session's machine may be new): records and reports tracked; trained artefacts (teacher and run
+    weights, checkpoints) and locks not."""
     import shutil
     import subprocess
 
