@@ -2,16 +2,19 @@
 # The long CPU comparisons of issue 11 (benchmarks/configs/fmnist60k_*.yaml), run in pieces across
 # sessions whose machine may be new each time. Their state lives in benchmarks/store/ and is committed.
 #
-#   bash benchmarks/long_runs.sh start    # two background processes, one thread each (logs: $LOG_DIR)
+#   bash benchmarks/long_runs.sh start [wrn]  # two background processes, one thread each (logs: $LOG_DIR)
 #   bash benchmarks/long_runs.sh status   # every planned run: done / epoch k of n / not started
 #   bash benchmarks/long_runs.sh save     # stage the run records and reports for a commit (trained
 #                                         # artefacts — weights, checkpoints — stay out of git)
 #   bash benchmarks/long_runs.sh stop     # end the processes (each keeps its last finished epoch)
 #
-# What `start` runs: one process on the resnet pair's deciding rows (DECIDE; its teacher first while it
-# is unfinished), one on the wrn pair (its teacher first, then its rows). A teacher or run resumes from
-# its checkpoint only on the machine that holds it; on a new machine the teachers are retrained (another
-# network: CPU training repeats only on one machine), so committed records count only with their teacher.
+# What `start` runs: two processes, one thread each, on the resnet pair's deciding rows (DECIDE); the
+# second waits for the teacher, then both share the runs. `start wrn` adds one process on the wrn pair
+# (its teacher alone is ~210 min on one thread, longer than a session, so it only makes sense where the
+# machine is kept). A teacher or run resumes from its checkpoint only on the machine that holds it. On a
+# new machine a teacher is retrained and checked against its committed record: the same network (CPU
+# training repeats bit for bit on the same machine type and thread count) and the committed runs stand;
+# another network and the runs trained against it stop counting (see inhernet/compare/runner.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -33,8 +36,11 @@ case "${1:-status}" in
       echo "already running:"; pgrep -af "inhernet compare benchmarks/configs/fmnist60k_"; exit 1
     fi
     # shellcheck disable=SC2086
-    launch resnet56 "$R56" --methods $DECIDE
-    launch wrn "$WRN"
+    launch resnet56-a "$R56" --methods $DECIDE
+    sleep 20  # the first takes the teacher's lock; the second waits for it
+    # shellcheck disable=SC2086
+    launch resnet56-b "$R56" --methods $DECIDE
+    if [ "${2:-}" = wrn ]; then launch wrn "$WRN"; fi
     ;;
   status)
     "$BIN/python" - "$R56" "$WRN" <<'EOF'
@@ -55,8 +61,11 @@ for path in sys.argv[1:]:
     cfg = load_config(path)
     t = teacher_folder(cfg)
     done = read_json(t / "done.json")
+    recorded = read_json(t / "recorded" / "done.json")
     state = (f"done, test acc {100 * done['test_acc']:.2f} %" if done else
-             f"epoch {epochs_done(t)} of {cfg.teacher.epochs}")
+             f"epoch {epochs_done(t)} of {cfg.teacher.epochs}" + (
+                 f" (retraining the recorded {100 * recorded['test_acc']:.2f} % teacher, whose weights were not here)"
+                 if recorded else ""))
     print(f"{cfg.name}\n  teacher {cfg.teacher.arch}: {state}")
     n_done = 0
     runs = plan_runs(cfg, teacher_key(cfg))
@@ -79,11 +88,16 @@ EOF
     # finished runs' records and the teachers' metrics/config are tracked as usual (the ignore rules
     # keep run weights and checkpoints out); a teacher still training also needs its checkpoint
     git add benchmarks/store   # records and reports only: the ignore rules keep weights and checkpoints out
+    # a teacher being retrained (its committed record set aside in recorded/) keeps the committed record
+    # until the retrained one is checked: its folder is not staged
+    for rec in benchmarks/store/cache/teachers/*/recorded; do
+      [ -d "$rec" ] && git reset -q -- "$(dirname "$rec")" && echo "not staged (teacher being retrained): $(dirname "$rec")"
+    done
     git status --short benchmarks/store | head -40
     ;;
   stop)
     pkill -f "inhernet compare benchmarks/configs/fmnist60k_" && echo "stopped" || echo "nothing running"
     ;;
   *)
-    echo "usage: bash benchmarks/long_runs.sh start|status|save|stop" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/long_runs.sh start [wrn]|status|save|stop" >&2; exit 2 ;;
 esac

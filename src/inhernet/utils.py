@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from .targets import is_transformers_model
 
 __all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "nested_tensors", "on_device", "read_json", "set_submodule", "write_json",
-           "sha256_file", "stable_hash", "state_dict_problems", "text_table", "tied_names"]
+           "sha256_file", "stable_hash", "state_dict_problems", "tensor_digest", "text_table", "tied_names",
+           "weights_digest"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -259,3 +260,24 @@ def on_device(module: nn.Module, device: torch.device, *, memory_format: Optiona
         private.to(memory_format=memory_format)
     return private
 
+
+def tensor_digest(tensors: Iterable[Tensor]) -> str:
+    """Short SHA-256 of tensors' values (and shapes / dtypes), in the given order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Short SHA-256 of a model's state dict (names, shapes, dtypes and values, in name order): two
+    models have the same digest exactly when they hold the same weights bit for bit. The comparison
+    runner records its teacher's digest in every run, so a run counts only with the teacher it was
+    trained against."""
+    sd = model.state_dict()
+    names = sorted(sd)
+    h = hashlib.sha256(repr(names).encode())
+    h.update(tensor_digest(sd[n] for n in names).encode())
+    return h.hexdigest()[:16]

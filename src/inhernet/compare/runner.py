@@ -18,6 +18,16 @@ folder whose identity (a hash of data, teacher, schedule, method and seed) diffe
 current config asks for is never overwritten silently: that is an error unless ``force=True``.
 Everything is validated (config, data, teacher) before anything is written.
 
+**A run counts only with the teacher it was trained against.** The teacher's ``done.json`` records
+the digest of its weights (:func:`inhernet.utils.weights_digest`) and every run records it as
+``teacher_digest``. A cached teacher whose record is there but whose weights are not (a new machine,
+or a clone of committed records) is retrained and checked against the record: the same weights (or,
+for a record without a digest, the same value of every metric at every epoch) and the recorded runs
+stand; another network (CPU training repeats bit for bit only on the same machine type, library
+build and thread count) and the record is superseded (kept in ``supersedes``), the runs trained
+against the old teacher are neither skipped nor reported, and training them again is an error
+unless ``force=True`` (a plain student never sees the teacher and always counts).
+
 **Several processes share one comparison**: start ``inhernet compare CONFIG`` two (or more) times,
 on one machine or on machines sharing the folder. Each run is claimed with a lock file
 (``out_dir/locks/``): a process skips a run another one is training and takes the next; a teacher
@@ -48,7 +58,7 @@ from inhernet.utils import read_json, stable_hash, write_json
 from .config import CompareConfig, MethodConfig
 
 __all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
-           "plan_runs", "select_runs", "teacher_folder", "teacher_key"]
+           "plan_runs", "select_runs", "teacher_folder", "teacher_key", "trained_against"]
 
 
 class CompareError(TrainingError):
@@ -128,8 +138,8 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
     ``cache_dir/teachers/<arch>-<hash>/`` (interrupted training resumes) and reused afterwards.
     """
     import inhernet
-    from inhernet.models import create_model
-    from inhernet.train import evaluate, fit, load_model, save_model
+    from inhernet.train import evaluate, load_model
+    from inhernet.utils import weights_digest
 
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
@@ -139,7 +149,8 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
             raise CompareError(f"teacher.path={t.path} is an inherited model; a teacher must be a dense {t.arch}.")
         ev = evaluate(model, data.test)
         return model, {"source": "path", "path": str(info["path"]), "arch": t.arch, "key": teacher_key(cfg),
-                       "test_acc": ev["acc"], "params": inhernet.count_parameters(model), "curve": None}
+                       "test_acc": ev["acc"], "params": inhernet.count_parameters(model), "curve": None,
+                       "weights_digest": weights_digest(model)}
 
     key = teacher_key(cfg)
     folder = teacher_folder(cfg)
@@ -154,20 +165,84 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
         return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
 
 
+#: what a teacher's two trainings must agree on, epoch by epoch, to count as one network when no
+#: weight digest was recorded (every loss and accuracy; not the timings)
+_TIMING_KEYS = ("epoch_time_s",)
+
+
+def _same_training(a: list[dict], b: list[dict]) -> bool:
+    """Whether two ``metrics.jsonl`` recordings agree on every metric of every epoch (timings aside)."""
+    strip = [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in a]
+    return len(a) == len(b) and strip == [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in b]
+
+
+def _teacher_weights_here(model_dir: Path) -> bool:
+    from inhernet.train.store import WEIGHTS_NAME
+
+    return (model_dir / WEIGHTS_NAME).is_file()
+
+
+def _set_record_aside(folder: Path, done: dict, log: Callable[[str], None]) -> None:
+    """A finished teacher whose weights are not here (a new machine, or a clone of committed records):
+    its record moves to ``recorded/`` (kept until the retrained teacher is checked against it, also
+    across an interrupted retraining), so the teacher is retrained from scratch."""
+    log(f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} (test acc "
+        f"{100 * done['test_acc']:.2f}%) but its weights are not here (a new machine, or a clone of the records); "
+        "retraining it, then checking it is the same network (the runs recorded against it count only then)")
+    if global_rank() == 0:
+        rec = folder / RECORDED
+        rec.mkdir(exist_ok=True)
+        for name in ("done.json", "metrics.jsonl"):
+            if (folder / name).exists():
+                os.replace(folder / name, rec / name)
+
+
+#: where a teacher's record waits while the teacher is retrained (see _set_record_aside)
+RECORDED = "recorded"
+
+
+def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list[dict],
+                      log: Callable[[str], None]) -> dict:
+    """``info`` of a retrained teacher, marked with whether it is the recorded one: the same weights
+    (when the record has their digest) or the same metrics at every epoch (older records). A different
+    network supersedes the record: the runs trained against that one stop counting."""
+    if old.get("weights_digest"):
+        same = old["weights_digest"] == info["weights_digest"]
+    else:
+        same = bool(old_rows) and _same_training(metrics, old_rows)
+    if same:
+        log("teacher: the retrained teacher is the recorded one (the same "
+            f"{'weights' if old.get('weights_digest') else 'metrics at every epoch'}); its runs stand")
+        return {**info, "supersedes": old.get("supersedes", [])}
+    first_old = (old.get("curve") or [None])[0]
+    first_new = (info.get("curve") or [None])[0]
+    log(f"teacher: WARNING: the retrained teacher is another network (test acc {100 * info['test_acc']:.2f}% against "
+        f"the recorded {100 * old['test_acc']:.2f}%; epoch 1: {first_new} against {first_old}). CPU training "
+        "repeats bit for bit only on the same machine, library build and thread count. Runs trained against the "
+        "recorded teacher no longer count; `inhernet compare --force` retrains them.")
+    gone = {k: old.get(k) for k in ("test_acc", "curve", "weights_digest", "train_time_s") if k in old}
+    return {**info, "supersedes": [*old.get("supersedes", []), gone]}
+
+
 def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
                                fit_kwargs: Optional[dict], log: Callable[[str], None]) -> tuple[nn.Module, dict]:
     import inhernet
     from inhernet.models import create_model
-    from inhernet.train import evaluate, fit, load_model, save_model
+    from inhernet.train import evaluate, fit, load_model, read_metrics, save_model
+    from inhernet.utils import weights_digest
 
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
     done = read_json(folder / "done.json")
     model_dir = folder / "model"
-    if done is not None and model_dir.is_dir():
+    if done is not None and _teacher_weights_here(model_dir):
         model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
         log(f"teacher: reusing {t.arch} from {folder} (test acc {100 * done['test_acc']:.2f}%)")
-        return model, {**done, "source": "cache", "path": str(model_dir)}
+        return model, {"weights_digest": weights_digest(model), **done, "source": "cache", "path": str(model_dir)}
+    if done is not None:
+        _set_record_aside(folder, done, log)
+    old = read_json(folder / RECORDED / "done.json")
+    old_rows = read_metrics(folder / RECORDED) if old is not None else []
 
     sched = _teacher_schedule(cfg)
     if global_rank() == 0:
@@ -193,11 +268,27 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
     info = {"source": "trained", "arch": t.arch, "key": key, "test_acc": ev["acc"],
             "params": inhernet.count_parameters(model),
             "curve": [r.get("test/acc") for r in res.metrics], "epochs": t.epochs,
-            "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics)}
+            "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics),
+            "weights_digest": weights_digest(model)}
+    if old is not None:
+        info = _check_reproduced(info, res.metrics, old, old_rows, log)
     if res.extra.get("is_global_zero", True) and global_rank() == 0:
         save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)  # the cache's own
         write_json(folder / "done.json", info)
+        shutil.rmtree(folder / RECORDED, ignore_errors=True)
     return model, {**info, "path": str(model_dir)}
+
+
+def trained_against(record: dict, tinfo: Optional[dict]) -> bool:
+    """Whether a finished run (its ``done.json`` / ``failed.json``) was trained against the teacher
+    ``tinfo`` describes: the same weight digest; a record from before digests were kept counts while
+    the teacher has never been replaced by a different network (``supersedes`` empty). A plain
+    student (kind ``student``) never sees the teacher and always counts."""
+    if tinfo is None or record.get("kind") == "student":
+        return True
+    if record.get("teacher_digest"):
+        return record["teacher_digest"] == tinfo.get("weights_digest")
+    return not tinfo.get("supersedes")
 
 
 #: training images the teacher is calibrated on for ``init: whitened`` unless the method says
@@ -380,8 +471,8 @@ def _head_curves(metrics: list[dict]) -> dict:
     return {k: [row.get(k) for row in metrics] for k in HEAD_CURVES if any(k in row for row in metrics)}
 
 
-def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progress: Any, i: int, n: int,
-             log: Callable[[str], None]) -> Optional[dict]:
+def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, tinfo: dict, progress: Any, i: int,
+             n: int, log: Callable[[str], None]) -> Optional[dict]:
     import inhernet
     from inhernet.train import DistillLoss, TrainingDivergedError, fit, save_model
 
@@ -389,16 +480,17 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     seed, d = r["seed"], r["dir"]
     done = read_json(d / "done.json")
     tag = f"[{i}/{n}] {m.name} seed {seed}"
-    if done is not None and done.get("key") == r["key"]:
+    tdigest = tinfo.get("weights_digest")
+    if done is not None and done.get("key") == r["key"] and trained_against(done, tinfo):
         log(f"{tag}: done, skipped (test acc {100 * done['final'].get('test/acc', float('nan')):.2f}%)")
         return done
     failed = read_json(d / "failed.json")
-    if failed is not None and failed.get("key") == r["key"]:
+    if failed is not None and failed.get("key") == r["key"] and trained_against(failed, tinfo):
         log(f"{tag}: failed earlier ({failed['reason']}); skipped — --force retrains it")
         return failed
     rank0 = global_rank() == 0
     if rank0:
-        write_json(d / "run.json", {"key": r["key"], **r["identity"]})
+        write_json(d / "run.json", {"key": r["key"], **r["identity"], "teacher_digest": tdigest})
     ck = d / "checkpoints" / "last.ckpt"
     log(f"{tag}: {'resuming' if ck.exists() else 'training'} ({m.kind}, loss {m.loss_kind})")
     model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels, data.train,
@@ -414,7 +506,8 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
                   model_meta=meta,
                   run_name=f"{m.name}/seed{seed}", **_fit_kwargs(cfg, progress))
     except TrainingDivergedError as err:
-        out = {"key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "failed": True,
+        out = {"key": r["key"], "teacher_digest": tdigest, "method": m.name, "kind": m.kind, "seed": seed,
+               "failed": True,
                "reason": err.reason, "message": str(err), "step": err.step, "epoch": err.epoch}
         if rank0:
             write_json(d / "failed.json", out)
@@ -425,7 +518,8 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     model = res.model.eval()
     shape = (1, data.in_channels, *data.image_size)
     out = {
-        "key": r["key"], "method": m.name, "kind": m.kind, "seed": seed, "loss": loss.resolved(),
+        "key": r["key"], "teacher_digest": tdigest, "method": m.name, "kind": m.kind, "seed": seed,
+        "loss": loss.resolved(),
         "params": inhernet.count_parameters(model), "flops": inhernet.count_flops(model, shape),
         "final": res.final, "epochs": len(res.metrics),
         "curve": {**{k: [row.get(k) for row in res.metrics]
@@ -449,13 +543,44 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, progres
     return out
 
 
-def finished_run(r: dict) -> Optional[dict]:
-    """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan, else None."""
+def finished_run(r: dict, tinfo: Optional[dict] = None) -> Optional[dict]:
+    """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan (and, given the
+    teacher's ``tinfo``, was trained against that teacher: :func:`trained_against`), else None."""
     for name in ("done.json", "failed.json"):
         res = read_json(r["dir"] / name)
-        if res is not None and res.get("key") == r["key"]:
+        if res is not None and res.get("key") == r["key"] and trained_against(res, tinfo):
             return res
     return None
+
+
+def runs_of_another_teacher(runs: list[dict], tinfo: dict) -> list[dict]:
+    """The planned runs whose finished record matches the plan but was trained against another
+    teacher than ``tinfo``'s (the teacher was retrained on another machine into another network)."""
+    out = []
+    for r in runs:
+        for name in ("done.json", "failed.json"):
+            res = read_json(r["dir"] / name)
+            if res is not None and res.get("key") == r["key"] and not trained_against(res, tinfo):
+                out.append(r)
+                break
+    return out
+
+
+def refuse_other_teacher(runs: list[dict], tinfo: dict, force: bool, log: Callable[[str], None]) -> None:
+    """:class:`StaleRunError` when runs to train were trained against another teacher and ``force``
+    is off: their records are results of another experiment, kept until the user says otherwise."""
+    other = runs_of_another_teacher(runs, tinfo)
+    if not other:
+        return
+    names = ", ".join(sorted(f"{r['method'].name}/seed{r['seed']}" for r in other))
+    if force:
+        log(f"--force: retraining {names} (trained against another teacher)")
+        return
+    raise StaleRunError(
+        f"{len(other)} finished run(s) were trained against another teacher than the one here ({names}): the "
+        "teacher was retrained and is a different network. Nothing was changed. Re-run with --force to retrain "
+        "them (their old records are deleted; --methods NAMES limits --force to those rows), or restore the "
+        "teacher they were trained against.")
 
 
 def load_data(cfg: CompareConfig, *, subset: Any = "same") -> Any:
@@ -517,6 +642,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     if teacher is None:
         teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
     teacher = teacher.eval()
+    refuse_other_teacher(todo, tinfo, force, log)
     rank0 = global_rank() == 0
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
@@ -529,12 +655,16 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
 
     # 3. every method x seed (a diverged run is recorded as failed; the others go on); a run another
     #    process is training is left to it
-    elsewhere = run_all(todo, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(todo), log),
+    elsewhere = run_all(todo, out, lambda r, i: _run_one(cfg, r, data, teacher, tinfo, progress, i, len(todo), log),
                         locking=single_process(cfg), log=log)
     if not rank0:
         return None
     # what is finished now, by this process or another
-    results_per_run = [res for r in runs for res in [finished_run(r)] if res is not None]
+    results_per_run = [res for r in runs for res in [finished_run(r, tinfo)] if res is not None]
+    ignored = runs_of_another_teacher(runs, tinfo)
+    if ignored:
+        log(f"\n{len(ignored)} finished run(s) were trained against another teacher and are not reported: "
+            + ", ".join(sorted(f"{r['method'].name}/seed{r['seed']}" for r in ignored)))
     failed = [f"{r['method']}/seed{r['seed']}: {r['reason']}" for r in results_per_run if r.get("failed")]
     if elsewhere:
         log(f"\n{elsewhere} run(s) were being trained by other processes; this report is partial — the last "
@@ -584,7 +714,7 @@ def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Cal
     done = []
     for r in plan_runs(cfg, tinfo.get("key", teacher_key(cfg))):
         d = read_json(r["dir"] / "done.json") or read_json(r["dir"] / "failed.json")
-        if d is not None:
+        if d is not None and trained_against(d, tinfo):
             done.append(d)
     previous = read_json(out / "results.json") if not latency else None
     results = build_results(cfg, data, teacher, tinfo, done, measure=latency, previous=previous)

@@ -55,7 +55,7 @@ from ..hf.folders import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TASKS
 from ..errors import ConfigError
 from ..hf.lm import next_token_nll
 from ..hf.textdata import EncodedSplit
-from ..utils import atomic_write, eval_mode, on_device, stable_hash
+from ..utils import atomic_write, eval_mode, on_device, stable_hash, tensor_digest
 from .compiled import CompiledModel
 from .fit import read_metrics
 from .fsdp import data_parallel_mesh, shard_model
@@ -83,7 +83,6 @@ __all__ = [
     "model_logits",
     "pad_sequences",
     "quiet_lightning",
-    "tensor_digest",
 ]
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -316,16 +315,6 @@ def model_logits(out: Any) -> Tensor:
         return out[0]
     raise TypeError(f"cannot find logits in the model's output ({type(out).__name__}); return a tensor or an "
                     "object with .logits")
-
-
-def tensor_digest(tensors: Any) -> str:
-    """Short SHA-256 of tensors' values (and shapes / dtypes), in the given order."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 class TextTaskModule(L.LightningModule):
