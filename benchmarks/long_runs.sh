@@ -8,8 +8,9 @@
 #                                         # artefacts — weights, checkpoints — stay out of git)
 #   bash benchmarks/long_runs.sh stop     # end the processes (each keeps its last finished epoch)
 #
-# What `start` runs: two processes, one thread each, on the resnet pair's deciding rows (DECIDE); the
-# second waits for the teacher, then both share the runs. `start wrn` adds one process on the wrn pair
+# What `start` runs: two processes, one thread each, on the resnet pair's deciding rows (DECIDE): the
+# first trains the teacher; the second meanwhile trains the plain-student rows of both pairs (they never
+# see a teacher), then both share the resnet runs. `start wrn` adds one process on the wrn pair
 # (its teacher alone is ~210 min on one thread, longer than a session, so it only makes sense where the
 # machine is kept). A teacher or run resumes from its checkpoint only on the machine that holds it. On a
 # new machine a teacher is retrained and checked against its committed record: the same network (CPU
@@ -37,9 +38,13 @@ case "${1:-status}" in
     fi
     # shellcheck disable=SC2086
     launch resnet56-a "$R56" --methods $DECIDE
-    sleep 20  # the first takes the teacher's lock; the second waits for it
-    # shellcheck disable=SC2086
-    launch resnet56-b "$R56" --methods $DECIDE
+    sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
+    # meanwhile (they never see a teacher), then joins the first on the resnet rows
+    mkdir -p "$LOG_DIR"
+    setsid nohup bash -c "'$BIN/inhernet' compare '$R56' --methods student --threads 1; \
+      '$BIN/inhernet' compare '$WRN' --methods student --threads 1; \
+      '$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
+    echo "started resnet56-b (pid $!): the students of both pairs, then the resnet rows -> $LOG_DIR/resnet56-b.log"
     if [ "${2:-}" = wrn ]; then launch wrn "$WRN"; fi
     ;;
   status)

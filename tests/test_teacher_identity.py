@@ -138,3 +138,52 @@ def test_a_record_without_digest_is_checked_by_its_metrics(first, tmp_path):
     with pytest.raises(StaleRunError, match="inh/seed0"):
         run_compare(load_config(path), log=logs.append)
     assert "is another network" in "\n".join(logs)
+
+
+def test_plain_students_train_while_another_process_trains_the_teacher(tmp_path):
+    """The second process of a shared comparison does not idle while the first trains the teacher: it
+    trains the rows that never see the teacher, then waits."""
+    import threading
+    import time
+
+    from inhernet.compare.runner import file_lock, teacher_in_training_elsewhere
+
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"},
+                                         {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}])
+    cfg["schedule"]["epochs"] = 1
+    loaded = load_config(write_cfg(tmp_path, cfg))
+    folder = teacher_folder(loaded)
+    lock = folder.with_name(folder.name + ".lock")
+    logs: list[str] = []
+    with file_lock(lock, wait=True):  # "another process" is training the teacher
+        assert teacher_in_training_elsewhere(loaded)
+        worker = threading.Thread(target=run_compare, args=(loaded,), kwargs={"log": logs.append})
+        worker.start()
+        deadline = time.time() + 300
+        while not (tmp_path / "out" / "runs" / "student" / "seed0" / "done.json").exists():
+            assert time.time() < deadline and worker.is_alive(), logs
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert not (tmp_path / "out" / "runs" / "inh" / "seed0" / "done.json").exists()  # that one waits
+    worker.join(timeout=300)
+    text = "\n".join(logs)
+    assert "plain-student run(s) meanwhile" in text
+    assert text.index("student seed 0: training") < text.index("teacher: training resnet14")
+    assert "student seed 0: done, skipped" in text and "inh seed 0: training" in text
+    assert (tmp_path / "out" / "runs" / "inh" / "seed0" / "done.json").is_file()
+
+
+def test_plain_student_rows_alone_do_not_need_the_teacher(tmp_path):
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"},
+                                         {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}])
+    cfg["schedule"]["epochs"] = 1
+    loaded = load_config(write_cfg(tmp_path, cfg))
+    logs: list[str] = []
+    assert run_compare(loaded, methods=["student"], log=logs.append) is None  # no report without a teacher
+    assert "the report waits for the teacher" in "\n".join(logs)
+    assert (tmp_path / "out" / "runs" / "student" / "seed0" / "done.json").is_file()
+    assert not (teacher_folder(loaded) / "done.json").exists() and not (tmp_path / "out" / "runs" / "inh").exists()
+    logs.clear()
+    res = run_compare(loaded, log=logs.append)  # then the full command trains the teacher and reuses the student
+    assert "student seed 0: done, skipped" in "\n".join(logs)
+    assert {m["name"]: m["complete"] for m in res["methods"]} == {"student": True, "inh": True}

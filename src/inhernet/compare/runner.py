@@ -156,7 +156,7 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
     folder = teacher_folder(cfg)
     if not single_process(cfg):
         return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
-    lock = folder.with_name(folder.name + ".lock")
+    lock = _teacher_lock(cfg)
     with file_lock(lock, wait=False) as taken:
         if taken:
             return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
@@ -222,6 +222,26 @@ def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list
         "recorded teacher no longer count; `inhernet compare --force` retrains them.")
     gone = {k: old.get(k) for k in ("test_acc", "curve", "weights_digest", "train_time_s") if k in old}
     return {**info, "supersedes": [*old.get("supersedes", []), gone]}
+
+
+def _teacher_lock(cfg: CompareConfig) -> Path:
+    folder = teacher_folder(cfg)
+    return folder.with_name(folder.name + ".lock")
+
+
+def teacher_ready(cfg: CompareConfig) -> bool:
+    """Whether the teacher is given (``teacher.path``) or trained and cached with its weights here."""
+    folder = teacher_folder(cfg)
+    return bool(cfg.teacher.path) or (read_json(folder / "done.json") is not None
+                                      and _teacher_weights_here(folder / "model"))
+
+
+def teacher_in_training_elsewhere(cfg: CompareConfig) -> bool:
+    """Whether another process holds the teacher's lock (it is training the teacher now)."""
+    if cfg.teacher.path or not single_process(cfg):
+        return False
+    with file_lock(_teacher_lock(cfg), wait=False) as taken:
+        return not taken
 
 
 def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
@@ -638,7 +658,24 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     refuse_stale(todo, out, force)
     for line in unplanned_methods(cfg):
         log(line)
-    # 2. the teacher (trained and cached if needed)
+    # 2. the teacher (trained and cached if needed). A plain student never sees it: while another
+    #    process trains the teacher, this one trains the plain-student rows instead of waiting
+    #    (not under --force, which clears the rows once the teacher is there)
+    if teacher is None and todo and all(r["method"].kind == "student" for r in todo) and not teacher_ready(cfg):
+        log("teacher: not trained yet, and only plain-student rows are selected (they do not use it): training "
+            "them without it; the report waits for the teacher (`inhernet compare CONFIG` trains it)")
+        if force and global_rank() == 0:
+            clear_runs(todo)
+        run_all(todo, out, lambda r, i: _run_one(cfg, r, data, None, {}, progress, i, len(todo), log),
+                locking=single_process(cfg), log=log)
+        return None
+    if teacher is None and not force and teacher_in_training_elsewhere(cfg):
+        first = [r for r in todo if r["method"].kind == "student"]
+        if first:
+            log(f"teacher: being trained by another process; training the {len(first)} plain-student run(s) "
+                "meanwhile (they do not use it)")
+            run_all(first, out, lambda r, i: _run_one(cfg, r, data, None, {}, progress, i, len(first), log),
+                    locking=True, log=log)
     if teacher is None:
         teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
     teacher = teacher.eval()
