@@ -632,7 +632,8 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
                 methods: Optional[list[str]] = None) -> Optional[dict]:
     """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero).
     ``methods``: train only these methods' runs this time (``--force`` then clears only theirs);
-    the report covers every finished run."""
+    the report covers every finished run. A selection of plain students alone, before the teacher is
+    trained, trains them without it and returns None (no report without a teacher)."""
     import yaml
 
     from .report import build_results, write_report
@@ -661,7 +662,8 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     # 2. the teacher (trained and cached if needed). A plain student never sees it: while another
     #    process trains the teacher, this one trains the plain-student rows instead of waiting
     #    (not under --force, which clears the rows once the teacher is there)
-    if teacher is None and todo and all(r["method"].kind == "student" for r in todo) and not teacher_ready(cfg):
+    if (teacher is None and methods is not None and todo and all(r["method"].kind == "student" for r in todo)
+            and not teacher_ready(cfg)):
         log("teacher: not trained yet, and only plain-student rows are selected (they do not use it): training "
             "them without it; the report waits for the teacher (`inhernet compare CONFIG` trains it)")
         if force and global_rank() == 0:
