@@ -67,7 +67,10 @@ for path in sys.argv[1:]:
     t = teacher_folder(cfg)
     done = read_json(t / "done.json")
     recorded = read_json(t / "recorded" / "done.json")
-    state = (f"done, test acc {100 * done['test_acc']:.2f} %" if done else
+    here = (t / "model" / "model.safetensors").is_file()
+    state = (f"done, test acc {100 * done['test_acc']:.2f} %" + ("" if here else
+             " (record only: its weights are not here; `start` retrains it and checks it against the record)")
+             if done else
              f"epoch {epochs_done(t)} of {cfg.teacher.epochs}" + (
                  f" (retraining the recorded {100 * recorded['test_acc']:.2f} % teacher, whose weights were not here)"
                  if recorded else ""))
@@ -82,7 +85,9 @@ for path in sys.argv[1:]:
         elif (r["dir"] / "failed.json").is_file():
             what = "FAILED"
         elif epochs_done(r["dir"]):
-            what = f"epoch {epochs_done(r['dir'])} of {cfg.schedule.epochs} (not committed)"
+            ck = (r["dir"] / "checkpoints" / "last.ckpt").is_file()
+            what = f"epoch {epochs_done(r['dir'])} of {cfg.schedule.epochs} " + (
+                "(in progress here)" if ck else "(recorded, but no checkpoint here: it starts over)")
         else:
             continue
         print(f"  {r['method'].name} seed {r['seed']}: {what}")
