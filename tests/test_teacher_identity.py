@@ -187,3 +187,16 @@ def test_plain_student_rows_alone_do_not_need_the_teacher(tmp_path):
     res = run_compare(loaded, log=logs.append)  # then the full command trains the teacher and reuses the student
     assert "student seed 0: done, skipped" in "\n".join(logs)
     assert {m["name"]: m["complete"] for m in res["methods"]} == {"student": True, "inh": True}
+
+
+def test_a_clone_of_the_records_rebuilds_its_report_without_any_weights(first, tmp_path):
+    from inhernet.compare.runner import rebuild_report
+
+    src, _ = first
+    _clone_records(src / "out", tmp_path / "out")
+    before = json.loads((tmp_path / "out" / "results.json").read_text())
+    logs: list[str] = []
+    res = rebuild_report(tmp_path / "out", latency=True, log=logs.append)
+    assert "no weights at" in "\n".join(logs)
+    assert res["teacher"]["params"] == before["teacher"]["params"] and res["teacher"]["flops"] == before["teacher"]["flops"]
+    assert [m["test_acc_mean"] for m in res["methods"]] == [m["test_acc_mean"] for m in before["methods"]]

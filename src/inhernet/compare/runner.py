@@ -749,7 +749,16 @@ def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Cal
         raise CompareError(f"{out / 'teacher.json'} is missing or damaged; re-run `inhernet compare` on the config "
                            "to rebuild it (finished runs are reused).")
     data = load_data(cfg)
-    teacher, _ = load_model(teacher_path(out, tinfo), expect_arch=cfg.teacher.arch)
+    tpath = teacher_path(out, tinfo)
+    if tpath.is_file() or _teacher_weights_here(tpath):
+        teacher, _ = load_model(tpath, expect_arch=cfg.teacher.arch)
+    else:  # records kept without weights (a clone): the architecture gives the counts; no latency is measured
+        from inhernet.models import create_model
+
+        log(f"teacher: no weights at {tpath}; its parameter and FLOP counts come from the architecture and "
+            "no latency is measured")
+        teacher = create_model(cfg.teacher.arch, num_classes=data.num_classes, in_channels=data.in_channels)
+        latency = False
     done = []
     for r in plan_runs(cfg, tinfo.get("key", teacher_key(cfg))):
         d = read_json(r["dir"] / "done.json") or read_json(r["dir"] / "failed.json")
