@@ -33,7 +33,7 @@ from inhernet.errors import ArchitectureMismatchError, CorruptCheckpointError, I
 from inhernet.utils import atomic_write, state_dict_problems
 
 __all__ = ["ArchitectureMismatchError", "ArchitectureUnknownError", "CorruptCheckpointError", "ModelLoadError",
-           "load_model", "save_model", "model_info", "DENSE_CONFIG_NAME"]
+           "load_model", "save_model", "model_info", "DENSE_CONFIG_NAME", "WEIGHTS_NAME"]
 
 DENSE_CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
