@@ -53,7 +53,7 @@ import sys
 from pathlib import Path
 
 from inhernet.compare import load_config
-from inhernet.compare.runner import plan_runs, teacher_folder, teacher_key
+from inhernet.compare.runner import plan_runs, teacher_folder, teacher_key, teacher_ready
 from inhernet.utils import read_json
 
 
@@ -67,7 +67,7 @@ for path in sys.argv[1:]:
     t = teacher_folder(cfg)
     done = read_json(t / "done.json")
     recorded = read_json(t / "recorded" / "done.json")
-    here = (t / "model" / "model.safetensors").is_file()
+    here = teacher_ready(cfg)
     state = (f"done, test acc {100 * done['test_acc']:.2f} %" + ("" if here else
              " (record only: its weights are not here; `start` retrains it and checks it against the record)")
              if done else

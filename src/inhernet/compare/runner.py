@@ -172,8 +172,10 @@ _TIMING_KEYS = ("epoch_time_s",)
 
 def _same_training(a: list[dict], b: list[dict]) -> bool:
     """Whether two ``metrics.jsonl`` recordings agree on every metric of every epoch (timings aside)."""
-    strip = [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in a]
-    return len(a) == len(b) and strip == [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in b]
+    def metrics(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in rows]
+
+    return metrics(a) == metrics(b)
 
 
 def _teacher_weights_here(model_dir: Path) -> bool:
@@ -563,27 +565,26 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, tinfo: 
     return out
 
 
-def finished_run(r: dict, tinfo: Optional[dict] = None) -> Optional[dict]:
-    """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan (and, given the
-    teacher's ``tinfo``, was trained against that teacher: :func:`trained_against`), else None."""
+def _planned_record(r: dict) -> Optional[dict]:
+    """A planned run's ``done.json`` (or ``failed.json``) when it matches the plan, else None."""
     for name in ("done.json", "failed.json"):
         res = read_json(r["dir"] / name)
-        if res is not None and res.get("key") == r["key"] and trained_against(res, tinfo):
+        if res is not None and res.get("key") == r["key"]:
             return res
     return None
+
+
+def finished_run(r: dict, tinfo: Optional[dict] = None) -> Optional[dict]:
+    """A planned run's finished record when it matches the plan (and, given the teacher's ``tinfo``,
+    was trained against that teacher: :func:`trained_against`), else None."""
+    res = _planned_record(r)
+    return res if res is not None and trained_against(res, tinfo) else None
 
 
 def runs_of_another_teacher(runs: list[dict], tinfo: dict) -> list[dict]:
     """The planned runs whose finished record matches the plan but was trained against another
     teacher than ``tinfo``'s (the teacher was retrained on another machine into another network)."""
-    out = []
-    for r in runs:
-        for name in ("done.json", "failed.json"):
-            res = read_json(r["dir"] / name)
-            if res is not None and res.get("key") == r["key"] and not trained_against(res, tinfo):
-                out.append(r)
-                break
-    return out
+    return [r for r in runs for res in [_planned_record(r)] if res is not None and not trained_against(res, tinfo)]
 
 
 def refuse_other_teacher(runs: list[dict], tinfo: dict, force: bool, log: Callable[[str], None]) -> None:
