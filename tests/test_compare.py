@@ -322,6 +322,31 @@ def test_method_results_do_not_depend_on_order_or_on_a_kill(tmp_path, monkeypatc
         assert torch.equal(w_first[k], w_resumed[k]), k
 
 
+def test_size_families_join_one_variant_at_several_sizes(tmp_path):
+    """acc_vs_params.png draws a line through a budget / rank sweep: rows that differ only in size.
+    A row that differs in anything else (heads, gate lr) or only in name at the same size is not joined."""
+    from inhernet.compare.config import MethodConfig
+    from inhernet.compare.report import plot_results, size_families, size_family
+
+    ms = [MethodConfig(name="h1", kind="inhernet", inherit={"budget": "student", "heads": 1}),
+          MethodConfig(name="h1_small", kind="inhernet", inherit={"budget": 0.15, "heads": 1}, seeds=[0]),
+          MethodConfig(name="h1_r4", kind="inhernet", label="H = 1, rank 4", inherit={"rank": 4, "heads": 1}),
+          MethodConfig(name="h2", kind="inhernet", inherit={"budget": "student", "heads": 2}),
+          MethodConfig(name="h2_glr", kind="inhernet", gate_lr_scale=100.0, inherit={"budget": 0.15, "heads": 2}),
+          MethodConfig(name="h2_again", kind="inhernet", inherit={"budget": "student", "heads": 2}),
+          MethodConfig(name="student", kind="student")]
+    params = [100, 50, 20, 100, 50, 100, 80]
+    entries = [{"name": m.name, "label": m.name, "kind": m.kind, "family": size_family(m), "params": p,
+                "test_acc_mean": 0.5 + p / 1000, "test_acc_std": 0.0, "seeds": [0],
+                "curve_test_acc": {"mean": [0.5], "std": [0.0]}}
+               for m, p in zip(ms, params)]
+    assert [[e["name"] for e in f] for f in size_families(entries)] == [["h1", "h1_small", "h1_r4"]]
+    results = {"name": "sweep", "methods": entries, "student_params": 80,
+               "teacher": {"label": "teacher", "kind": "teacher", "params": 300, "test_acc_mean": 0.9}}
+    paths = plot_results(results, tmp_path)
+    assert [p.name for p in paths] == ["acc_vs_epoch.png", "acc_vs_params.png"] and all(p.stat().st_size for p in paths)
+
+
 def test_a_diverging_run_is_reported_failed_and_the_cli_exits_nonzero(tmp_path, capsys):
     """At an absurd learning rate the losses turn non-finite: each run stops with the step and the
     fixes, results.json/.md mark it FAILED (not a 9.9 % "result"), the runner goes on to the next

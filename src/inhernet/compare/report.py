@@ -7,16 +7,17 @@ import math
 import os
 import platform
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from inhernet.utils import atomic_write
+from inhernet.utils import atomic_write, stable_hash
 
 __all__ = ["build_results", "curve_stats", "format_table", "has_head_curves", "mean_std", "plot_heads", "plot_results",
-           "write_report"]
+           "size_family", "size_families", "write_report"]
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -77,7 +78,7 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
         rs = sorted(by_method.get(m.name, []), key=lambda r: r["seed"])
         fails = sorted(failed_by_method.get(m.name, []), key=lambda r: r["seed"])
         entry: dict[str, Any] = {"name": m.name, "label": m.label or m.name, "kind": m.kind,
-                                 "loss": m.loss_kind, "seeds": [r["seed"] for r in rs],
+                                 "loss": m.loss_kind, "family": size_family(m), "seeds": [r["seed"] for r in rs],
                                  "complete": len(rs) == len(cfg.seeds_of(m)),
                                  "failed": [{"seed": r["seed"], "reason": r["reason"]} for r in fails]}
         if rs:
@@ -249,6 +250,31 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: the inherit options that set a method's size: rows equal in every other option form one sweep
+SIZE_OPTIONS = ("rank", "rank_fraction", "energy", "budget")
+
+
+def size_family(method: Any) -> str:
+    """What a method is apart from its size: its config (a :class:`~inhernet.compare.config.MethodConfig`)
+    without name, label, seeds and the inherit options of :data:`SIZE_OPTIONS`, as a short hash. Rows with
+    the same family are one variant at several sizes (a budget or rank sweep)."""
+    d = asdict(method)
+    for k in ("name", "label", "seeds"):
+        d.pop(k, None)
+    d["inherit"] = {k: v for k, v in (d.get("inherit") or {}).items() if k not in SIZE_OPTIONS}
+    return stable_hash(d)
+
+
+def size_families(methods: list[dict]) -> list[list[dict]]:
+    """The groups of result rows (``build_results``' method entries) of one inherited variant at two or
+    more sizes (the same ``family``, distinct parameter counts), in row order: the sweeps to draw as lines."""
+    groups: dict[str, list[dict]] = {}
+    for e in methods:
+        if e.get("kind") == "inhernet" and e.get("family") and e.get("params"):
+            groups.setdefault(e["family"], []).append(e)
+    return [g for g in groups.values() if len({e["params"] for e in g}) > 1]
+
+
 def plot_results(results: dict, out_dir: Path) -> list[Path]:
     """``acc_vs_epoch.png`` (mean test accuracy per epoch, ±std band) and ``acc_vs_params.png``."""
     import matplotlib
@@ -285,9 +311,13 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = {"student": "s", "student_kd": "s", "student_dkd": "s", "student_lskd": "s", "inhernet": "o",
                "teacher": "*"}
-    for e in [*results["methods"], t]:
-        if e.get("test_acc_mean") is None or not e.get("params") or math.isnan(e["test_acc_mean"]):
-            continue
+    plotted = [e for e in [*results["methods"], t]
+               if e.get("test_acc_mean") is not None and e.get("params") and not math.isnan(e["test_acc_mean"])]
+    for members in size_families(plotted):  # a budget / rank sweep: one line through its sizes
+        members = sorted(members, key=lambda e: e["params"])
+        ax.plot([e["params"] for e in members], [100 * e["test_acc_mean"] for e in members], color="gray",
+                lw=1, alpha=0.6, zorder=0)
+    for e in plotted:
         ax.errorbar(e["params"], 100 * e["test_acc_mean"], yerr=100 * (e.get("test_acc_std") or 0.0),
                     fmt=markers.get(e["kind"], "o"), ms=8 if e["kind"] == "teacher" else 6, capsize=3,
                     label=e["label"])
