@@ -53,7 +53,8 @@ import sys
 from pathlib import Path
 
 from inhernet.compare import load_config
-from inhernet.compare.runner import plan_runs, teacher_folder, teacher_key, teacher_ready
+from inhernet.compare.runner import first_divergence, plan_runs, teacher_folder, teacher_key, teacher_ready
+from inhernet.train import read_metrics
 from inhernet.utils import read_json
 
 
@@ -72,8 +73,12 @@ for path in sys.argv[1:]:
              " (record only: its weights are not here; `start` retrains it and checks it against the record)")
              if done else
              f"epoch {epochs_done(t)} of {cfg.teacher.epochs}" + (
+                 "" if not recorded else
                  f" (retraining the recorded {100 * recorded['test_acc']:.2f} % teacher, whose weights were not here)"
-                 if recorded else ""))
+                 if first_divergence(read_metrics(t), read_metrics(t / "recorded")) is None else
+                 f" — LEFT its record at epoch {first_divergence(read_metrics(t), read_metrics(t / 'recorded')) + 1}: "
+                 "this machine does not repeat the recorded teacher (see the log; `inhernet compare CONFIG "
+                 "--new-teacher` trains a new one, and the runs recorded against the old one stop counting)"))
     print(f"{cfg.name}\n  teacher {cfg.teacher.arch}: {state}")
     n_done = 0
     runs = plan_runs(cfg, teacher_key(cfg))

@@ -13,9 +13,9 @@ from torch import nn
 pytest.importorskip("lightning")
 pytest.importorskip("sklearn")  # the digits data set
 
-from inhernet.compare import StaleRunError, load_config, run_compare  # noqa: E402
-from inhernet.compare.runner import teacher_folder, trained_against  # noqa: E402
-from inhernet.utils import weights_digest  # noqa: E402
+from inhernet.compare import StaleRunError, TeacherRecordError, load_config, run_compare  # noqa: E402
+from inhernet.compare.runner import first_divergence, teacher_folder, trained_against  # noqa: E402
+from inhernet.utils import cpu_name, machine_record, weights_digest  # noqa: E402
 
 from test_compare import tiny_config, write_cfg  # noqa: E402
 
@@ -56,6 +56,7 @@ def first(tmp_path_factory):
     cfg = tiny_config(tmp, methods=[{"name": "student", "kind": "student"},
                                     {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}])
     cfg["schedule"]["epochs"] = 1
+    cfg["teacher"] = {**cfg["teacher"], "epochs": 2}  # two epochs: a retraining that leaves its record stops after one
     run_compare(load_config(write_cfg(tmp, cfg)), log=lambda m: None)
     return tmp, cfg
 
@@ -82,6 +83,7 @@ def test_a_retrained_teacher_that_is_the_same_network_keeps_the_runs(first, tmp_
     assert "inh seed 0: done, skipped" in text and "student seed 0: done, skipped" in text
     again = json.loads((folder / "done.json").read_text())
     assert again["weights_digest"] == recorded["weights_digest"] and again["supersedes"] == []
+    assert again["machine"]["cpu"] == cpu_name() and again["machine"]["threads"] == 1  # what it was trained on
     assert not (folder / "recorded").exists()
     assert {m["name"]: m["complete"] for m in res["methods"]} == {"student": True, "inh": True}
 
@@ -117,27 +119,65 @@ def test_a_retrained_teacher_that_is_another_network_supersedes_its_runs(first, 
     assert {m["name"]: m["complete"] for m in res["methods"]} == {"student": True, "inh": True}
 
 
-def test_a_record_without_digest_is_checked_by_its_metrics(first, tmp_path):
-    """Records written before digests existed: the retrained teacher must repeat every metric of
-    every epoch; one differing value makes it another network."""
-    def legacy_record_of_another_teacher(cfg, tmp):
-        folder = teacher_folder(cfg)
-        done = json.loads((folder / "done.json").read_text())
-        done.pop("weights_digest")
-        (folder / "done.json").write_text(json.dumps(done))
-        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        rows[0]["test/loss"] += 1e-6
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for run in (tmp / "out" / "runs").glob("*/seed0/done.json"):
-            d = json.loads(run.read_text())
-            d.pop("teacher_digest", None)
-            run.write_text(json.dumps(d))
+def test_first_divergence_compares_metrics_not_timings():
+    a = [{"epoch": 0, "test/acc": 0.5, "epoch_time_s": 1.0}, {"epoch": 1, "test/acc": 0.6, "epoch_time_s": 1.0}]
+    b = [{"epoch": 0, "test/acc": 0.5, "epoch_time_s": 9.0}, {"epoch": 1, "test/acc": 0.61, "epoch_time_s": 9.0}]
+    assert first_divergence(a, b) == 1
+    assert first_divergence(a[:1], b) is None  # only the epochs both have
+    assert first_divergence(a, a) is None
 
-    path = _on_new_machine(first, tmp_path, legacy_record_of_another_teacher)
+
+def _legacy_record_of_another_teacher(cfg, tmp):
+    """A record written before digests existed whose first epoch differs from what this machine trains."""
+    folder = teacher_folder(cfg)
+    done = json.loads((folder / "done.json").read_text())
+    done.pop("weights_digest")
+    done.pop("machine", None)
+    (folder / "done.json").write_text(json.dumps(done))
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows[0]["test/loss"] += 1e-6
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for run in (tmp / "out" / "runs").glob("*/seed0/done.json"):
+        d = json.loads(run.read_text())
+        d.pop("teacher_digest", None)
+        run.write_text(json.dumps(d))
+
+
+def test_a_retraining_that_leaves_its_record_stops_at_that_epoch(first, tmp_path):
+    """Every metric of every epoch is checked as the retraining goes: the first epoch that differs stops
+    it (not the end of the schedule), nothing is replaced, a second call stops before training, and
+    ``new_teacher=True`` trains on from that epoch's checkpoint; the new teacher then supersedes the record."""
+    path = _on_new_machine(first, tmp_path, _legacy_record_of_another_teacher)
+    folder = teacher_folder(load_config(path))
+    record = (folder / "metrics.jsonl").read_text()
     logs: list[str] = []
-    with pytest.raises(StaleRunError, match="inh/seed0"):
+    with pytest.raises(TeacherRecordError, match=r"left its record at epoch 1: test/loss .* against the recorded .*--new-teacher") as err:
         run_compare(load_config(path), log=logs.append)
-    assert "is another network" in "\n".join(logs)
+    assert cpu_name() in str(err.value) and "does not say what it was trained on" in str(err.value)
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1  # stopped after epoch 1 of 2
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+    assert (folder / "recorded" / "metrics.jsonl").read_text() == record and not (folder / "done.json").exists()
+    logs.clear()
+    with pytest.raises(TeacherRecordError, match="epoch 1"):
+        run_compare(load_config(path), log=logs.append)
+    assert not any("teacher: training" in m for m in logs)  # no epoch is spent to learn it again
+    logs.clear()
+    with pytest.raises(StaleRunError, match="inh/seed0"):  # the inherited run was trained against the record
+        run_compare(load_config(path), new_teacher=True, log=logs.append)
+    text = "\n".join(logs)
+    assert "is another network" in text
+    done = json.loads((folder / "done.json").read_text())
+    assert done["supersedes"] and done["machine"] == {**machine_record(), "threads": 1}
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_new_teacher_is_refused_for_a_pretrained_teacher(capsys):
+    from inhernet.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["compare", str(root / "configs" / "text_demo.yaml"), "--new-teacher"]) != 0
+    err = capsys.readouterr().err
+    assert "--new-teacher" in err and "pretrained model, never retrained" in err
 
 
 def test_plain_students_train_while_another_process_trains_the_teacher(tmp_path):

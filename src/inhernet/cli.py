@@ -313,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only these methods' runs this time (the rows that decide first); the report "
                         "counts every finished run, --force clears only these")
     s.add_argument("--epochs", type=int, default=None, help="override schedule.epochs (image-classification)")
+    s.add_argument("--new-teacher", action="store_true",
+                   help="where a cached teacher's record is here without its weights and retraining it on this "
+                        "machine does not repeat the record (it stops at the first epoch that differs), train a "
+                        "new teacher instead: the runs recorded against the old one then stop counting "
+                        "(image-classification)")
     s.add_argument("--max-steps", type=int, default=None,
                    help="override schedule.max_steps (sequence-classification / causal-lm)")
     _add_dist_args(s)
@@ -853,7 +858,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from inhernet.compare import load_config, run_compare
+    from inhernet.compare import CompareConfig, CompareConfigError, load_config, run_compare
 
     overrides: dict[str, Any] = {k: v for k, v in (("out_dir", a.out_dir), ("cache_dir", a.cache_dir),
                                                     ("seeds", a.seeds)) if v}
@@ -869,7 +874,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if tr:
         overrides["trainer"] = tr
     cfg = load_config(a.config, overrides)
-    results = run_compare(cfg, force=a.force, methods=a.methods)
+    if a.new_teacher and not isinstance(cfg, CompareConfig):
+        raise CompareConfigError(f"--new-teacher: {a.config} is a {cfg.task} comparison, whose teacher is a "
+                                 "pretrained model, never retrained; drop the option")
+    results = run_compare(cfg, force=a.force, methods=a.methods,
+                          **({"new_teacher": True} if a.new_teacher else {}))
     failed = (results or {}).get("failed_runs", [])
     if failed:  # the table is written, but a scheduler must not see success
         print(f"error: {len(failed)} run(s) failed (listed above and in results.md); a diverged run "

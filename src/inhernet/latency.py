@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -70,7 +69,7 @@ from .plan import InheritPlan
 from .ranks import LayerSpec, too_large
 from .select import Candidate, resolve_config, select_layers
 from .targets import is_transformers_model
-from .utils import call_model, eval_mode, read_json, set_submodule, stable_hash, write_json
+from .utils import call_model, cpu_name, eval_mode, read_json, set_submodule, stable_hash, write_json
 
 __all__ = ["DEFAULT_CACHE", "LatencyCache", "LatencyTable", "LayerLatency", "candidate_ranks",
            "device_record", "monotone_in_rank",
@@ -203,18 +202,8 @@ def device_record(device: torch.device | str) -> dict[str, Any]:
     version and the clock :func:`inhernet.optimize.default_clock` reads."""
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return {"device": name, "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"device": name, "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "clock": default_clock(device)}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def latency_example(model: nn.Module, cfg: InheritConfig, example_input: Any = None) -> Any:

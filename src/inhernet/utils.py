@@ -13,6 +13,7 @@ import inspect
 import hashlib
 import json
 import os
+import platform
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 
 from .targets import is_transformers_model
 
-__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "did_you_mean", "eval_mode", "markdown_table", "nested_tensors", "on_device", "read_json", "set_submodule", "write_json",
+__all__ = ["atomic_write", "call_model", "model_inputs", "count_parameters", "cpu_name", "did_you_mean", "eval_mode",
+           "machine_record", "markdown_table", "nested_tensors", "on_device", "read_json", "set_submodule", "write_json",
            "sha256_file", "stable_hash", "state_dict_problems", "tensor_digest", "text_table", "tied_names",
            "weights_digest"]
 
@@ -281,3 +283,34 @@ def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256(repr(names).encode())
     h.update(tensor_digest(sd[n] for n in names).encode())
     return h.hexdigest()[:16]
+
+
+def cpu_name() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``'s "model name"; else what :mod:`platform` says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_isa() -> str:
+    """The widest x86 vector extension this CPU offers (the one oneDNN and ATen pick kernels for)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    for isa in ("avx512f", "avx2", "avx", "sse4_2"):
+        if isa in flags:
+            return isa
+    return platform.machine()
+
+
+def machine_record() -> dict:
+    """What a CPU training's exact numbers depend on besides its inputs: CPU model, vector extension,
+    intra-op threads and torch build. Kept with a trained teacher, so that a retraining elsewhere can
+    say why it does not repeat (floating-point sums differ between these)."""
+    return {"cpu": cpu_name(), "isa": _cpu_isa(), "threads": torch.get_num_threads(), "torch": torch.__version__}

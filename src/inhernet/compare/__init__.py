@@ -24,7 +24,7 @@ from .config import (
 )
 from .api import load_config, rebuild_report, run_compare
 from .report import build_results, format_table, plot_results, write_report
-from .runner import CompareError, StaleRunError, build_method_model, prepare_teacher
+from .runner import CompareError, StaleRunError, TeacherRecordError, build_method_model, prepare_teacher
 from .text_config import TEXT_TASKS, TextCompareConfig, TextMethodConfig
 from .text_runner import run_text_compare
 
@@ -41,6 +41,7 @@ __all__ = [
     "StaleRunError",
     "StudentConfig",
     "TeacherConfig",
+    "TeacherRecordError",
     "TrainerConfig",
     "TEXT_TASKS",
     "TextCompareConfig",

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from inhernet.errors import TrainingError
@@ -57,7 +58,7 @@ from inhernet.utils import read_json, stable_hash, write_json
 
 from .config import CompareConfig, MethodConfig
 
-__all__ = ["CompareError", "StaleRunError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
+__all__ = ["CompareError", "StaleRunError", "TeacherRecordError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
            "plan_runs", "select_runs", "teacher_folder", "teacher_key", "trained_against"]
 
 
@@ -68,6 +69,12 @@ class CompareError(TrainingError):
 
 class StaleRunError(CompareError):
     """Existing run folders were produced by a different config."""
+
+
+class TeacherRecordError(CompareError):
+    """A teacher retrained from its config (its weights were not here) left its committed record: this
+    machine does not repeat that training. Nothing is replaced; ``new_teacher=True`` (``inhernet compare
+    --new-teacher``) trains a new teacher instead, and the runs recorded against the old one stop counting."""
 
 
 
@@ -130,12 +137,15 @@ def _info(msg: str) -> None:
 
 
 def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_kwargs: Optional[dict] = None,
-                    log: Callable[[str], None] = _info) -> tuple[nn.Module, dict]:
+                    log: Callable[[str], None] = _info, new_teacher: bool = False) -> tuple[nn.Module, dict]:
     """The teacher model and a dict describing it (path, test accuracy, params, FLOPs, curve).
 
     ``teacher.path``: loaded and checked against ``teacher.arch`` (an
     :class:`~inhernet.train.ArchitectureMismatchError` otherwise). Else trained once under
     ``cache_dir/teachers/<arch>-<hash>/`` (interrupted training resumes) and reused afterwards.
+    A cached record without its weights (a new machine) is retrained and checked epoch by epoch
+    against the record: on the first epoch that differs a :class:`TeacherRecordError` stops it
+    (``new_teacher=True``: train on, and the new teacher supersedes the record).
     """
     import inhernet
     from inhernet.train import evaluate, load_model
@@ -154,15 +164,16 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
 
     key = teacher_key(cfg)
     folder = teacher_folder(cfg)
+    args = (cfg, data, folder, key, progress, fit_kwargs, log, new_teacher)
     if not single_process(cfg):
-        return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
+        return _cached_or_trained_teacher(*args)
     lock = _teacher_lock(cfg)
     with file_lock(lock, wait=False) as taken:
         if taken:
-            return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
+            return _cached_or_trained_teacher(*args)
     log(f"teacher: another process is training {t.arch} into {folder}; waiting for it")
     with file_lock(lock, wait=True):
-        return _cached_or_trained_teacher(cfg, data, folder, key, progress, fit_kwargs, log)
+        return _cached_or_trained_teacher(*args)
 
 
 #: what a teacher's two trainings must agree on, epoch by epoch, to count as one network when no
@@ -170,12 +181,70 @@ def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_
 _TIMING_KEYS = ("epoch_time_s",)
 
 
+def _without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in rows]
+
+
 def _same_training(a: list[dict], b: list[dict]) -> bool:
     """Whether two ``metrics.jsonl`` recordings agree on every metric of every epoch (timings aside)."""
-    def metrics(rows: list[dict]) -> list[dict]:
-        return [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in rows]
+    return _without_timings(a) == _without_timings(b)
 
-    return metrics(a) == metrics(b)
+
+def first_divergence(rows: list[dict], recorded: list[dict]) -> Optional[int]:
+    """The index of the first epoch in which a (re)training's ``metrics.jsonl`` rows differ from the
+    recorded ones in any metric (timings aside), comparing the epochs both have; None when they agree."""
+    for i, (a, b) in enumerate(zip(_without_timings(rows), _without_timings(recorded))):
+        if a != b:
+            return i
+    return None
+
+
+def _diverged_message(folder: Path, epoch: int, row: dict, old_row: dict, old: dict) -> str:
+    from inhernet.utils import machine_record
+
+    here, there = machine_record(), old.get("machine")
+    keys = [k for k in sorted(set(row) | set(old_row), key=lambda k: (k != "test/acc", k))
+            if k not in _TIMING_KEYS and row.get(k) != old_row.get(k)]
+    diff = f"{keys[0]} {row.get(keys[0])} against the recorded {old_row.get(keys[0])}" + (
+        f" ({len(keys) - 1} other metric(s) differ too)" if len(keys) > 1 else "")
+    where = (f"the record was trained on {there['cpu']} ({there['isa']}, {there['threads']} thread(s), torch "
+             f"{there['torch']}), this machine is {here['cpu']} ({here['isa']}, {here['threads']} thread(s), torch "
+             f"{here['torch']})" if there else
+             f"this machine is {here['cpu']} ({here['isa']}, {here['threads']} thread(s), torch {here['torch']}); "
+             "the record does not say what it was trained on")
+    return (f"teacher: the retraining of {folder.name} left its record at epoch {epoch + 1}: {diff}. CPU training "
+            f"repeats bit for bit only on the same CPU type, thread count and torch build ({where}), so this "
+            "machine will not give back the recorded teacher, and the runs recorded against it still count only "
+            "with that one. Nothing was replaced: the record stays in "
+            f"{folder / RECORDED}, the retraining's epochs in {folder}. To train a new teacher here instead (the "
+            "recorded runs then stop counting; `--force` retrains them) run again with `inhernet compare CONFIG "
+            "--new-teacher`; to keep the recorded one, run on the machine type that trained it.")
+
+
+class _RepeatsRecord(Callback):
+    """Stops a teacher's retraining after the first epoch whose metrics differ from its record
+    (:class:`TeacherRecordError`), not at the end of the schedule. The error is raised once that
+    epoch's checkpoint is written (Lightning runs checkpoint callbacks last), so ``--new-teacher``
+    resumes from it."""
+
+    def __init__(self, folder: Path, recorded: list[dict], old: dict) -> None:
+        self.folder, self.recorded, self.old = folder, recorded, old
+        self.error: Optional[TeacherRecordError] = None
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # after JsonlMetrics wrote the row
+        from inhernet.train import read_metrics
+
+        rows = read_metrics(self.folder)
+        i = first_divergence(rows, self.recorded)
+        if i is not None:
+            self.error = TeacherRecordError(_diverged_message(self.folder, i, rows[i], self.recorded[i], self.old))
+
+    def _raise(self, *_: Any) -> None:
+        if self.error is not None:
+            raise self.error
+
+    on_train_epoch_start = _raise  # the next epoch's start: the diverged epoch's checkpoint is on disk
+    on_train_end = _raise  # the last epoch diverged
 
 
 def _teacher_weights_here(model_dir: Path) -> bool:
@@ -247,11 +316,12 @@ def teacher_in_training_elsewhere(cfg: CompareConfig) -> bool:
 
 
 def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
-                               fit_kwargs: Optional[dict], log: Callable[[str], None]) -> tuple[nn.Module, dict]:
+                               fit_kwargs: Optional[dict], log: Callable[[str], None],
+                               new_teacher: bool) -> tuple[nn.Module, dict]:
     import inhernet
     from inhernet.models import create_model
     from inhernet.train import evaluate, fit, load_model, read_metrics, save_model
-    from inhernet.utils import weights_digest
+    from inhernet.utils import machine_record, weights_digest
 
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
@@ -265,6 +335,12 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
         _set_record_aside(folder, done, log)
     old = read_json(folder / RECORDED / "done.json")
     old_rows = read_metrics(folder / RECORDED) if old is not None else []
+    check = old is not None and old_rows and not new_teacher
+    if check:  # an interrupted retraining may already have left the record
+        rows = read_metrics(folder)
+        i = first_divergence(rows, old_rows)
+        if i is not None:
+            raise TeacherRecordError(_diverged_message(folder, i, rows[i], old_rows[i], old))
 
     sched = _teacher_schedule(cfg)
     if global_rank() == 0:
@@ -277,6 +353,8 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = create_model(t.arch, num_classes=nc, in_channels=ic)
     kw = dict(fit_kwargs or _fit_kwargs(cfg, progress))
+    if check and single_process(cfg):  # (in a multi-process run the record is checked at the end)
+        kw["callbacks"] = [*kw.get("callbacks", ()), _RepeatsRecord(folder, old_rows, old)]
     train_data = data if t.subset == "same" else load_data(cfg, subset=t.subset)
     if train_data is not data:
         log(f"teacher: {len(train_data.train.y):,} training images (the methods: {len(data.train.y):,})")
@@ -291,7 +369,7 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
             "params": inhernet.count_parameters(model),
             "curve": [r.get("test/acc") for r in res.metrics], "epochs": t.epochs,
             "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics),
-            "weights_digest": weights_digest(model)}
+            "weights_digest": weights_digest(model), "machine": machine_record()}
     if old is not None:
         info = _check_reproduced(info, res.metrics, old, old_rows, log)
     if res.extra.get("is_global_zero", True) and global_rank() == 0:
@@ -465,6 +543,19 @@ def clear_runs(runs: list[dict]) -> None:
             shutil.rmtree(r["dir"])
 
 
+def write_comparison_header(out: Path, cfg: Any, tinfo: dict, *, cleared: Optional[list[dict]] = None) -> None:
+    """Start (or refresh) a comparison folder on rank 0: delete the ``cleared`` runs' folders
+    (``--force``), then write the validated ``config.yaml`` (what ``inhernet report`` re-aggregates
+    from) and ``teacher.json``. Shared by the image and text runners."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    if cleared:
+        clear_runs(cleared)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(out / "teacher.json", tinfo)
+
+
 def run_all(runs: list[dict], out: Path, train: Callable[[dict, int], Any], *, locking: bool,
             log: Callable[[str], None]) -> int:
     """Call ``train(run, i)`` for every planned run; with ``locking`` each run is first claimed with a
@@ -630,13 +721,13 @@ def _check_trainer_here(cfg: CompareConfig) -> None:
 
 def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None,
                 log: Callable[[str], None] = _info, report: bool = True,
-                methods: Optional[list[str]] = None) -> Optional[dict]:
+                methods: Optional[list[str]] = None, new_teacher: bool = False) -> Optional[dict]:
     """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero).
     ``methods``: train only these methods' runs this time (``--force`` then clears only theirs);
     the report covers every finished run. A selection of plain students alone, before the teacher is
-    trained, trains them without it and returns None (no report without a teacher)."""
-    import yaml
-
+    trained, trains them without it and returns None (no report without a teacher).
+    ``new_teacher``: where a teacher retrained from its record does not repeat it
+    (:class:`TeacherRecordError`), train a new one on (the recorded runs then stop counting)."""
     from .report import build_results, write_report
 
     if cfg.trainer.threads:
@@ -651,7 +742,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     data = load_data(cfg)
     log(f"data: {data!r}")
     if cfg.teacher.path:
-        teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
+        teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log, new_teacher=new_teacher)
     else:
         teacher, tinfo = None, None
     tkey = teacher_key(cfg)
@@ -680,18 +771,14 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
             run_all(first, out, lambda r, i: _run_one(cfg, r, data, None, {}, progress, i, len(first), log),
                     locking=True, log=log)
     if teacher is None:
-        teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log)
+        teacher, tinfo = prepare_teacher(cfg, data, progress=progress, log=log, new_teacher=new_teacher)
     teacher = teacher.eval()
     refuse_other_teacher(todo, tinfo, force, log)
     rank0 = global_rank() == 0
     if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        if force:
-            clear_runs(todo)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         # the teacher's path relative to out_dir, so `inhernet report` works from any directory
         tinfo = {**tinfo, "path": os.path.relpath(Path(tinfo["path"]).resolve(), out.resolve())}
-        write_json(out / "teacher.json", tinfo)
+        write_comparison_header(out, cfg, tinfo, cleared=todo if force else None)
 
     # 3. every method x seed (a diverged run is recorded as failed; the others go on); a run another
     #    process is training is left to it

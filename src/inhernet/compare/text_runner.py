@@ -40,8 +40,8 @@ from inhernet.hf.quiet import transformers_progress
 from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
-from .runner import (CompareError, clear_runs, file_lock, finished_run, refuse_stale, run_all, select_runs,
-                     single_process)
+from .runner import (CompareError, file_lock, finished_run, refuse_stale, run_all, select_runs, single_process,
+                     write_comparison_header)
 from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",
@@ -486,8 +486,6 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
 
 def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log: Callable[[str], None],
                       report: bool, methods: Optional[list[str]]) -> Optional[dict]:
-    import yaml
-
     from .text_report import build_text_results, describe_data, write_text_report
 
     out = Path(cfg.out_dir)
@@ -508,11 +506,7 @@ def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log
     tinfo["block_linear_params"] = block_linear_parameters(teacher)
     rank0 = global_rank() == 0
     if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        if force:
-            clear_runs(todo)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        write_json(out / "teacher.json", tinfo)
+        write_comparison_header(out, cfg, tinfo, cleared=todo if force else None)
     # 3. every method x seed, claimed through lock files
     elsewhere = run_all(todo, out, lambda r, i: _run_one(cfg, r, data, teacher, progress, i, len(todo), log),
                         locking=single_process(cfg), log=log)
