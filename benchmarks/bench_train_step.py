@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import copy
 import json
-import platform
 import sys
 import time
 import warnings
@@ -56,6 +55,7 @@ from inhernet.models import create_model
 from inhernet.optimize import default_clock, time_candidates
 from inhernet.train import DistillModule
 from inhernet.train.text import TextTaskModule, model_logits
+from inhernet.utils import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_optimize import build_llama, inherit_llama  # noqa: E402
@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n### {title}\n\n{table(res, '× current' if name == 'layers' else '× teacher')}\n"
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     cmd = "python benchmarks/bench_train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    md = [f"# Training-step speed (issue 13, item 4)\n", f"    {cmd}\n",
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    md = ["# Training-step speed (issue 13, item 4)\n", f"    {cmd}\n",
           f"torch {torch.__version__}, device {args.device} ({dev}), {args.threads} thread(s), autocast "
           f"{args.autocast or 'off'}; clock: {'thread CPU time' if default_clock(args.device) == 'cpu' else 'wall'}; "
           f"{args.rounds} interleaved rounds, median; the ratio is the step's median over the first mode's teacher "

@@ -23,7 +23,8 @@ import inhernet
 from inhernet.calibrate import input_second_moments
 from inhernet.factorise.whitening import cholesky_factor
 from inhernet.compare import load_config, prepare_teacher
-from inhernet.compare.runner import CALIBRATION_IMAGES, calibration_batches, load_data
+from inhernet.compare.basics import load_data
+from inhernet.compare.runner import CALIBRATION_IMAGES, calibration_batches
 from inhernet.models import create_model
 from inhernet.factorise.svd import truncated_svd
 from inhernet.train import evaluate

@@ -70,7 +70,8 @@ def prepare(configs: list[str], dest: Path, *, smoke: bool, root: str | None, me
 
 def _load(path: str):
     from inhernet.compare import load_config
-    from inhernet.compare.runner import plan_runs, teacher_key
+    from inhernet.compare.runner import plan_runs
+    from inhernet.compare.teacher import teacher_key
 
     cfg = load_config(path)
     key = teacher_key(cfg)

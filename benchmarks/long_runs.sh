@@ -15,7 +15,7 @@
 # machine is kept). A teacher or run resumes from its checkpoint only on the machine that holds it. On a
 # new machine a teacher is retrained and checked against its committed record: the same network (CPU
 # training repeats bit for bit on the same machine type and thread count) and the committed runs stand;
-# another network and the runs trained against it stop counting (see inhernet/compare/runner.py).
+# another network and the runs trained against it stop counting (see inhernet/compare/teacher.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -53,7 +53,8 @@ import sys
 from pathlib import Path
 
 from inhernet.compare import load_config
-from inhernet.compare.runner import first_divergence, plan_runs, teacher_folder, teacher_key, teacher_ready
+from inhernet.compare.runner import plan_runs
+from inhernet.compare.teacher import first_divergence, teacher_folder, teacher_key, teacher_ready
 from inhernet.train import read_metrics
 from inhernet.utils import read_json
 

@@ -200,7 +200,8 @@ def test_whitened_method_calibrates_on_training_images(tmp_path):
     images; the inherited network then tracks the teacher on them better than plain SVD's."""
     import torch
 
-    from inhernet.compare.runner import build_method_model, load_data
+    from inhernet.compare.basics import load_data
+    from inhernet.compare.runner import build_method_model
     from inhernet.models import create_model
 
     methods = [{"name": n, "kind": "inhernet", "inherit": {"rank_fraction": 0.25, "heads": 2, **extra}}
@@ -405,7 +406,7 @@ def test_report_works_from_any_working_directory(tmp_path, monkeypatch, capsys):
 def test_teacher_can_train_on_every_image_while_methods_use_a_subset(tmp_path):
     """teacher.subset: null trains the (cached) teacher on all training images; the methods keep
     data.subset; the cache key differs from the same-data teacher's."""
-    from inhernet.compare.runner import teacher_key
+    from inhernet.compare.teacher import teacher_key
 
     cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"}])
     cfg["teacher"]["subset"] = None

@@ -46,7 +46,7 @@ def test_every_inhernet_exception_derives_from_the_root():
     classes = _exception_classes()
     # the walk finds the leaves of the subpackages, not just inhernet.errors
     for expected in ("inhernet.errors.CorruptCheckpointError", "inhernet.train.guard.TrainingDivergedError",
-                     "inhernet.compare.runner.StaleRunError", "inhernet.data.errors.IdxFormatError",
+                     "inhernet.compare.basics.StaleRunError", "inhernet.data.errors.IdxFormatError",
                      "inhernet.export.ExportDependencyError"):
         assert expected in classes, sorted(classes)
     outside = sorted(name for name, cls in classes.items()
@@ -84,8 +84,8 @@ def test_the_older_names_are_the_same_classes():
     ("inhernet.train.store.ArchitectureUnknownError", (errors.InherNetLoadError, ValueError)),
     ("inhernet.train.guard.TrainingDivergedError", (errors.TrainingError, RuntimeError)),
     ("inhernet.train.identity.RunConflictError", (errors.ConfigError, ValueError)),
-    ("inhernet.compare.runner.CompareError", (errors.TrainingError, RuntimeError)),
-    ("inhernet.compare.runner.StaleRunError", ("inhernet.compare.runner.CompareError", errors.TrainingError)),
+    ("inhernet.compare.basics.CompareError", (errors.TrainingError, RuntimeError)),
+    ("inhernet.compare.basics.StaleRunError", ("inhernet.compare.basics.CompareError", errors.TrainingError)),
     ("inhernet.compare.config.CompareConfigError", (errors.ConfigError, ValueError)),
     ("inhernet.compare.config.ConfigKeyError", ("inhernet.compare.config.CompareConfigError",)),
     ("inhernet.data.errors.DatasetNotFoundError", (errors.InherNetError, FileNotFoundError)),

@@ -14,7 +14,7 @@ pytest.importorskip("lightning")
 pytest.importorskip("sklearn")  # the digits data set
 
 from inhernet.compare import StaleRunError, TeacherRecordError, load_config, run_compare  # noqa: E402
-from inhernet.compare.runner import first_divergence, teacher_folder, trained_against  # noqa: E402
+from inhernet.compare.teacher import first_divergence, teacher_folder, trained_against  # noqa: E402
 from inhernet.utils import cpu_name, machine_record, weights_digest  # noqa: E402
 
 from test_compare import tiny_config, write_cfg  # noqa: E402
@@ -186,7 +186,8 @@ def test_plain_students_train_while_another_process_trains_the_teacher(tmp_path)
     import threading
     import time
 
-    from inhernet.compare.runner import file_lock, teacher_in_training_elsewhere
+    from inhernet.compare.basics import file_lock
+    from inhernet.compare.teacher import teacher_in_training_elsewhere
 
     cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"},
                                          {"name": "inh", "kind": "inhernet", "inherit": {"rank": 4, "heads": 2}}])

@@ -391,7 +391,7 @@ def _claim_out(a: argparse.Namespace, identity: dict) -> Any:
 
 
 def _rank0() -> bool:
-    from inhernet.compare.runner import global_rank
+    from inhernet.train.fit import global_rank
 
     return global_rank() == 0
 

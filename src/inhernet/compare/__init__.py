@@ -5,7 +5,7 @@
 
 A config's ``task`` picks the schema: ``image-classification`` (default; :mod:`inhernet.compare.config`)
 or ``sequence-classification`` / ``causal-lm`` with a Hugging Face teacher
-(:mod:`inhernet.compare.text_config`). See :mod:`inhernet.compare.config` for the image schema and :mod:`inhernet.compare.runner` for the
+(:mod:`inhernet.compare.text_config`). See :mod:`inhernet.compare.config` for the image schema and :mod:`inhernet.compare.runner` (and :mod:`inhernet.compare.teacher`) for the
 folder layout, caching and resume rules.
 """
 
@@ -24,7 +24,9 @@ from .config import (
 )
 from .api import load_config, rebuild_report, run_compare
 from .report import build_results, format_table, plot_results, write_report
-from .runner import CompareError, StaleRunError, TeacherRecordError, build_method_model, prepare_teacher
+from .basics import CompareError, StaleRunError, TeacherRecordError
+from .runner import build_method_model
+from .teacher import prepare_teacher
 from .text_config import TEXT_TASKS, TextCompareConfig, TextMethodConfig
 from .text_runner import run_text_compare
 

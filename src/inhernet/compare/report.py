@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from inhernet.utils import atomic_write, stable_hash
+from inhernet.utils import atomic_write, cpu_name, stable_hash
 
 __all__ = ["build_results", "curve_stats", "format_table", "has_head_curves", "mean_std", "plot_heads", "plot_results",
            "size_family", "size_families", "write_report"]
@@ -154,7 +153,7 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
         "methods": methods,
         "failed_runs": [{"method": e["name"], **f} for e in methods for f in e["failed"]],
         "latency": {"batch_size": lat_cfg.batch_size, "threads": lat_cfg.threads or torch.get_num_threads(),
-                    "measured": bool(measure and lat_cfg.enabled), "enabled": bool(lat_cfg.enabled), "cpu": platform.processor() or platform.machine(),
+                    "measured": bool(measure and lat_cfg.enabled), "enabled": bool(lat_cfg.enabled), "cpu": cpu_name(),
                     "torch": torch.__version__},
         "wall_time_s": wall_time_s,
     }

@@ -18,15 +18,8 @@ folder whose identity (a hash of data, teacher, schedule, method and seed) diffe
 current config asks for is never overwritten silently: that is an error unless ``force=True``.
 Everything is validated (config, data, teacher) before anything is written.
 
-**A run counts only with the teacher it was trained against.** The teacher's ``done.json`` records
-the digest of its weights (:func:`inhernet.utils.weights_digest`) and every run records it as
-``teacher_digest``. A cached teacher whose record is there but whose weights are not (a new machine,
-or a clone of committed records) is retrained and checked against the record: the same weights (or,
-for a record without a digest, the same value of every metric at every epoch) and the recorded runs
-stand; another network (CPU training repeats bit for bit only on the same machine type, library
-build and thread count) and the record is superseded (kept in ``supersedes``), the runs trained
-against the old teacher are neither skipped nor reported, and training them again is an error
-unless ``force=True`` (a plain student never sees the teacher and always counts).
+**A run counts only with the teacher it was trained against** (the teacher's weight digest; a teacher
+retrained on a new machine is checked against its record): :mod:`inhernet.compare.teacher`.
 
 **Several processes share one comparison**: start ``inhernet compare CONFIG`` two (or more) times,
 on one machine or on machines sharing the folder. Each run is claimed with a lock file
@@ -38,357 +31,27 @@ time). Not used under multi-device strategies, whose processes run the same runs
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from inhernet.errors import TrainingError
 from inhernet.train.fit import global_rank
-from inhernet.train.identity import file_digest
 from inhernet.utils import read_json, stable_hash, write_json
 
+from .basics import (CompareError, StaleRunError, data_identity, file_lock, load_data, log_info, single_process,
+                     trainer_kwargs)
 from .config import CompareConfig, MethodConfig
-
-__all__ = ["CompareError", "StaleRunError", "TeacherRecordError", "run_compare", "prepare_teacher", "global_rank", "build_method_model",
-           "plan_runs", "select_runs", "teacher_folder", "teacher_key", "trained_against"]
-
-
-class CompareError(TrainingError):
-    """A comparison cannot proceed; the message says why. A :class:`inhernet.errors.TrainingError`
-    (so also a ``RuntimeError``, as before)."""
-
-
-class StaleRunError(CompareError):
-    """Existing run folders were produced by a different config."""
-
-
-class TeacherRecordError(CompareError):
-    """A teacher retrained from its config (its weights were not here) left its committed record: this
-    machine does not repeat that training. Nothing is replaced; ``new_teacher=True`` (``inhernet compare
-    --new-teacher``) trains a new teacher instead, and the runs recorded against the old one stop counting."""
-
-
-
-
-def _data_identity(cfg: CompareConfig) -> dict:
-    d = asdict(cfg.data)
-    d.pop("root", None)
-    from inhernet.data import data_file_digest, is_data_path
-
-    if is_data_path(cfg.data.name, cfg.data.root):  # your own files: their contents, so an edit is noticed
-        d["digest"] = data_file_digest(cfg.data.name, cfg.data.root)
-    return d
-
-
-def _teacher_schedule(cfg: CompareConfig) -> dict:
-    from inhernet.train import scaled_milestones
-
-    s = cfg.schedule
-    t = cfg.teacher
-    return {
-        "epochs": t.epochs,
-        "batch_size": t.batch_size or s.batch_size,
-        "lr": t.lr if t.lr is not None else s.lr,
-        "momentum": s.momentum,
-        "weight_decay": s.weight_decay,
-        "nesterov": s.nesterov,
-        "milestones": scaled_milestones(t.epochs),
-        "gamma": s.gamma,
-    }
-
-
-def teacher_key(cfg: CompareConfig) -> str:
-    if cfg.teacher.path:
-        return "file-" + file_digest(cfg.teacher.path)
-    ident = {"data": _data_identity(cfg), "arch": cfg.teacher.arch, "seed": cfg.teacher.seed,
-             "schedule": _teacher_schedule(cfg)}
-    if cfg.teacher.subset != "same":  # (absent otherwise, so caches made before the option stay valid)
-        ident["teacher_subset"] = cfg.teacher.subset
-    return stable_hash(ident)
-
-
-def teacher_folder(cfg: CompareConfig) -> Path:
-    """Where a teacher trained by the comparison is cached: ``cache_dir/teachers/<arch>-<key>/``
-    (``done.json`` and ``model/`` once finished; ``checkpoints/last.ckpt`` while training)."""
-    from inhernet.models import arch_slug
-
-    return Path(cfg.cache_dir) / "teachers" / f"{arch_slug(cfg.teacher.arch)}-{teacher_key(cfg)}"
-
-
-def _fit_kwargs(cfg: CompareConfig, progress: Any) -> dict:
-    tr = cfg.trainer
-    return dict(devices=tr.devices, num_nodes=tr.num_nodes, strategy=tr.strategy, accelerator=tr.accelerator,
-                precision=tr.precision, channels_last=tr.channels_last, data_on_device=tr.data_on_device,
-                compile=tr.compile, progress=progress, quiet=True)
-
-
-def _info(msg: str) -> None:
-    if global_rank() == 0:
-        print(msg, flush=True)
-
-
-def prepare_teacher(cfg: CompareConfig, data: Any, *, progress: Any = True, fit_kwargs: Optional[dict] = None,
-                    log: Callable[[str], None] = _info, new_teacher: bool = False) -> tuple[nn.Module, dict]:
-    """The teacher model and a dict describing it (path, test accuracy, params, FLOPs, curve).
-
-    ``teacher.path``: loaded and checked against ``teacher.arch`` (an
-    :class:`~inhernet.train.ArchitectureMismatchError` otherwise). Else trained once under
-    ``cache_dir/teachers/<arch>-<hash>/`` (interrupted training resumes) and reused afterwards.
-    A cached record without its weights (a new machine) is retrained and checked epoch by epoch
-    against the record: on the first epoch that differs a :class:`TeacherRecordError` stops it
-    (``new_teacher=True``: train on, and the new teacher supersedes the record).
-    """
-    import inhernet
-    from inhernet.train import evaluate, load_model
-    from inhernet.utils import weights_digest
-
-    t = cfg.teacher
-    nc, ic = data.num_classes, data.in_channels
-    if t.path:
-        model, info = load_model(t.path, expect_arch=t.arch, num_classes=nc, in_channels=ic)
-        if info.get("inherited"):
-            raise CompareError(f"teacher.path={t.path} is an inherited model; a teacher must be a dense {t.arch}.")
-        ev = evaluate(model, data.test)
-        return model, {"source": "path", "path": str(info["path"]), "arch": t.arch, "key": teacher_key(cfg),
-                       "test_acc": ev["acc"], "params": inhernet.count_parameters(model), "curve": None,
-                       "weights_digest": weights_digest(model)}
-
-    key = teacher_key(cfg)
-    folder = teacher_folder(cfg)
-    args = (cfg, data, folder, key, progress, fit_kwargs, log, new_teacher)
-    if not single_process(cfg):
-        return _cached_or_trained_teacher(*args)
-    lock = _teacher_lock(cfg)
-    with file_lock(lock, wait=False) as taken:
-        if taken:
-            return _cached_or_trained_teacher(*args)
-    log(f"teacher: another process is training {t.arch} into {folder}; waiting for it")
-    with file_lock(lock, wait=True):
-        return _cached_or_trained_teacher(*args)
-
-
-#: what a teacher's two trainings must agree on, epoch by epoch, to count as one network when no
-#: weight digest was recorded (every loss and accuracy; not the timings)
-_TIMING_KEYS = ("epoch_time_s",)
-
-
-def _without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in _TIMING_KEYS} for row in rows]
-
-
-def _same_training(a: list[dict], b: list[dict]) -> bool:
-    """Whether two ``metrics.jsonl`` recordings agree on every metric of every epoch (timings aside)."""
-    return _without_timings(a) == _without_timings(b)
-
-
-def first_divergence(rows: list[dict], recorded: list[dict]) -> Optional[int]:
-    """The index of the first epoch in which a (re)training's ``metrics.jsonl`` rows differ from the
-    recorded ones in any metric (timings aside), comparing the epochs both have; None when they agree."""
-    for i, (a, b) in enumerate(zip(_without_timings(rows), _without_timings(recorded))):
-        if a != b:
-            return i
-    return None
-
-
-def _diverged_message(folder: Path, epoch: int, row: dict, old_row: dict, old: dict) -> str:
-    from inhernet.utils import machine_record
-
-    here, there = machine_record(), old.get("machine")
-    keys = [k for k in sorted(set(row) | set(old_row), key=lambda k: (k != "test/acc", k))
-            if k not in _TIMING_KEYS and row.get(k) != old_row.get(k)]
-    diff = f"{keys[0]} {row.get(keys[0])} against the recorded {old_row.get(keys[0])}" + (
-        f" ({len(keys) - 1} other metric(s) differ too)" if len(keys) > 1 else "")
-    where = (f"the record was trained on {there['cpu']} ({there['isa']}, {there['threads']} thread(s), torch "
-             f"{there['torch']}), this machine is {here['cpu']} ({here['isa']}, {here['threads']} thread(s), torch "
-             f"{here['torch']})" if there else
-             f"this machine is {here['cpu']} ({here['isa']}, {here['threads']} thread(s), torch {here['torch']}); "
-             "the record does not say what it was trained on")
-    return (f"teacher: the retraining of {folder.name} left its record at epoch {epoch + 1}: {diff}. CPU training "
-            f"repeats bit for bit only on the same CPU type, thread count and torch build ({where}), so this "
-            "machine will not give back the recorded teacher, and the runs recorded against it still count only "
-            "with that one. Nothing was replaced: the record stays in "
-            f"{folder / RECORDED}, the retraining's epochs in {folder}. To train a new teacher here instead (the "
-            "recorded runs then stop counting; `--force` retrains them) run again with `inhernet compare CONFIG "
-            "--new-teacher`; to keep the recorded one, run on the machine type that trained it.")
-
-
-class _RepeatsRecord(Callback):
-    """Stops a teacher's retraining after the first epoch whose metrics differ from its record
-    (:class:`TeacherRecordError`), not at the end of the schedule. The error is raised once that
-    epoch's checkpoint is written (Lightning runs checkpoint callbacks last), so ``--new-teacher``
-    resumes from it."""
-
-    def __init__(self, folder: Path, recorded: list[dict], old: dict) -> None:
-        self.folder, self.recorded, self.old = folder, recorded, old
-        self.error: Optional[TeacherRecordError] = None
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # after JsonlMetrics wrote the row
-        from inhernet.train import read_metrics
-
-        rows = read_metrics(self.folder)
-        i = first_divergence(rows, self.recorded)
-        if i is not None:
-            self.error = TeacherRecordError(_diverged_message(self.folder, i, rows[i], self.recorded[i], self.old))
-
-    def _raise(self, *_: Any) -> None:
-        if self.error is not None:
-            raise self.error
-
-    on_train_epoch_start = _raise  # the next epoch's start: the diverged epoch's checkpoint is on disk
-    on_train_end = _raise  # the last epoch diverged
-
-
-def _teacher_weights_here(model_dir: Path) -> bool:
-    from inhernet.train.store import WEIGHTS_NAME
-
-    return (model_dir / WEIGHTS_NAME).is_file()
-
-
-def _set_record_aside(folder: Path, done: dict, log: Callable[[str], None]) -> None:
-    """A finished teacher whose weights are not here (a new machine, or a clone of committed records):
-    its record moves to ``recorded/`` (kept until the retrained teacher is checked against it, also
-    across an interrupted retraining), so the teacher is retrained from scratch."""
-    log(f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} (test acc "
-        f"{100 * done['test_acc']:.2f}%) but its weights are not here (a new machine, or a clone of the records); "
-        "retraining it, then checking it is the same network (the runs recorded against it count only then)")
-    if global_rank() == 0:
-        rec = folder / RECORDED
-        rec.mkdir(exist_ok=True)
-        for name in ("done.json", "metrics.jsonl"):
-            if (folder / name).exists():
-                os.replace(folder / name, rec / name)
-
-
-#: where a teacher's record waits while the teacher is retrained (see _set_record_aside)
-RECORDED = "recorded"
-
-
-def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list[dict],
-                      log: Callable[[str], None]) -> dict:
-    """``info`` of a retrained teacher, marked with whether it is the recorded one: the same weights
-    (when the record has their digest) or the same metrics at every epoch (older records). A different
-    network supersedes the record: the runs trained against that one stop counting."""
-    if old.get("weights_digest"):
-        same = old["weights_digest"] == info["weights_digest"]
-    else:
-        same = bool(old_rows) and _same_training(metrics, old_rows)
-    if same:
-        log("teacher: the retrained teacher is the recorded one (the same "
-            f"{'weights' if old.get('weights_digest') else 'metrics at every epoch'}); its runs stand")
-        return {**info, "supersedes": old.get("supersedes", [])}
-    first_old = (old.get("curve") or [None])[0]
-    first_new = (info.get("curve") or [None])[0]
-    log(f"teacher: WARNING: the retrained teacher is another network (test acc {100 * info['test_acc']:.2f}% against "
-        f"the recorded {100 * old['test_acc']:.2f}%; epoch 1: {first_new} against {first_old}). CPU training "
-        "repeats bit for bit only on the same machine, library build and thread count. Runs trained against the "
-        "recorded teacher no longer count; `inhernet compare --force` retrains them.")
-    gone = {k: old.get(k) for k in ("test_acc", "curve", "weights_digest", "train_time_s") if k in old}
-    return {**info, "supersedes": [*old.get("supersedes", []), gone]}
-
-
-def _teacher_lock(cfg: CompareConfig) -> Path:
-    folder = teacher_folder(cfg)
-    return folder.with_name(folder.name + ".lock")
-
-
-def teacher_ready(cfg: CompareConfig) -> bool:
-    """Whether the teacher is given (``teacher.path``) or trained and cached with its weights here."""
-    folder = teacher_folder(cfg)
-    return bool(cfg.teacher.path) or (read_json(folder / "done.json") is not None
-                                      and _teacher_weights_here(folder / "model"))
-
-
-def teacher_in_training_elsewhere(cfg: CompareConfig) -> bool:
-    """Whether another process holds the teacher's lock (it is training the teacher now)."""
-    if cfg.teacher.path or not single_process(cfg):
-        return False
-    with file_lock(_teacher_lock(cfg), wait=False) as taken:
-        return not taken
-
-
-def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
-                               fit_kwargs: Optional[dict], log: Callable[[str], None],
-                               new_teacher: bool) -> tuple[nn.Module, dict]:
-    import inhernet
-    from inhernet.models import create_model
-    from inhernet.train import evaluate, fit, load_model, read_metrics, save_model
-    from inhernet.utils import machine_record, weights_digest
-
-    t = cfg.teacher
-    nc, ic = data.num_classes, data.in_channels
-    done = read_json(folder / "done.json")
-    model_dir = folder / "model"
-    if done is not None and _teacher_weights_here(model_dir):
-        model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
-        log(f"teacher: reusing {t.arch} from {folder} (test acc {100 * done['test_acc']:.2f}%)")
-        return model, {"weights_digest": weights_digest(model), **done, "source": "cache", "path": str(model_dir)}
-    if done is not None:
-        _set_record_aside(folder, done, log)
-    old = read_json(folder / RECORDED / "done.json")
-    old_rows = read_metrics(folder / RECORDED) if old is not None else []
-    check = old is not None and old_rows and not new_teacher
-    if check:  # an interrupted retraining may already have left the record
-        rows = read_metrics(folder)
-        i = first_divergence(rows, old_rows)
-        if i is not None:
-            raise TeacherRecordError(_diverged_message(folder, i, rows[i], old_rows[i], old))
-
-    sched = _teacher_schedule(cfg)
-    if global_rank() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "teacher_config.json", {"key": key, "arch": t.arch, "data": _data_identity(cfg),
-                                                      "subset": t.subset, "seed": t.seed, "schedule": sched})
-    log(f"teacher: training {t.arch} for {t.epochs} epochs -> {folder}")
-    import lightning as L
-
-    L.seed_everything(t.seed, workers=True, verbose=False)
-    model = create_model(t.arch, num_classes=nc, in_channels=ic)
-    kw = dict(fit_kwargs or _fit_kwargs(cfg, progress))
-    if check and single_process(cfg):  # (in a multi-process run the record is checked at the end)
-        kw["callbacks"] = [*kw.get("callbacks", ()), _RepeatsRecord(folder, old_rows, old)]
-    train_data = data if t.subset == "same" else load_data(cfg, subset=t.subset)
-    if train_data is not data:
-        log(f"teacher: {len(train_data.train.y):,} training images (the methods: {len(data.train.y):,})")
-    res = fit(model, train_data, out_dir=folder, loss="ce", epochs=t.epochs, batch_size=sched["batch_size"],
-              eval_batch_size=cfg.schedule.eval_batch_size, lr=sched["lr"], momentum=sched["momentum"],
-              weight_decay=sched["weight_decay"], nesterov=sched["nesterov"], gamma=sched["gamma"],
-              augment=cfg.data.augment, seed=t.seed, resume=True,
-              model_meta={"arch": t.arch, "num_classes": nc, "in_channels": ic, "inherited": False}, **kw)
-    model = res.model.eval()
-    ev = evaluate(model, data.test)
-    info = {"source": "trained", "arch": t.arch, "key": key, "test_acc": ev["acc"],
-            "params": inhernet.count_parameters(model),
-            "curve": [r.get("test/acc") for r in res.metrics], "epochs": t.epochs,
-            "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics),
-            "weights_digest": weights_digest(model), "machine": machine_record()}
-    if old is not None:
-        info = _check_reproduced(info, res.metrics, old, old_rows, log)
-    if res.extra.get("is_global_zero", True) and global_rank() == 0:
-        save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)  # the cache's own
-        write_json(folder / "done.json", info)
-        shutil.rmtree(folder / RECORDED, ignore_errors=True)
-    return model, {**info, "path": str(model_dir)}
-
-
-def trained_against(record: dict, tinfo: Optional[dict]) -> bool:
-    """Whether a finished run (its ``done.json`` / ``failed.json``) was trained against the teacher
-    ``tinfo`` describes: the same weight digest; a record from before digests were kept counts while
-    the teacher has never been replaced by a different network (``supersedes`` empty). A plain
-    student (kind ``student``) never sees the teacher and always counts."""
-    if tinfo is None or record.get("kind") == "student":
-        return True
-    if record.get("teacher_digest"):
-        return record["teacher_digest"] == tinfo.get("weights_digest")
-    return not tinfo.get("supersedes")
+from .teacher import (prepare_teacher, teacher_in_training_elsewhere, teacher_key, teacher_path, teacher_ready,
+                      teacher_weights_here, trained_against)
+
+__all__ = ["CALIBRATION_IMAGES", "build_method_model", "calibration_batches", "clear_runs", "finished_run", "plan_runs",
+           "rebuild_report", "refuse_stale", "run_all", "run_compare", "select_runs", "write_comparison_header"]
 
 
 #: training images the teacher is calibrated on for ``init: whitened`` unless the method says
@@ -440,31 +103,8 @@ def _run_identity(cfg: CompareConfig, tkey: str, method: MethodConfig, seed: int
     m.pop("seeds", None)  # which seeds a method runs on is planning; the run's own seed is below
     if m.get("gate_lr_scale") == 1.0:  # the default is absent, so runs made before the option keep their keys
         m.pop("gate_lr_scale")
-    return {"teacher": tkey, "data": _data_identity(cfg), "student": cfg.student.arch,
+    return {"teacher": tkey, "data": data_identity(cfg), "student": cfg.student.arch,
             "schedule": asdict(cfg.schedule), "method": m, "seed": seed}
-
-
-@contextmanager
-def file_lock(path: Path, *, wait: bool) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``path`` (created) for the block; yields whether it was taken.
-    ``wait=False`` yields False at once when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def single_process(cfg: CompareConfig) -> bool:
-    """Whether each training run is one process (locks between processes make sense)."""
-    devices = cfg.trainer.devices
-    return cfg.trainer.num_nodes == 1 and (devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1))
 
 
 def _run_dir(cfg: CompareConfig, method: MethodConfig, seed: int) -> Path:
@@ -617,7 +257,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, tinfo: 
                   momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov, milestones=s.milestones,
                   gamma=s.gamma, gate_lr_scale=m.gate_lr_scale, augment=cfg.data.augment, seed=seed, resume=True,
                   model_meta=meta,
-                  run_name=f"{m.name}/seed{seed}", **_fit_kwargs(cfg, progress))
+                  run_name=f"{m.name}/seed{seed}", **trainer_kwargs(cfg, progress))
     except TrainingDivergedError as err:
         out = {"key": r["key"], "teacher_digest": tdigest, "method": m.name, "kind": m.kind, "seed": seed,
                "failed": True,
@@ -695,16 +335,6 @@ def refuse_other_teacher(runs: list[dict], tinfo: dict, force: bool, log: Callab
         "teacher they were trained against.")
 
 
-def load_data(cfg: CompareConfig, *, subset: Any = "same") -> Any:
-    """The config's data splits; ``subset`` other than ``"same"`` replaces ``data.subset`` (the
-    teacher's own training images: ``None`` for all of them)."""
-    from inhernet.data import load_dataset
-
-    d = cfg.data
-    return load_dataset(d.name, root=d.root, val_fraction=d.val_fraction, subset=d.subset if subset == "same" else subset,
-                        test_subset=d.test_subset, seed=d.seed)
-
-
 def _check_trainer_here(cfg: CompareConfig) -> None:
     """``trainer.accelerator`` is usable on this machine (the config checked only its name)."""
     from inhernet.config import ConfigError
@@ -720,7 +350,7 @@ def _check_trainer_here(cfg: CompareConfig) -> None:
 
 
 def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None,
-                log: Callable[[str], None] = _info, report: bool = True,
+                log: Callable[[str], None] = log_info, report: bool = True,
                 methods: Optional[list[str]] = None, new_teacher: bool = False) -> Optional[dict]:
     """Run (or resume) the comparison ``cfg`` and write its report; returns the results (rank zero).
     ``methods``: train only these methods' runs this time (``--force`` then clears only theirs);
@@ -809,16 +439,7 @@ def run_compare(cfg: CompareConfig, *, force: bool = False, progress: Any = None
     return results
 
 
-def teacher_path(out_dir: Path, tinfo: dict) -> Path:
-    """Where ``teacher.json``'s teacher lies: its path is stored relative to ``out_dir`` (older runs
-    stored it relative to the directory `inhernet compare` ran in, tried second)."""
-    p = Path(tinfo["path"])
-    if p.is_absolute():
-        return p
-    return out_dir / p if (out_dir / p).exists() or not p.exists() else p
-
-
-def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Callable[[str], None] = _info) -> dict:
+def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Callable[[str], None] = log_info) -> dict:
     """Re-aggregate the finished runs of ``out_dir`` (from its ``config.yaml``) and rewrite the report."""
     import yaml
 
@@ -838,7 +459,7 @@ def rebuild_report(out_dir: str | os.PathLike, *, latency: bool = True, log: Cal
                            "to rebuild it (finished runs are reused).")
     data = load_data(cfg)
     tpath = teacher_path(out, tinfo)
-    if tpath.is_file() or _teacher_weights_here(tpath):
+    if tpath.is_file() or teacher_weights_here(tpath):
         teacher, _ = load_model(tpath, expect_arch=cfg.teacher.arch)
     else:  # records kept without weights (a clone): the architecture gives the counts; no latency is measured
         from inhernet.models import create_model

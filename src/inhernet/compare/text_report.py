@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from inhernet.utils import atomic_write
+from inhernet.utils import atomic_write, cpu_name
 
 from .report import curve_stats, mean_std
 
@@ -81,7 +80,7 @@ def build_text_results(cfg: Any, data_info: dict, tinfo: dict, runs: list[dict],
             "teacher": {**{k: v for k, v in tinfo.items() if k != "path"}, "speed": speed.get("teacher")},
             "speed": speed, "methods": methods, "failed_runs": [{"method": e["name"], **f} for e in methods for f in e["failed"]],
             "speed_settings": {"threads": cfg.evaluation.threads or torch.get_num_threads(), "torch": torch.__version__,
-                               "cpu": platform.processor() or platform.machine(),
+                               "cpu": cpu_name(),
                                "tokens": cfg.evaluation.speed_tokens, "batch": cfg.evaluation.speed_batch,
                                "new_tokens": cfg.evaluation.new_tokens},
             "wall_time_s": wall_time_s}

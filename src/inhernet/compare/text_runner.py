@@ -40,8 +40,8 @@ from inhernet.hf.quiet import transformers_progress
 from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
-from .runner import (CompareError, file_lock, finished_run, refuse_stale, run_all, select_runs, single_process,
-                     write_comparison_header)
+from .basics import CompareError, file_lock, single_process
+from .runner import finished_run, refuse_stale, run_all, select_runs, write_comparison_header
 from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",

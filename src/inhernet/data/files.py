@@ -35,7 +35,7 @@ import hashlib
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 

@@ -34,7 +34,6 @@ those of the checkpointed steps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
