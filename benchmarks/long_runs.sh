@@ -36,6 +36,25 @@ case "${1:-status}" in
     if pgrep -f "inhernet compare benchmarks/configs/fmnist60k_" >/dev/null; then
       echo "already running:"; pgrep -af "inhernet compare benchmarks/configs/fmnist60k_"; exit 1
     fi
+    # a machine type that has already failed to repeat the committed teacher would stop at once: say so
+    if ! "$BIN/python" - "$R56" <<'EOF'
+import sys
+
+from inhernet.compare import load_config
+from inhernet.compare.teacher import not_repeated_here, teacher_folder, teacher_ready
+from inhernet.utils import read_json
+
+cfg = load_config(sys.argv[1])
+done = read_json(teacher_folder(cfg) / "done.json")
+seen = not_repeated_here(done, cfg.trainer.threads) if done and not teacher_ready(cfg) else None
+if seen:
+    print(f"not started: this machine type ({seen['cpu']}, {seen['isa']}, {seen['threads']} thread(s), torch "
+          f"{seen['torch']}) did not repeat the committed {cfg.teacher.arch} teacher (it left the record "
+          f"{seen['left_at']}, on {seen['date']}), so the inherited rows cannot go on here; they need the "
+          "machine type that trained it (or a GPU: benchmarks/gpu_heads.sh)")
+    sys.exit(1)
+EOF
+    then exit 1; fi
     # shellcheck disable=SC2086
     launch resnet56-a "$R56" --methods $DECIDE
     sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
@@ -54,7 +73,7 @@ from pathlib import Path
 
 from inhernet.compare import load_config
 from inhernet.compare.runner import plan_runs
-from inhernet.compare.teacher import first_divergence, teacher_folder, teacher_key, teacher_ready
+from inhernet.compare.teacher import first_divergence, not_repeated_here, teacher_folder, teacher_key, teacher_ready
 from inhernet.train import read_metrics
 from inhernet.utils import read_json
 
@@ -70,7 +89,10 @@ for path in sys.argv[1:]:
     done = read_json(t / "done.json")
     recorded = read_json(t / "recorded" / "done.json")
     here = teacher_ready(cfg)
+    seen = not_repeated_here(done, cfg.trainer.threads) if done and not here else None
     state = (f"done, test acc {100 * done['test_acc']:.2f} %" + ("" if here else
+             f" (record only, and this machine type did not repeat its training: it left the record "
+             f"{seen['left_at']}, on {seen['date']}; its inherited rows cannot go on here)" if seen else
              " (record only: its weights are not here; `start` retrains it and checks it against the record)")
              if done else
              f"epoch {epochs_done(t)} of {cfg.teacher.epochs}" + (

@@ -99,9 +99,18 @@ def test_a_retrained_teacher_that_is_another_network_supersedes_its_runs(first, 
     path = _on_new_machine(first, tmp_path, pretend_another_teacher)
     inh_done = tmp_path / "out" / "runs" / "inh" / "seed0" / "done.json"
     before = inh_done.read_text()
+    folder = teacher_folder(load_config(path))
+    record = json.loads((folder / "done.json").read_text())
     logs: list[str] = []
-    with pytest.raises(StaleRunError, match=r"another teacher.*inh/seed0.*--force") as err:
+    # every epoch repeats the record, the weights do not: found at the end, and the record is kept
+    with pytest.raises(TeacherRecordError, match="left its record at the end: other weights"):
         run_compare(load_config(path), log=logs.append)
+    kept = json.loads((folder / "done.json").read_text())
+    assert {k: v for k, v in kept.items() if k != "not_repeated_on"} == record
+    assert [n["left_at"] for n in kept["not_repeated_on"]] == ["at the end: other weights (every epoch's metrics equal)"]
+    # --new-teacher trains one and it supersedes the record
+    with pytest.raises(StaleRunError, match=r"another teacher.*inh/seed0.*--force") as err:
+        run_compare(load_config(path), new_teacher=True, log=logs.append)
     assert "student" not in str(err.value).split("(")[1]  # a plain student never saw the teacher
     assert "is another network" in "\n".join(logs)
     assert inh_done.read_text() == before  # nothing the runs recorded is lost
@@ -143,29 +152,44 @@ def _legacy_record_of_another_teacher(cfg, tmp):
         run.write_text(json.dumps(d))
 
 
-def test_a_retraining_that_leaves_its_record_stops_at_that_epoch(first, tmp_path):
+def test_a_retraining_that_leaves_its_record_stops_at_that_epoch(first, tmp_path, monkeypatch):
     """Every metric of every epoch is checked as the retraining goes: the first epoch that differs stops
-    it (not the end of the schedule), nothing is replaced, a second call stops before training, and
-    ``new_teacher=True`` trains on from that epoch's checkpoint; the new teacher then supersedes the record."""
+    it (not the end of the schedule); the record is kept as committed, with this machine noted, so the
+    next run here stops before training; ``new_teacher=True`` trains a new teacher, which supersedes it."""
     path = _on_new_machine(first, tmp_path, _legacy_record_of_another_teacher)
     folder = teacher_folder(load_config(path))
-    record = (folder / "metrics.jsonl").read_text()
+    record, rows = (folder / "done.json").read_text(), (folder / "metrics.jsonl").read_text()
+    import inhernet.compare.teacher as teacher_mod
+
+    trained_epochs: list[int] = []
+    keep = teacher_mod._keep_record
+
+    def counting_keep(folder, *args):  # how many epochs the retraining ran when it was stopped
+        trained_epochs.append(len((folder / "metrics.jsonl").read_text().splitlines()))
+        return keep(folder, *args)
+
+    monkeypatch.setattr(teacher_mod, "_keep_record", counting_keep)
     logs: list[str] = []
     with pytest.raises(TeacherRecordError, match=r"left its record at epoch 1: test/loss .* against the recorded .*--new-teacher") as err:
         run_compare(load_config(path), log=logs.append)
     assert cpu_name() in str(err.value) and "does not say what it was trained on" in str(err.value)
-    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1  # stopped after epoch 1 of 2
-    assert (folder / "checkpoints" / "last.ckpt").is_file()
-    assert (folder / "recorded" / "metrics.jsonl").read_text() == record and not (folder / "done.json").exists()
+    assert trained_epochs == [1]  # stopped after epoch 1 of 2
+    # the record as committed (its metrics too), plus the note; the retraining's epochs are gone
+    kept = json.loads((folder / "done.json").read_text())
+    assert {k: v for k, v in kept.items() if k != "not_repeated_on"} == json.loads(record)
+    (note,) = kept["not_repeated_on"]
+    assert {k: note[k] for k in ("cpu", "isa", "threads", "torch")} == {**machine_record(), "threads": 1}
+    assert note["left_at"].startswith("at epoch 1: test/loss")
+    assert (folder / "metrics.jsonl").read_text() == rows
+    assert not (folder / "checkpoints").exists() and not (folder / "recorded").exists()
     logs.clear()
-    with pytest.raises(TeacherRecordError, match="epoch 1"):
+    with pytest.raises(TeacherRecordError, match="did not repeat its training .*at epoch 1"):
         run_compare(load_config(path), log=logs.append)
     assert not any("teacher: training" in m for m in logs)  # no epoch is spent to learn it again
     logs.clear()
     with pytest.raises(StaleRunError, match="inh/seed0"):  # the inherited run was trained against the record
         run_compare(load_config(path), new_teacher=True, log=logs.append)
-    text = "\n".join(logs)
-    assert "is another network" in text
+    assert "is another network" in "\n".join(logs)
     done = json.loads((folder / "done.json").read_text())
     assert done["supersedes"] and done["machine"] == {**machine_record(), "threads": 1}
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2

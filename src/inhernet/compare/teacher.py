@@ -10,16 +10,18 @@ the digest of its weights (:func:`inhernet.utils.weights_digest`) and every run 
 ``teacher_digest``. A cached teacher whose record is there but whose weights are not (a new machine,
 or a clone of committed records) is retrained and checked against the record as it trains: CPU
 training repeats bit for bit only on the same CPU type, thread count and torch build, so the first
-epoch whose metrics differ from the record stops the retraining (:class:`TeacherRecordError`;
-nothing is replaced). The same weights (or, for a record without a digest, the same value of every
-metric at every epoch) and the recorded runs stand. With ``new_teacher=True`` a different network
-is trained on and supersedes the record (kept in ``supersedes``): the runs trained against the old
-teacher are neither skipped nor reported, and training them again is an error unless
-``force=True``. A plain student never sees the teacher and always counts.
+epoch whose metrics differ from the record stops the retraining (:class:`TeacherRecordError`). The
+record is then kept as it was, with this machine noted under ``not_repeated_on`` (a later run on
+the same machine type stops before training), and the retraining's epochs are dropped. The same
+weights (or, for a record without a digest, the same value of every metric at every epoch) and the
+recorded runs stand. With ``new_teacher=True`` a different network is trained and supersedes the
+record (kept in ``supersedes``): the runs trained against the old teacher are neither skipped nor
+reported, and training them again is an error unless ``force=True``. A plain student never sees the teacher and always counts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any, Callable, Optional
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from inhernet.train.fit import global_rank
+from inhernet.train.fit import CHECKPOINT_DIR, global_rank
 from inhernet.train.identity import file_digest
 from inhernet.utils import read_json, stable_hash, write_json
 
@@ -36,8 +38,9 @@ from .basics import (CompareError, TeacherRecordError, data_identity, file_lock,
                      trainer_kwargs)
 from .config import CompareConfig
 
-__all__ = ["RECORDED", "first_divergence", "prepare_teacher", "teacher_folder", "teacher_in_training_elsewhere",
-           "teacher_key", "teacher_path", "teacher_ready", "teacher_weights_here", "trained_against"]
+__all__ = ["MACHINE_KEYS", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher", "teacher_folder",
+           "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready", "teacher_weights_here",
+           "trained_against"]
 
 
 def _teacher_schedule(cfg: CompareConfig) -> dict:
@@ -138,37 +141,73 @@ def first_divergence(rows: list[dict], recorded: list[dict]) -> Optional[int]:
     return None
 
 
-def _diverged_message(folder: Path, epoch: int, row: dict, old_row: dict, old: dict) -> str:
+def _machine_text(m: dict) -> str:
+    return f"{m.get('cpu')} ({m.get('isa')}, {m.get('threads')} thread(s), torch {m.get('torch')})"
+
+
+#: what must agree for two CPU trainings to repeat each other bit for bit
+MACHINE_KEYS = ("cpu", "isa", "threads", "torch")
+
+
+def not_repeated_here(record: dict, threads: Optional[int] = None) -> Optional[dict]:
+    """The note in a teacher's record (``not_repeated_on``) that this machine type, training with
+    ``threads`` intra-op threads (default: the current setting), has already failed to repeat its
+    training, if there is one: a retraining here would leave the record again."""
     from inhernet.utils import machine_record
 
-    here, there = machine_record(), old.get("machine")
+    here = {**machine_record(), **({"threads": int(threads)} if threads else {})}
+    return next((n for n in record.get("not_repeated_on", []) if all(n.get(k) == here[k] for k in MACHINE_KEYS)), None)
+
+
+class _LeftRecord(Exception):
+    """Internal: raised by :class:`_RepeatsRecord` inside ``fit``; turned into a :class:`TeacherRecordError`."""
+
+    def __init__(self, epoch: int, row: dict, old_row: dict) -> None:
+        super().__init__(f"epoch {epoch + 1}")
+        self.epoch, self.row, self.old_row = epoch, row, old_row
+
+
+def _keep_record(folder: Path, old: dict, old_rows: list[dict], what: str) -> TeacherRecordError:
+    """A retraining on this machine does not repeat the record: put the record back as it was, with
+    this machine noted under ``not_repeated_on`` (so the next run here stops before training), drop the
+    retraining's epochs and checkpoint, and return the error that says so."""
+    import time
+
+    from inhernet.utils import atomic_write, machine_record
+
+    here = machine_record()
+    note = {**here, "left_at": what, "date": time.strftime("%Y-%m-%d")}
+    if global_rank() == 0:
+        write_json(folder / "done.json", {**old, "not_repeated_on": [*old.get("not_repeated_on", []), note]})
+        atomic_write(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in old_rows))
+        shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(folder / RECORDED, ignore_errors=True)
+    there = old.get("machine")
+    where = (f"the record was trained on {_machine_text(there)}, this machine is {_machine_text(here)}" if there else
+             f"this machine is {_machine_text(here)}; the record does not say what it was trained on")
+    return TeacherRecordError(
+        f"teacher: retraining {folder.name} on this machine left its record {what}. CPU training repeats bit for "
+        f"bit only on the same CPU type, thread count and torch build ({where}), so this machine will not give "
+        "back the recorded teacher, and the runs recorded against it count only with that one. The record is kept "
+        f"as it was in {folder}, with this machine noted under not_repeated_on (a run here stops at once next "
+        "time); the retraining's epochs are dropped. To train a new teacher here instead (the recorded runs then "
+        "stop counting; `--force` retrains them): `inhernet compare CONFIG --new-teacher`; to keep the recorded "
+        "one, run on the machine type that trained it.")
+
+
+def _epoch_difference(epoch: int, row: dict, old_row: dict) -> str:
     keys = [k for k in sorted(set(row) | set(old_row), key=lambda k: (k != "test/acc", k))
             if k not in _TIMING_KEYS and row.get(k) != old_row.get(k)]
-    diff = f"{keys[0]} {row.get(keys[0])} against the recorded {old_row.get(keys[0])}" + (
-        f" ({len(keys) - 1} other metric(s) differ too)" if len(keys) > 1 else "")
-    where = (f"the record was trained on {there['cpu']} ({there['isa']}, {there['threads']} thread(s), torch "
-             f"{there['torch']}), this machine is {here['cpu']} ({here['isa']}, {here['threads']} thread(s), torch "
-             f"{here['torch']})" if there else
-             f"this machine is {here['cpu']} ({here['isa']}, {here['threads']} thread(s), torch {here['torch']}); "
-             "the record does not say what it was trained on")
-    return (f"teacher: the retraining of {folder.name} left its record at epoch {epoch + 1}: {diff}. CPU training "
-            f"repeats bit for bit only on the same CPU type, thread count and torch build ({where}), so this "
-            "machine will not give back the recorded teacher, and the runs recorded against it still count only "
-            "with that one. Nothing was replaced: the record stays in "
-            f"{folder / RECORDED}, the retraining's epochs in {folder}. To train a new teacher here instead (the "
-            "recorded runs then stop counting; `--force` retrains them) run again with `inhernet compare CONFIG "
-            "--new-teacher`; to keep the recorded one, run on the machine type that trained it.")
+    return (f"at epoch {epoch + 1}: {keys[0]} {row.get(keys[0])} against the recorded {old_row.get(keys[0])}"
+            + (f" ({len(keys) - 1} other metric(s) differ too)" if len(keys) > 1 else ""))
 
 
 class _RepeatsRecord(Callback):
-    """Stops a teacher's retraining after the first epoch whose metrics differ from its record
-    (:class:`TeacherRecordError`), not at the end of the schedule. The error is raised once that
-    epoch's checkpoint is written (Lightning runs checkpoint callbacks last), so ``--new-teacher``
-    resumes from it."""
+    """Stops a teacher's retraining at the end of the first epoch whose metrics differ from its record,
+    not at the end of the schedule (:func:`_cached_or_trained_teacher` then keeps the record)."""
 
-    def __init__(self, folder: Path, recorded: list[dict], old: dict) -> None:
-        self.folder, self.recorded, self.old = folder, recorded, old
-        self.error: Optional[TeacherRecordError] = None
+    def __init__(self, folder: Path, recorded: list[dict]) -> None:
+        self.folder, self.recorded = folder, recorded
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # after JsonlMetrics wrote the row
         from inhernet.train import read_metrics
@@ -176,14 +215,7 @@ class _RepeatsRecord(Callback):
         rows = read_metrics(self.folder)
         i = first_divergence(rows, self.recorded)
         if i is not None:
-            self.error = TeacherRecordError(_diverged_message(self.folder, i, rows[i], self.recorded[i], self.old))
-
-    def _raise(self, *_: Any) -> None:
-        if self.error is not None:
-            raise self.error
-
-    on_train_epoch_start = _raise  # the next epoch's start: the diverged epoch's checkpoint is on disk
-    on_train_end = _raise  # the last epoch diverged
+            raise _LeftRecord(i, rows[i], self.recorded[i])
 
 
 def teacher_weights_here(model_dir: Path) -> bool:
@@ -211,11 +243,12 @@ def _set_record_aside(folder: Path, done: dict, log: Callable[[str], None]) -> N
 RECORDED = "recorded"
 
 
-def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list[dict],
-                      log: Callable[[str], None]) -> dict:
+def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list[dict], folder: Path,
+                      new_teacher: bool, log: Callable[[str], None]) -> dict:
     """``info`` of a retrained teacher, marked with whether it is the recorded one: the same weights
-    (when the record has their digest) or the same metrics at every epoch (older records). A different
-    network supersedes the record: the runs trained against that one stop counting."""
+    (when the record has their digest) or the same metrics at every epoch (older records). Another
+    network supersedes the record with ``new_teacher`` (the runs trained against that one stop
+    counting); without it the record is kept and a :class:`TeacherRecordError` raised."""
     if old.get("weights_digest"):
         same = old["weights_digest"] == info["weights_digest"]
     else:
@@ -223,14 +256,16 @@ def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list
     if same:
         log("teacher: the retrained teacher is the recorded one (the same "
             f"{'weights' if old.get('weights_digest') else 'metrics at every epoch'}); its runs stand")
-        return {**info, "supersedes": old.get("supersedes", [])}
+        return {**info, "supersedes": old.get("supersedes", []), "not_repeated_on": old.get("not_repeated_on", [])}
+    if not new_teacher:
+        raise _keep_record(folder, old, old_rows, "at the end: other weights (every epoch's metrics equal)"
+                           if old.get("weights_digest") else "at the end")
     first_old = (old.get("curve") or [None])[0]
     first_new = (info.get("curve") or [None])[0]
-    log(f"teacher: WARNING: the retrained teacher is another network (test acc {100 * info['test_acc']:.2f}% against "
-        f"the recorded {100 * old['test_acc']:.2f}%; epoch 1: {first_new} against {first_old}). CPU training "
-        "repeats bit for bit only on the same machine, library build and thread count. Runs trained against the "
-        "recorded teacher no longer count; `inhernet compare --force` retrains them.")
-    gone = {k: old.get(k) for k in ("test_acc", "curve", "weights_digest", "train_time_s") if k in old}
+    log(f"teacher: WARNING: the new teacher is another network (test acc {100 * info['test_acc']:.2f}% against "
+        f"the recorded {100 * old['test_acc']:.2f}%; epoch 1: {first_new} against {first_old}). Runs trained "
+        "against the recorded teacher no longer count; `inhernet compare --force` retrains them.")
+    gone = {k: old.get(k) for k in ("test_acc", "curve", "weights_digest", "train_time_s", "machine") if k in old}
     return {**info, "supersedes": [*old.get("supersedes", []), gone]}
 
 
@@ -270,16 +305,26 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
         model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
         log(f"teacher: reusing {t.arch} from {folder} (test acc {100 * done['test_acc']:.2f}%)")
         return model, {"weights_digest": weights_digest(model), **done, "source": "cache", "path": str(model_dir)}
+    if done is not None and not new_teacher and not_repeated_here(done):
+        seen = not_repeated_here(done)
+        raise TeacherRecordError(
+            f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} whose weights are not here, and "
+            f"that this machine type, {_machine_text(seen)}, did not repeat its training (it left the record "
+            f"{seen.get('left_at')}, on {seen.get('date')}): not retrained. Run on the machine type that trained it, "
+            "or train a new teacher here with `inhernet compare CONFIG --new-teacher` (the runs recorded against "
+            "the old one then stop counting; `--force` retrains them).")
     if done is not None:
         _set_record_aside(folder, done, log)
     old = read_json(folder / RECORDED / "done.json")
     old_rows = read_metrics(folder / RECORDED) if old is not None else []
-    check = old is not None and old_rows and not new_teacher
+    check = old is not None and bool(old_rows) and not new_teacher
     if check:  # an interrupted retraining may already have left the record
         rows = read_metrics(folder)
         i = first_divergence(rows, old_rows)
         if i is not None:
-            raise TeacherRecordError(_diverged_message(folder, i, rows[i], old_rows[i], old))
+            raise _keep_record(folder, old, old_rows, _epoch_difference(i, rows[i], old_rows[i]))
+    if old is not None and new_teacher:
+        log("teacher: --new-teacher: not checked against the record epoch by epoch; a different network supersedes it")
 
     sched = _teacher_schedule(cfg)
     if global_rank() == 0:
@@ -293,15 +338,18 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
     model = create_model(t.arch, num_classes=nc, in_channels=ic)
     kw = dict(fit_kwargs or trainer_kwargs(cfg, progress))
     if check and single_process(cfg):  # (in a multi-process run the record is checked at the end)
-        kw["callbacks"] = [*kw.get("callbacks", ()), _RepeatsRecord(folder, old_rows, old)]
+        kw["callbacks"] = [*kw.get("callbacks", ()), _RepeatsRecord(folder, old_rows)]
     train_data = data if t.subset == "same" else load_data(cfg, subset=t.subset)
     if train_data is not data:
         log(f"teacher: {len(train_data.train.y):,} training images (the methods: {len(data.train.y):,})")
-    res = fit(model, train_data, out_dir=folder, loss="ce", epochs=t.epochs, batch_size=sched["batch_size"],
-              eval_batch_size=cfg.schedule.eval_batch_size, lr=sched["lr"], momentum=sched["momentum"],
-              weight_decay=sched["weight_decay"], nesterov=sched["nesterov"], gamma=sched["gamma"],
-              augment=cfg.data.augment, seed=t.seed, resume=True,
-              model_meta={"arch": t.arch, "num_classes": nc, "in_channels": ic, "inherited": False}, **kw)
+    try:
+        res = fit(model, train_data, out_dir=folder, loss="ce", epochs=t.epochs, batch_size=sched["batch_size"],
+                  eval_batch_size=cfg.schedule.eval_batch_size, lr=sched["lr"], momentum=sched["momentum"],
+                  weight_decay=sched["weight_decay"], nesterov=sched["nesterov"], gamma=sched["gamma"],
+                  augment=cfg.data.augment, seed=t.seed, resume=True,
+                  model_meta={"arch": t.arch, "num_classes": nc, "in_channels": ic, "inherited": False}, **kw)
+    except _LeftRecord as left:
+        raise _keep_record(folder, old, old_rows, _epoch_difference(left.epoch, left.row, left.old_row)) from None
     model = res.model.eval()
     ev = evaluate(model, data.test)
     info = {"source": "trained", "arch": t.arch, "key": key, "test_acc": ev["acc"],
@@ -310,7 +358,7 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
             "train_time_s": sum(r.get("epoch_time_s", 0.0) for r in res.metrics),
             "weights_digest": weights_digest(model), "machine": machine_record()}
     if old is not None:
-        info = _check_reproduced(info, res.metrics, old, old_rows, log)
+        info = _check_reproduced(info, res.metrics, old, old_rows, folder, new_teacher, log)
     if res.extra.get("is_global_zero", True) and global_rank() == 0:
         save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)  # the cache's own
         write_json(folder / "done.json", info)

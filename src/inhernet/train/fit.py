@@ -42,8 +42,11 @@ from .module import DistillModule
 from .signals import stop_cleanly
 from .validate import check_flag, check_precision, check_training_options, compile_mode
 
-__all__ = ["FitResult", "JsonlMetrics", "TensorDataModule", "fit", "global_rank", "read_metrics", "CHECKPOINT_NAME"]
+__all__ = ["FitResult", "JsonlMetrics", "TensorDataModule", "fit", "global_rank", "read_metrics", "CHECKPOINT_DIR",
+           "CHECKPOINT_NAME"]
 
+#: where ``fit`` keeps a run's checkpoint: ``out_dir/CHECKPOINT_DIR/CHECKPOINT_NAME``
+CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = "last.ckpt"
 METRICS_NAME = "metrics.jsonl"
 
@@ -294,7 +297,7 @@ def fit(
     mode = compile_mode(compile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = out / CHECKPOINT_DIR
     ckpt_path = ckpt_dir / CHECKPOINT_NAME
     metrics_path = out / METRICS_NAME
     if num_classes is None:
