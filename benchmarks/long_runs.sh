@@ -8,14 +8,22 @@
 #                                         # artefacts — weights, checkpoints — stay out of git)
 #   bash benchmarks/long_runs.sh stop     # end the processes (each keeps its last finished epoch)
 #
-# What `start` runs: two processes, one thread each, on the resnet pair's deciding rows (DECIDE): the
-# first trains the teacher; the second meanwhile trains the plain-student rows of both pairs (they never
-# see a teacher), then both share the resnet runs. `start wrn` adds one process on the wrn pair
-# (its teacher alone is ~210 min on one thread, longer than a session, so it only makes sense where the
-# machine is kept). A teacher or run resumes from its checkpoint only on the machine that holds it. On a
-# new machine a teacher is retrained and checked against its committed record: the same network (CPU
-# training repeats bit for bit on the same machine type and thread count) and the committed runs stand;
-# another network and the runs trained against it stop counting (see inhernet/compare/teacher.py).
+# What `start` runs: two processes (the methods' runs at one thread each, the teacher at the config's
+# teacher.threads = 2) on the resnet pair's deciding rows (DECIDE): the first trains the teacher; the
+# second meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both
+# share the resnet runs. `start wrn` adds one process on the wrn pair (its teacher alone is ~210 min on
+# one thread, longer than a session, so it only makes sense where the machine is kept). A teacher or
+# run resumes from its checkpoint only on the machine that holds it. On a new machine a teacher is
+# retrained and checked against its committed record epoch by epoch: the same network (CPU training
+# repeats bit for bit on the same machine type and thread count) and the committed runs stand; at the
+# first epoch that differs it stops, the record is kept and notes the machine type (`start` there then
+# says so and starts nothing; see inhernet/compare/teacher.py).
+#
+#   NEW_TEACHER=1 bash benchmarks/long_runs.sh start   # ONCE, on the machine type of the committed
+#       teacher: replace it (trained at one thread) by one trained at teacher.threads (2: ~1.6x faster,
+#       so every later session's retraining frees the cores ~40 min earlier). The new teacher supersedes
+#       the record; the rows trained against the old one (STALE) are retrained, the others start fresh.
+#       Refused on a machine type noted as not repeating the record, or once the record is at 2 threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -23,6 +31,9 @@ LOG_DIR=${LOG_DIR:-/tmp/benchlogs}
 R56=benchmarks/configs/fmnist60k_resnet56_resnet20.yaml
 WRN=benchmarks/configs/fmnist60k_wrn_40_2_wrn_40_1.yaml
 DECIDE=${DECIDE:-"student student_dkd h1_svd h2_perturbed h3_copies h3_whitened h3_wo_gate large"}
+# NEW_TEACHER=1: the rows with runs trained against the committed teacher, and the deciding rows without any
+STALE="student_dkd h1_svd h2_perturbed"
+FRESH="h3_copies h3_whitened h3_wo_gate large"
 
 launch() {  # name, then the compare arguments
   local name=$1; shift
@@ -36,8 +47,10 @@ case "${1:-status}" in
     if pgrep -f "inhernet compare benchmarks/configs/fmnist60k_" >/dev/null; then
       echo "already running:"; pgrep -af "inhernet compare benchmarks/configs/fmnist60k_"; exit 1
     fi
-    # a machine type that has already failed to repeat the committed teacher would stop at once: say so
-    if ! "$BIN/python" - "$R56" <<'EOF'
+    # a machine type that has already failed to repeat the committed teacher would stop at once: say so;
+    # NEW_TEACHER=1 (once: the switch to the config's teacher.threads) is refused where it cannot help
+    if ! NEW_TEACHER="${NEW_TEACHER:-}" "$BIN/python" - "$R56" <<'EOF'
+import os
 import sys
 
 from inhernet.compare import load_config
@@ -45,25 +58,51 @@ from inhernet.compare.teacher import not_repeated_here, teacher_folder, teacher_
 from inhernet.utils import read_json
 
 cfg = load_config(sys.argv[1])
+threads = cfg.teacher.threads or cfg.trainer.threads
 done = read_json(teacher_folder(cfg) / "done.json")
-seen = not_repeated_here(done, cfg.trainer.threads) if done and not teacher_ready(cfg) else None
+new = os.environ.get("NEW_TEACHER") == "1"
+here = teacher_ready(cfg)
+recorded_threads = ((done or {}).get("machine") or {}).get("threads", 1)  # session 7's record: one thread
+seen = None if not done or here else not_repeated_here(done, recorded_threads)
+if done and not here and not new and recorded_threads != threads:
+    print(f"not started: the committed {cfg.teacher.arch} teacher was trained at {recorded_threads} thread(s) and "
+          f"the config trains it at teacher.threads = {threads}, so a retraining cannot repeat it: "
+          "`NEW_TEACHER=1 bash benchmarks/long_runs.sh start` switches, once, on the machine type that trained it")
+    sys.exit(1)
 if seen:
     print(f"not started: this machine type ({seen['cpu']}, {seen['isa']}, {seen['threads']} thread(s), torch "
           f"{seen['torch']}) did not repeat the committed {cfg.teacher.arch} teacher (it left the record "
           f"{seen['left_at']}, on {seen['date']}), so the inherited rows cannot go on here; they need the "
           "machine type that trained it (or a GPU: benchmarks/gpu_heads.sh)")
     sys.exit(1)
+if new and (not done or (done.get("machine") or {}).get("threads") == threads):
+    print(f"not started: NEW_TEACHER=1 replaces a committed teacher trained at another thread count than "
+          f"teacher.threads = {threads}; this one {'does not exist' if not done else 'already is at that count'}. "
+          "Run `bash benchmarks/long_runs.sh start` without it.")
+    sys.exit(1)
 EOF
     then exit 1; fi
+    mkdir -p "$LOG_DIR"
+    if [ "${NEW_TEACHER:-}" = 1 ]; then
+      # the switch: a new teacher at teacher.threads (it supersedes the record), the three rows trained
+      # against the old one retrained (--force on them only), every other deciding row meanwhile
+      setsid nohup bash -c "'$BIN/inhernet' compare '$R56' --new-teacher --force --methods $STALE --threads 1 && \
+        '$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1" >"$LOG_DIR/resnet56-a.log" 2>&1 </dev/null &
+      echo "started resnet56-a (pid $!): a new teacher, then $STALE again, then the deciding rows -> $LOG_DIR/resnet56-a.log"
+      sleep 20
+      setsid nohup bash -c "'$BIN/inhernet' compare '$R56' --methods $FRESH --threads 1; \
+        '$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
+      echo "started resnet56-b (pid $!): waits for the teacher, then $FRESH, then the deciding rows -> $LOG_DIR/resnet56-b.log"
+    else
     # shellcheck disable=SC2086
     launch resnet56-a "$R56" --methods $DECIDE
     sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
     # meanwhile (they never see a teacher), then joins the first on the resnet rows
-    mkdir -p "$LOG_DIR"
     setsid nohup bash -c "'$BIN/inhernet' compare '$R56' --methods student --threads 1; \
       '$BIN/inhernet' compare '$WRN' --methods student --threads 1; \
       '$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
     echo "started resnet56-b (pid $!): the students of both pairs, then the resnet rows -> $LOG_DIR/resnet56-b.log"
+    fi
     if [ "${2:-}" = wrn ]; then launch wrn "$WRN"; fi
     ;;
   status)
@@ -89,7 +128,7 @@ for path in sys.argv[1:]:
     done = read_json(t / "done.json")
     recorded = read_json(t / "recorded" / "done.json")
     here = teacher_ready(cfg)
-    seen = not_repeated_here(done, cfg.trainer.threads) if done and not here else None
+    seen = not_repeated_here(done, cfg.teacher.threads or cfg.trainer.threads) if done and not here else None
     state = (f"done, test acc {100 * done['test_acc']:.2f} %" + ("" if here else
              f" (record only, and this machine type did not repeat its training: it left the record "
              f"{seen['left_at']}, on {seen['date']}; its inherited rows cannot go on here)" if seen else
@@ -134,6 +173,8 @@ EOF
     git status --short benchmarks/store | head -40
     ;;
   stop)
+    # the wrappers first (a `bash -c` chain would start its next command), then the comparisons
+    pkill -f "bash -c .*inhernet'? compare '?benchmarks/configs/fmnist60k_" || true
     pkill -f "inhernet compare benchmarks/configs/fmnist60k_" && echo "stopped" || echo "nothing running"
     ;;
   *)

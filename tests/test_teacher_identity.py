@@ -265,3 +265,47 @@ def test_a_clone_of_the_records_rebuilds_its_report_without_any_weights(first, t
     assert "no weights at" in "\n".join(logs)
     assert res["teacher"]["params"] == before["teacher"]["params"] and res["teacher"]["flops"] == before["teacher"]["flops"]
     assert [m["test_acc_mean"] for m in res["methods"]] == [m["test_acc_mean"] for m in before["methods"]]
+
+
+def test_teacher_threads_train_the_teacher_and_are_recorded(tmp_path):
+    """``teacher.threads``: the teacher trains at that many intra-op threads (recorded in its machine,
+    not in its cache key); the methods' runs and the caller keep theirs."""
+    cfg = tiny_config(tmp_path, methods=[{"name": "student", "kind": "student"}])
+    cfg["schedule"]["epochs"] = 1
+    cfg["teacher"] = {**cfg["teacher"], "threads": 2}
+    loaded = load_config(write_cfg(tmp_path, cfg))
+    plain = load_config(write_cfg(tmp_path, {**cfg, "teacher": {k: v for k, v in cfg["teacher"].items() if k != "threads"}},
+                                  name="plain.yaml"))
+    assert teacher_folder(loaded) == teacher_folder(plain)  # the same teacher, cached under the same key
+    run_compare(loaded, log=lambda m: None)
+    assert torch.get_num_threads() == 1  # back to trainer.threads after the teacher
+    done = json.loads((teacher_folder(loaded) / "done.json").read_text())
+    assert done["machine"]["threads"] == 2
+    run = json.loads((tmp_path / "out" / "runs" / "student" / "seed0" / "done.json").read_text())
+    assert run["final"]["test/acc"] is not None
+
+
+def test_teacher_threads_must_be_positive(tmp_path):
+    from inhernet.compare import CompareConfigError
+
+    cfg = tiny_config(tmp_path)
+    cfg["teacher"] = {**cfg["teacher"], "threads": 0}
+    with pytest.raises(CompareConfigError, match="teacher.threads"):
+        load_config(write_cfg(tmp_path, cfg))
+
+
+def test_a_record_trained_at_another_thread_count_is_not_retrained(first, tmp_path):
+    """A retraining at another thread count cannot repeat the record: refused before any epoch."""
+    def trained_at_two_threads(cfg, tmp):
+        folder = teacher_folder(cfg)
+        done = json.loads((folder / "done.json").read_text())
+        (folder / "done.json").write_text(json.dumps({**done, "machine": {**done["machine"], "threads": 2}}))
+
+    path = _on_new_machine(first, tmp_path, trained_at_two_threads)
+    folder = teacher_folder(load_config(path))
+    before = (folder / "done.json").read_text()
+    logs: list[str] = []
+    with pytest.raises(TeacherRecordError, match=r"trained at 2 thread\(s\).*would run at 1.*teacher.threads"):
+        run_compare(load_config(path), log=logs.append)
+    assert not any("teacher: training" in m for m in logs)
+    assert (folder / "done.json").read_text() == before and not (folder / "recorded").exists()

@@ -178,6 +178,11 @@ class TeacherConfig:
     trained on all of them while every method is compared on ``data.subset``; the methods' images
     are a subset of the teacher's (same validation split), and the teacher is evaluated on the
     methods' test data.
+
+    ``threads``: CPU intra-op threads while the teacher trains (default: ``trainer.threads``), e.g. 2
+    for a teacher trained before the methods' one-thread runs share the cores. Not part of the
+    teacher's cache key, but part of what makes CPU training repeat: a cached record trained at
+    another thread count is not repeated by a retraining (:mod:`inhernet.compare.teacher`).
     """
 
     arch: str = "resnet56"
@@ -187,10 +192,13 @@ class TeacherConfig:
     lr: Optional[float] = None
     batch_size: Optional[int] = None
     subset: Union[int, str, None] = "same"
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         option = "teacher.{}".format
         validated(validate.check_count, "epochs", self.epochs, option=option, what="training epochs")
+        if self.threads is not None:
+            validated(validate.check_count, "threads", self.threads, option=option, what="torch threads")
         if self.lr is not None:
             validated(validate.check_learning_rate, "lr", self.lr, option=option)
         if self.batch_size is not None:

@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -292,10 +294,8 @@ def teacher_in_training_elsewhere(cfg: CompareConfig) -> bool:
 def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
                                fit_kwargs: Optional[dict], log: Callable[[str], None],
                                new_teacher: bool) -> tuple[nn.Module, dict]:
-    import inhernet
-    from inhernet.models import create_model
-    from inhernet.train import evaluate, fit, load_model, read_metrics, save_model
-    from inhernet.utils import machine_record, weights_digest
+    from inhernet.train import load_model
+    from inhernet.utils import weights_digest
 
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
@@ -305,6 +305,34 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
         model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
         log(f"teacher: reusing {t.arch} from {folder} (test acc {100 * done['test_acc']:.2f}%)")
         return model, {"weights_digest": weights_digest(model), **done, "source": "cache", "path": str(model_dir)}
+    with _teacher_threads(t.threads):
+        return _train_or_retrain(cfg, data, folder, key, progress, fit_kwargs, log, new_teacher, done)
+
+
+@contextmanager
+def _teacher_threads(threads: Optional[int]) -> Iterator[None]:
+    """``teacher.threads`` intra-op threads inside (unchanged when None), the caller's setting after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
+                      fit_kwargs: Optional[dict], log: Callable[[str], None], new_teacher: bool,
+                      done: Optional[dict]) -> tuple[nn.Module, dict]:
+    """Train the teacher (no weights here): from scratch, resumed, or as a checked retraining of its record."""
+    import inhernet
+    from inhernet.models import create_model
+    from inhernet.train import evaluate, fit, read_metrics, save_model
+    from inhernet.utils import machine_record, weights_digest
+
+    t = cfg.teacher
+    nc, ic = data.num_classes, data.in_channels
+    model_dir = folder / "model"
     if done is not None and not new_teacher and not_repeated_here(done):
         seen = not_repeated_here(done)
         raise TeacherRecordError(
@@ -313,6 +341,14 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
             f"{seen.get('left_at')}, on {seen.get('date')}): not retrained. Run on the machine type that trained it, "
             "or train a new teacher here with `inhernet compare CONFIG --new-teacher` (the runs recorded against "
             "the old one then stop counting; `--force` retrains them).")
+    recorded_threads = ((done or {}).get("machine") or {}).get("threads")
+    if done is not None and not new_teacher and recorded_threads and recorded_threads != torch.get_num_threads():
+        raise TeacherRecordError(
+            f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} trained at {recorded_threads} "
+            f"thread(s), whose weights are not here; this retraining would run at {torch.get_num_threads()}, and "
+            "CPU training repeats bit for bit only at the same thread count: not retrained. Set teacher.threads "
+            f"(or trainer.threads) to {recorded_threads}, or train a new teacher with `inhernet compare CONFIG "
+            "--new-teacher` (the runs recorded against the old one then stop counting; `--force` retrains them).")
     if done is not None:
         _set_record_aside(folder, done, log)
     old = read_json(folder / RECORDED / "done.json")
