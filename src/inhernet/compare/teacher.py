@@ -226,13 +226,15 @@ def teacher_weights_here(model_dir: Path) -> bool:
     return (model_dir / WEIGHTS_NAME).is_file()
 
 
-def _set_record_aside(folder: Path, done: dict, log: Callable[[str], None]) -> None:
+def _set_record_aside(folder: Path, done: dict, log: Callable[[str], None], new_teacher: bool) -> None:
     """A finished teacher whose weights are not here (a new machine, or a clone of committed records):
     its record moves to ``recorded/`` (kept until the retrained teacher is checked against it, also
     across an interrupted retraining), so the teacher is retrained from scratch."""
     log(f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} (test acc "
         f"{100 * done['test_acc']:.2f}%) but its weights are not here (a new machine, or a clone of the records); "
-        "retraining it, then checking it is the same network (the runs recorded against it count only then)")
+        + ("--new-teacher: training a new one, which supersedes the record unless it is the same network"
+           if new_teacher else "retraining it, checked against the record epoch by epoch (the runs recorded "
+           "against it count only if it is the same network)"))
     if global_rank() == 0:
         rec = folder / RECORDED
         rec.mkdir(exist_ok=True)
@@ -350,7 +352,7 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
             f"(or trainer.threads) to {recorded_threads}, or train a new teacher with `inhernet compare CONFIG "
             "--new-teacher` (the runs recorded against the old one then stop counting; `--force` retrains them).")
     if done is not None:
-        _set_record_aside(folder, done, log)
+        _set_record_aside(folder, done, log, new_teacher)
     old = read_json(folder / RECORDED / "done.json")
     old_rows = read_metrics(folder / RECORDED) if old is not None else []
     check = old is not None and bool(old_rows) and not new_teacher
@@ -359,8 +361,6 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
         i = first_divergence(rows, old_rows)
         if i is not None:
             raise _keep_record(folder, old, old_rows, _epoch_difference(i, rows[i], old_rows[i]))
-    if old is not None and new_teacher:
-        log("teacher: --new-teacher: not checked against the record epoch by epoch; a different network supersedes it")
 
     sched = _teacher_schedule(cfg)
     if global_rank() == 0:
