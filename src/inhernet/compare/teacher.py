@@ -323,6 +323,27 @@ def _teacher_threads(threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _refuse_unrepeatable(folder: Path, record: dict) -> None:
+    """:class:`TeacherRecordError` before any epoch when a retraining here cannot repeat ``record``: this
+    machine type is noted as not repeating it, or it was trained at another thread count."""
+    seen = not_repeated_here(record)
+    if seen:
+        raise TeacherRecordError(
+            f"teacher: {folder / 'done.json'} records a finished {record.get('arch')} whose weights are not here, "
+            f"and that this machine type, {_machine_text(seen)}, did not repeat its training (it left the record "
+            f"{seen.get('left_at')}, on {seen.get('date')}): not retrained. Run on the machine type that trained it, "
+            "or train a new teacher here with `inhernet compare CONFIG --new-teacher` (the runs recorded against "
+            "the old one then stop counting; `--force` retrains them).")
+    threads = (record.get("machine") or {}).get("threads")
+    if threads and threads != torch.get_num_threads():
+        raise TeacherRecordError(
+            f"teacher: {folder / 'done.json'} records a finished {record.get('arch')} trained at {threads} "
+            f"thread(s), whose weights are not here; this retraining would run at {torch.get_num_threads()}, and "
+            "CPU training repeats bit for bit only at the same thread count: not retrained. Set teacher.threads "
+            f"(or trainer.threads) to {threads}, or train a new teacher with `inhernet compare CONFIG "
+            "--new-teacher` (the runs recorded against the old one then stop counting; `--force` retrains them).")
+
+
 def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
                       fit_kwargs: Optional[dict], log: Callable[[str], None], new_teacher: bool,
                       done: Optional[dict]) -> tuple[nn.Module, dict]:
@@ -335,22 +356,9 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
     model_dir = folder / "model"
-    if done is not None and not new_teacher and not_repeated_here(done):
-        seen = not_repeated_here(done)
-        raise TeacherRecordError(
-            f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} whose weights are not here, and "
-            f"that this machine type, {_machine_text(seen)}, did not repeat its training (it left the record "
-            f"{seen.get('left_at')}, on {seen.get('date')}): not retrained. Run on the machine type that trained it, "
-            "or train a new teacher here with `inhernet compare CONFIG --new-teacher` (the runs recorded against "
-            "the old one then stop counting; `--force` retrains them).")
-    recorded_threads = ((done or {}).get("machine") or {}).get("threads")
-    if done is not None and not new_teacher and recorded_threads and recorded_threads != torch.get_num_threads():
-        raise TeacherRecordError(
-            f"teacher: {folder / 'done.json'} records a finished {done.get('arch')} trained at {recorded_threads} "
-            f"thread(s), whose weights are not here; this retraining would run at {torch.get_num_threads()}, and "
-            "CPU training repeats bit for bit only at the same thread count: not retrained. Set teacher.threads "
-            f"(or trainer.threads) to {recorded_threads}, or train a new teacher with `inhernet compare CONFIG "
-            "--new-teacher` (the runs recorded against the old one then stop counting; `--force` retrains them).")
+    record = done if done is not None else read_json(folder / RECORDED / "done.json")  # (an interrupted retraining)
+    if record is not None and not new_teacher:
+        _refuse_unrepeatable(folder, record)
     if done is not None:
         _set_record_aside(folder, done, log, new_teacher)
     old = read_json(folder / RECORDED / "done.json")
