@@ -128,10 +128,15 @@ for path in sys.argv[1:]:
     done = read_json(t / "done.json")
     recorded = read_json(t / "recorded" / "done.json")
     here = teacher_ready(cfg)
-    seen = not_repeated_here(done, cfg.teacher.threads or cfg.trainer.threads) if done and not here else None
+    threads = cfg.teacher.threads or cfg.trainer.threads
+    recorded_threads = ((done or {}).get("machine") or {}).get("threads", 1)  # session 7's record: one thread
+    seen = not_repeated_here(done, recorded_threads) if done and not here else None
     state = (f"done, test acc {100 * done['test_acc']:.2f} %" + ("" if here else
              f" (record only, and this machine type did not repeat its training: it left the record "
              f"{seen['left_at']}, on {seen['date']}; its inherited rows cannot go on here)" if seen else
+             f" (record only, trained at {recorded_threads} thread(s) while the config trains it at {threads}: "
+             "`NEW_TEACHER=1 bash benchmarks/long_runs.sh start` switches, once, on the type that trained it)"
+             if recorded_threads != threads else
              " (record only: its weights are not here; `start` retrains it and checks it against the record)")
              if done else
              f"epoch {epochs_done(t)} of {cfg.teacher.epochs}" + (
