@@ -44,9 +44,6 @@ launch() {  # name, then the compare arguments
 
 case "${1:-status}" in
   start)
-    if pgrep -f "inhernet compare benchmarks/configs/fmnist60k_" >/dev/null; then
-      echo "already running:"; pgrep -af "inhernet compare benchmarks/configs/fmnist60k_"; exit 1
-    fi
     # a machine type that has already failed to repeat the committed teacher would stop at once: say so;
     # NEW_TEACHER=1 (once: the switch to the config's teacher.threads) is refused where it cannot help
     if ! NEW_TEACHER="${NEW_TEACHER:-}" "$BIN/python" - "$R56" <<'EOF'
@@ -82,6 +79,9 @@ if new and (not done or (done.get("machine") or {}).get("threads") == threads):
     sys.exit(1)
 EOF
     then exit 1; fi
+    if pgrep -f "inhernet compare benchmarks/configs/fmnist60k_" >/dev/null; then
+      echo "already running:"; pgrep -af "inhernet compare benchmarks/configs/fmnist60k_"; exit 1
+    fi
     mkdir -p "$LOG_DIR"
     if [ "${NEW_TEACHER:-}" = 1 ]; then
       # the switch: a new teacher at teacher.threads (it supersedes the record), the three rows trained

@@ -657,3 +657,43 @@ def test_the_committed_store_keeps_records_not_trained_artefacts(path, kept):
         pytest.skip("not a git checkout: the ignore rules cannot be asked")
     res = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
     assert res.returncode == (1 if kept else 0), f"{path}: {'ignored' if res.returncode == 0 else 'tracked'}"
+
+
+@pytest.mark.parametrize("case, new_teacher, expect", [
+    ("one-thread record, config at 2", "", "trained at 1 thread(s) and the config trains it at teacher.threads = 2"),
+    ("this machine type noted", "1", "did not repeat the committed resnet56 teacher"),
+    ("record already at 2 threads", "1", "already is at that count"),
+])
+def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, new_teacher, expect):
+    """benchmarks/long_runs.sh start launches nothing where a retraining cannot repeat the committed
+    teacher (another thread count, a machine type noted as not repeating it) or where NEW_TEACHER=1
+    has nothing to switch; it says why (a scratch copy of the script, configs and a synthetic record)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from inhernet.compare.teacher import teacher_folder
+    from inhernet.utils import machine_record
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "benchmarks" / "configs").mkdir(parents=True)
+    shutil.copy(root / "benchmarks" / "long_runs.sh", tmp_path / "benchmarks")
+    for name in ("fmnist60k_resnet56_resnet20.yaml", "fmnist60k_wrn_40_2_wrn_40_1.yaml"):
+        shutil.copy(root / "benchmarks" / "configs" / name, tmp_path / "benchmarks" / "configs")
+    cfg = load_config(tmp_path / "benchmarks" / "configs" / "fmnist60k_resnet56_resnet20.yaml")
+    folder = tmp_path / teacher_folder(cfg)
+    folder.mkdir(parents=True)
+    here = {**machine_record(), "threads": 1}
+    record = {"arch": "resnet56", "test_acc": 0.93, "curve": [0.9]}
+    if case == "this machine type noted":
+        record["not_repeated_on"] = [{**here, "left_at": "at epoch 1: test/acc 0.1 against the recorded 0.2",
+                                      "date": "2026-12-02"}]
+    if case == "record already at 2 threads":
+        record["machine"] = {**here, "threads": 2}
+    (folder / "done.json").write_text(json.dumps(record))
+    env = {"BIN": str(Path(sys.executable).parent), "PATH": "/usr/bin:/bin", "NEW_TEACHER": new_teacher,
+           "LOG_DIR": str(tmp_path / "logs")}
+    res = subprocess.run(["bash", "benchmarks/long_runs.sh", "start"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 1 and "not started" in res.stdout and expect in res.stdout, res.stdout + res.stderr
+    assert not (tmp_path / "logs").exists()  # nothing launched
