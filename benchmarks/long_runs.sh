@@ -56,7 +56,8 @@ from inhernet.utils import read_json
 
 cfg = load_config(sys.argv[1])
 threads = cfg.teacher.threads or cfg.trainer.threads
-done = read_json(teacher_folder(cfg) / "done.json")
+# the committed record, or the one set aside while a retraining (or the switch) runs on this machine
+done = read_json(teacher_folder(cfg) / "done.json") or read_json(teacher_folder(cfg) / "recorded" / "done.json")
 new = os.environ.get("NEW_TEACHER") == "1"
 here = teacher_ready(cfg)
 recorded_threads = ((done or {}).get("machine") or {}).get("threads", 1)  # session 7's record: one thread

@@ -644,6 +644,7 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     ("benchmarks/store/cache/teachers/resnet56-0/checkpoints/last.ckpt", False),
     ("benchmarks/store/fmnist60k_resnet56_resnet20/locks/h1_svd-seed0.lock", False),
     ("benchmarks/store/cache/teachers/resnet56-0/recorded/done.json", False),
+    ("benchmarks/store/cache/teachers/resnet56-0/new_teacher.json", False),
 ])
 def test_the_committed_store_keeps_records_not_trained_artefacts(path, kept):
     """The ignore rules behind benchmarks/store/ (the long comparisons' records, committed because a

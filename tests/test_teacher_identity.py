@@ -309,3 +309,22 @@ def test_a_record_trained_at_another_thread_count_is_not_retrained(first, tmp_pa
         run_compare(load_config(path), log=logs.append)
     assert not any("teacher: training" in m for m in logs)
     assert (folder / "done.json").read_text() == before and not (folder / "recorded").exists()
+
+
+def test_a_new_teacher_interrupted_resumes_as_a_new_teacher(first, tmp_path):
+    """``--new-teacher`` leaves a mark while its teacher trains: a resume without the flag goes on with
+    that teacher instead of checking it against the record it replaces (and dropping it)."""
+    from inhernet.compare.teacher import NEW_TEACHER_MARK, RECORDED
+
+    path = _on_new_machine(first, tmp_path, _legacy_record_of_another_teacher)
+    folder = teacher_folder(load_config(path))
+    (folder / RECORDED).mkdir()
+    for name in ("done.json", "metrics.jsonl"):  # as --new-teacher leaves it when stopped before its first epoch
+        (folder / name).rename(folder / RECORDED / name)
+    (folder / NEW_TEACHER_MARK).write_text(json.dumps({"replaces": {"test_acc": 0.5}}))
+    logs: list[str] = []
+    with pytest.raises(StaleRunError, match="inh/seed0"):  # the new teacher superseded the record
+        run_compare(load_config(path), log=logs.append)
+    assert "resuming the new teacher" in "\n".join(logs)
+    done = json.loads((folder / "done.json").read_text())
+    assert done["supersedes"] and not (folder / NEW_TEACHER_MARK).exists() and not (folder / RECORDED).exists()

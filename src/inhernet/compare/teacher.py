@@ -40,7 +40,7 @@ from .basics import (CompareError, TeacherRecordError, data_identity, file_lock,
                      trainer_kwargs)
 from .config import CompareConfig
 
-__all__ = ["MACHINE_KEYS", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher", "teacher_folder",
+__all__ = ["MACHINE_KEYS", "NEW_TEACHER_MARK", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher", "teacher_folder",
            "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready", "teacher_weights_here",
            "trained_against"]
 
@@ -245,6 +245,9 @@ def _set_record_aside(folder: Path, done: dict, log: Callable[[str], None], new_
 
 #: where a teacher's record waits while the teacher is retrained (see _set_record_aside)
 RECORDED = "recorded"
+#: left in a teacher's folder while a new teacher that ``new_teacher=True`` started trains: a resume goes on
+#: with it (instead of checking it against the record it replaces)
+NEW_TEACHER_MARK = "new_teacher.json"
 
 
 def _check_reproduced(info: dict, metrics: list[dict], old: dict, old_rows: list[dict], folder: Path,
@@ -356,6 +359,9 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
     t = cfg.teacher
     nc, ic = data.num_classes, data.in_channels
     model_dir = folder / "model"
+    if not new_teacher and (folder / NEW_TEACHER_MARK).is_file():  # a new teacher started with --new-teacher
+        log("teacher: resuming the new teacher that `--new-teacher` started here")
+        new_teacher = True
     record = done if done is not None else read_json(folder / RECORDED / "done.json")  # (an interrupted retraining)
     if record is not None and not new_teacher:
         _refuse_unrepeatable(folder, record)
@@ -364,6 +370,8 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
     old = read_json(folder / RECORDED / "done.json")
     old_rows = read_metrics(folder / RECORDED) if old is not None else []
     check = old is not None and bool(old_rows) and not new_teacher
+    if old is not None and new_teacher and global_rank() == 0:  # so that a resume without the flag goes on with it
+        write_json(folder / NEW_TEACHER_MARK, {"replaces": {k: old.get(k) for k in ("test_acc", "weights_digest")}})
     if check:  # an interrupted retraining may already have left the record
         rows = read_metrics(folder)
         i = first_divergence(rows, old_rows)
@@ -407,6 +415,7 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
         save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)  # the cache's own
         write_json(folder / "done.json", info)
         shutil.rmtree(folder / RECORDED, ignore_errors=True)
+        (folder / NEW_TEACHER_MARK).unlink(missing_ok=True)
     return model, {**info, "path": str(model_dir)}
 
 
