@@ -16,7 +16,10 @@ the same machine type stops before training), and the retraining's epochs are dr
 weights (or, for a record without a digest, the same value of every metric at every epoch) and the
 recorded runs stand. With ``new_teacher=True`` a different network is trained and supersedes the
 record (kept in ``supersedes``): the runs trained against the old teacher are neither skipped nor
-reported, and training them again is an error unless ``force=True``. A plain student never sees the teacher and always counts.
+reported, and training them again is an error unless ``force=True`` (while it trains, ``new_teacher.json``
+marks the folder, so an interrupted new teacher resumes as one). A record trained at another thread
+count than this training's is refused before any epoch. A plain student never sees the teacher and
+always counts.
 """
 
 from __future__ import annotations
