@@ -155,7 +155,9 @@ def render(paths: list[Path]) -> str:
     for p in paths:
         results = json.loads(p.read_text())
         want = len(results["config"]["seeds"])
-        lines += [f"## {results['name']}", "", "| target | figures (test acc %, last epoch) | seeds per row | verdict |",
+        t = results.get("teacher") or {}
+        teacher = f"teacher {t.get('arch', '?')} at {100 * t['test_acc_mean']:.2f} %" if t.get("test_acc_mean") else "teacher"
+        lines += [f"## {results['name']} ({teacher}; `{p}`)", "", "| target | figures (test acc %, last epoch) | seeds per row | verdict |",
                   "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in verdicts(results, want)]
         lines.append("")
