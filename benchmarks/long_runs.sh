@@ -60,9 +60,9 @@ threads = cfg.teacher.threads or cfg.trainer.threads
 done = read_json(teacher_folder(cfg) / "done.json") or read_json(teacher_folder(cfg) / "recorded" / "done.json")
 new = os.environ.get("NEW_TEACHER") == "1"
 here = teacher_ready(cfg)
-recorded_threads = ((done or {}).get("machine") or {}).get("threads", 1)  # session 7's record: one thread
+recorded_threads = ((done or {}).get("machine") or {}).get("threads")
 seen = None if not done or here else not_repeated_here(done, recorded_threads)
-if done and not here and not new and recorded_threads != threads:
+if done and not here and not new and recorded_threads and recorded_threads != threads:
     print(f"not started: the committed {cfg.teacher.arch} teacher was trained at {recorded_threads} thread(s) and "
           f"the config trains it at teacher.threads = {threads}, so a retraining cannot repeat it: "
           "`NEW_TEACHER=1 bash benchmarks/long_runs.sh start` switches, once, on the machine type that trained it")
@@ -107,65 +107,8 @@ EOF
     if [ "${2:-}" = wrn ]; then launch wrn "$WRN"; fi
     ;;
   status)
-    "$BIN/python" - "$R56" "$WRN" <<'EOF'
-import sys
-from pathlib import Path
-
-from inhernet.compare import load_config
-from inhernet.compare.runner import plan_runs
-from inhernet.compare.teacher import first_divergence, not_repeated_here, teacher_folder, teacher_key, teacher_ready
-from inhernet.train import read_metrics
-from inhernet.utils import read_json
-
-
-def epochs_done(folder: Path) -> int:
-    p = folder / "metrics.jsonl"
-    return sum(1 for line in p.read_text().splitlines() if line.strip()) if p.is_file() else 0
-
-
-for path in sys.argv[1:]:
-    cfg = load_config(path)
-    t = teacher_folder(cfg)
-    done = read_json(t / "done.json")
-    recorded = read_json(t / "recorded" / "done.json")
-    here = teacher_ready(cfg)
-    threads = cfg.teacher.threads or cfg.trainer.threads
-    recorded_threads = ((done or {}).get("machine") or {}).get("threads", 1)  # session 7's record: one thread
-    seen = not_repeated_here(done, recorded_threads) if done and not here else None
-    state = (f"done, test acc {100 * done['test_acc']:.2f} %" + ("" if here else
-             f" (record only, and this machine type did not repeat its training: it left the record "
-             f"{seen['left_at']}, on {seen['date']}; its inherited rows cannot go on here)" if seen else
-             f" (record only, trained at {recorded_threads} thread(s) while the config trains it at {threads}: "
-             "`NEW_TEACHER=1 bash benchmarks/long_runs.sh start` switches, once, on the type that trained it)"
-             if recorded_threads != threads else
-             " (record only: its weights are not here; `start` retrains it and checks it against the record)")
-             if done else
-             f"epoch {epochs_done(t)} of {cfg.teacher.epochs}" + (
-                 "" if not recorded else
-                 f" (retraining the recorded {100 * recorded['test_acc']:.2f} % teacher, whose weights were not here)"
-                 if first_divergence(read_metrics(t), read_metrics(t / "recorded")) is None else
-                 f" — LEFT its record at epoch {first_divergence(read_metrics(t), read_metrics(t / 'recorded')) + 1}: "
-                 "this machine does not repeat the recorded teacher (see the log; `inhernet compare CONFIG "
-                 "--new-teacher` trains a new one, and the runs recorded against the old one stop counting)"))
-    print(f"{cfg.name}\n  teacher {cfg.teacher.arch}: {state}")
-    n_done = 0
-    runs = plan_runs(cfg, teacher_key(cfg))
-    for r in runs:
-        rec = read_json(r["dir"] / "done.json")
-        if rec is not None and rec.get("key") == r["key"]:
-            n_done += 1
-            what = f"done, test acc {100 * rec['final']['test/acc']:.2f} %"
-        elif (r["dir"] / "failed.json").is_file():
-            what = "FAILED"
-        elif epochs_done(r["dir"]):
-            ck = (r["dir"] / "checkpoints" / "last.ckpt").is_file()
-            what = f"epoch {epochs_done(r['dir'])} of {cfg.schedule.epochs} " + (
-                "(in progress here)" if ck else "(recorded, but no checkpoint here: it starts over)")
-        else:
-            continue
-        print(f"  {r['method'].name} seed {r['seed']}: {what}")
-    print(f"  {n_done} of {len(runs)} runs done")
-EOF
+    "$BIN/inhernet" compare "$R56" --status
+    "$BIN/inhernet" compare "$WRN" --status
     ;;
   save)
     # finished runs' records and the teachers' metrics/config are tracked as usual (the ignore rules

@@ -685,7 +685,7 @@ def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, 
     folder = tmp_path / teacher_folder(cfg)
     folder.mkdir(parents=True)
     here = {**machine_record(), "threads": 1}
-    record = {"arch": "resnet56", "test_acc": 0.93, "curve": [0.9]}
+    record = {"arch": "resnet56", "test_acc": 0.93, "curve": [0.9], "machine": {"threads": 1}}
     if case == "this machine type noted":
         record["not_repeated_on"] = [{**here, "left_at": "at epoch 1: test/acc 0.1 against the recorded 0.2",
                                       "date": "2026-12-02"}]
@@ -698,3 +698,28 @@ def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, 
                          env=env, timeout=300)
     assert res.returncode == 1 and "not started" in res.stdout and expect in res.stdout, res.stdout + res.stderr
     assert not (tmp_path / "logs").exists()  # nothing launched
+
+
+def test_status_reports_the_teacher_and_every_started_run_without_training(finished, tmp_path, capsys):
+    """``inhernet compare CONFIG --status``: the teacher's state, each started run's (done with its
+    accuracy, epoch k of n and whether it can resume here), how many are done; nothing written."""
+    import shutil
+
+    from inhernet.cli import main
+    from inhernet.compare import comparison_status
+
+    src, path, results, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(src / "out", out)
+    cfg = tiny_config(src, out_dir=str(out))
+    cfg["cache_dir"] = str(src / "cache")
+    p = write_cfg(tmp_path, cfg)
+    (out / "runs" / "inh" / "seed0" / "done.json").unlink()  # as if stopped after its epochs, checkpoint kept
+    before = sorted(str(q) for q in out.rglob("*"))
+    text = comparison_status(load_config(p))
+    assert "teacher resnet14: done, test acc" in text and "(record only" not in text
+    acc = results["methods"][0]["test_acc_mean"]
+    assert f"student seed 0: done, test acc {100 * acc:.2f} %" in text
+    assert "inh seed 0: epoch 2 of 2 (in progress here)" in text and "2 of 3 runs done" in text
+    assert main(["compare", str(p), "--status"]) == 0 and "2 of 3 runs done" in capsys.readouterr().out
+    assert sorted(str(q) for q in out.rglob("*")) == before  # read only

@@ -139,6 +139,13 @@ def test_causal_lm_comparison_end_to_end(tmp_path, capsys):
     log = capsys.readouterr().out
     assert log.count("skipped") == len([r for m in res["methods"] for r in m["seeds"]])
     assert "fine-tuning (" not in log
+    # --status reads the same state without training or loading anything
+    from inhernet.compare import comparison_status
+
+    n = len([r for m in res["methods"] for r in m["seeds"]])
+    status = comparison_status(load_config(path))
+    assert "teacher: pretrained" in status and f"{n} of {n} runs done" in status
+    assert "inhernet_50 seed 1: done" in status
     # a changed schedule is another experiment: refused, nothing deleted
     raw = yaml.safe_load(path.read_text())
     raw["schedule"]["lr"] = 5e-4

@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="skip finished runs, resume unfinished ones (default)")
     mode.add_argument("--force", action="store_true", help="delete this config's runs in out_dir and retrain them "
                                                            "(the cached teacher is kept)")
+    mode.add_argument("--status", action="store_true",
+                      help="print the teacher's and every started run's state (done, failed, epoch k of n, "
+                           "resumable here or not) and how many planned runs are done; trains nothing")
     s.add_argument("--out-dir", default=None, help="override the config's out_dir")
     s.add_argument("--cache-dir", default=None, help="override the config's cache_dir")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
@@ -874,6 +877,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if tr:
         overrides["trainer"] = tr
     cfg = load_config(a.config, overrides)
+    if a.status:
+        from inhernet.compare import comparison_status
+
+        print(comparison_status(cfg))
+        return 0
     if a.new_teacher and not isinstance(cfg, CompareConfig):
         raise CompareConfigError(f"--new-teacher: {a.config} is a {cfg.task} comparison, whose teacher is a "
                                  "pretrained model, never retrained; drop the option")

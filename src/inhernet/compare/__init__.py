@@ -22,7 +22,7 @@ from .config import (
     TeacherConfig,
     TrainerConfig,
 )
-from .api import load_config, rebuild_report, run_compare
+from .api import comparison_status, load_config, rebuild_report, run_compare
 from .report import build_results, format_table, plot_results, write_report
 from .basics import CompareError, StaleRunError, TeacherRecordError
 from .runner import build_method_model
@@ -51,6 +51,7 @@ __all__ = [
     "run_text_compare",
     "build_method_model",
     "build_results",
+    "comparison_status",
     "format_table",
     "load_config",
     "plot_results",

@@ -17,7 +17,7 @@ from .config import CompareConfig, CompareConfigError, read_config_file
 from .text_config import TEXT_TASKS, TextCompareConfig
 
 
-__all__ = ["load_config", "rebuild_report", "run_compare"]
+__all__ = ["comparison_status", "load_config", "rebuild_report", "run_compare"]
 
 
 def load_config(path: Union[str, Path], overrides: Optional[dict] = None) -> Union[CompareConfig, TextCompareConfig]:
@@ -43,6 +43,14 @@ def run_compare(cfg: Union[CompareConfig, TextCompareConfig], **kwargs: Any) -> 
     if isinstance(cfg, TextCompareConfig):
         return text_runner.run_text_compare(cfg, **kwargs)
     return runner.run_compare(cfg, **kwargs)
+
+
+def comparison_status(cfg: Union[CompareConfig, TextCompareConfig]) -> str:
+    """The teacher's and every started run's state, and how many planned runs are done, as text
+    (``inhernet compare CONFIG --status``); trains, loads and writes nothing."""
+    if isinstance(cfg, TextCompareConfig):
+        return text_runner.text_comparison_status(cfg)
+    return runner.comparison_status(cfg)
 
 
 def rebuild_report(out_dir: Union[str, os.PathLike], **kwargs: Any) -> dict:

@@ -50,8 +50,9 @@ from .config import CompareConfig, MethodConfig
 from .teacher import (prepare_teacher, teacher_in_training_elsewhere, teacher_key, teacher_path, teacher_ready,
                       teacher_weights_here, trained_against)
 
-__all__ = ["CALIBRATION_IMAGES", "build_method_model", "calibration_batches", "clear_runs", "finished_run", "plan_runs",
-           "rebuild_report", "refuse_stale", "run_all", "run_compare", "select_runs", "write_comparison_header"]
+__all__ = ["CALIBRATION_IMAGES", "build_method_model", "calibration_batches", "clear_runs", "comparison_status",
+           "finished_run", "plan_runs", "rebuild_report", "refuse_stale", "run_all", "run_compare", "run_states",
+           "select_runs", "write_comparison_header"]
 
 
 #: training images the teacher is calibrated on for ``init: whitened`` unless the method says
@@ -310,6 +311,41 @@ def finished_run(r: dict, tinfo: Optional[dict] = None) -> Optional[dict]:
     was trained against that teacher: :func:`trained_against`), else None."""
     res = _planned_record(r)
     return res if res is not None and trained_against(res, tinfo) else None
+
+
+def run_states(runs: list[dict], of: str, total: int) -> tuple[list[str], int]:
+    """One line per planned run that has started (done with its test accuracy, failed, or how many
+    ``of`` — "epoch" / "step" rows — of ``total`` its metrics hold, and whether its checkpoint is here to
+    resume from), and how many are done. Reads the folders only."""
+    from inhernet.train import read_metrics
+    from inhernet.train.fit import CHECKPOINT_DIR, CHECKPOINT_NAME
+
+    lines, n_done = [], 0
+    for r in runs:
+        rec = _planned_record(r)
+        name = f"{r['method'].name} seed {r['seed']}"
+        if rec is not None and "reason" not in rec:  # done.json (failed.json says why it failed)
+            n_done += 1
+            acc = (rec.get("final") or {}).get("test/acc")
+            lines.append(f"{name}: done" + (f", test acc {100 * acc:.2f} %" if acc is not None else ""))
+        elif rec is not None:
+            lines.append(f"{name}: FAILED ({rec.get('reason', 'see failed.json')})")
+        elif (rows := len(read_metrics(r["dir"]))):
+            here = (r["dir"] / CHECKPOINT_DIR / CHECKPOINT_NAME).is_file()
+            lines.append(f"{name}: {of} {rows} of {total} " + ("(in progress here)" if here else
+                                                              "(recorded, but no checkpoint here: it starts over)"))
+    return lines, n_done
+
+
+def comparison_status(cfg: CompareConfig) -> str:
+    """What ``inhernet compare CONFIG --status`` prints: the teacher's state and every started run's,
+    and how many of the planned runs are done. Trains, loads and writes nothing."""
+    from .teacher import teacher_state
+
+    runs = plan_runs(cfg, teacher_key(cfg))
+    lines, n_done = run_states(runs, "epoch", cfg.schedule.epochs)
+    return "\n".join([cfg.name, f"  teacher {cfg.teacher.arch}: {teacher_state(cfg)}", *(f"  {x}" for x in lines),
+                      f"  {n_done} of {len(runs)} runs done"])
 
 
 def runs_of_another_teacher(runs: list[dict], tinfo: dict) -> list[dict]:

@@ -44,8 +44,8 @@ from .basics import (CompareError, TeacherRecordError, data_identity, file_lock,
 from .config import CompareConfig
 
 __all__ = ["MACHINE_KEYS", "NEW_TEACHER_MARK", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher", "teacher_folder",
-           "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready", "teacher_weights_here",
-           "trained_against"]
+           "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready", "teacher_state",
+           "teacher_weights_here", "trained_against"]
 
 
 def _teacher_schedule(cfg: CompareConfig) -> dict:
@@ -147,7 +147,10 @@ def first_divergence(rows: list[dict], recorded: list[dict]) -> Optional[int]:
 
 
 def _machine_text(m: dict) -> str:
-    return f"{m.get('cpu')} ({m.get('isa')}, {m.get('threads')} thread(s), torch {m.get('torch')})"
+    """A machine record in words; a partial one (a record written before machines were kept) says what it knows."""
+    known = [x for x in (m.get("isa"), m.get("threads") and f"{m['threads']} thread(s)",
+                         m.get("torch") and f"torch {m['torch']}") if x]
+    return f"{m.get('cpu') or 'an unrecorded CPU'}" + (f" ({', '.join(known)})" if known else "")
 
 
 #: what must agree for two CPU trainings to repeat each other bit for bit
@@ -188,7 +191,8 @@ def _keep_record(folder: Path, old: dict, old_rows: list[dict], what: str) -> Te
         shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
         shutil.rmtree(folder / RECORDED, ignore_errors=True)
     there = old.get("machine")
-    where = (f"the record was trained on {_machine_text(there)}, this machine is {_machine_text(here)}" if there else
+    where = (f"the record was trained on {_machine_text(there)}, this machine is {_machine_text(here)}"
+             if there and there.get("cpu") else
              f"this machine is {_machine_text(here)}; the record does not say what it was trained on")
     return TeacherRecordError(
         f"teacher: retraining {folder.name} on this machine left its record {what}. CPU training repeats bit for "
@@ -420,6 +424,40 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
         shutil.rmtree(folder / RECORDED, ignore_errors=True)
         (folder / NEW_TEACHER_MARK).unlink(missing_ok=True)
     return model, {**info, "path": str(model_dir)}
+
+
+def teacher_state(cfg: CompareConfig) -> str:
+    """One line on the comparison's teacher as it stands here, nothing trained or changed: given, done,
+    a record whose weights are not here (and whether a retraining here could repeat it), or how far its
+    (re)training has come (``inhernet compare CONFIG --status``)."""
+    from inhernet.train import read_metrics
+
+    t = cfg.teacher
+    if t.path:
+        return f"given: {t.path}"
+    folder = teacher_folder(cfg)
+    done = read_json(folder / "done.json")
+    threads = t.threads or cfg.trainer.threads or torch.get_num_threads()
+    if done is not None:
+        acc = f"done, test acc {100 * done['test_acc']:.2f} %"
+        if teacher_weights_here(folder / "model"):
+            return acc
+        seen = not_repeated_here(done, threads)
+        recorded_threads = (done.get("machine") or {}).get("threads")
+        if seen:
+            return (f"{acc} (record only; this machine type did not repeat its training: it left the record "
+                    f"{seen.get('left_at')}, on {seen.get('date')}; not retrained here)")
+        if recorded_threads and recorded_threads != threads:
+            return (f"{acc} (record only, trained at {recorded_threads} thread(s) while this config trains it at "
+                    f"{threads}: not retrained; `--new-teacher` trains a new one)")
+        return f"{acc} (record only: its weights are not here; the next run retrains it, checked epoch by epoch)"
+    epochs = len(read_metrics(folder))
+    recorded = read_json(folder / RECORDED / "done.json")
+    if recorded is None:
+        return f"epoch {epochs} of {t.epochs}" if epochs else "not trained yet"
+    what = ("a new teacher (--new-teacher) replacing" if (folder / NEW_TEACHER_MARK).is_file() else
+            "retraining, checked against,")
+    return f"epoch {epochs} of {t.epochs}: {what} the recorded {100 * recorded['test_acc']:.2f} % teacher"
 
 
 def trained_against(record: dict, tinfo: Optional[dict]) -> bool:

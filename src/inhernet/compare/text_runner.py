@@ -41,7 +41,7 @@ from inhernet.train.fit import global_rank
 from inhernet.utils import read_json, stable_hash, write_json
 
 from .basics import CompareError, file_lock, single_process
-from .runner import finished_run, refuse_stale, run_all, select_runs, write_comparison_header
+from .runner import finished_run, refuse_stale, run_all, run_states, select_runs, write_comparison_header
 from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",
@@ -530,6 +530,17 @@ def _run_text_compare(cfg: TextCompareConfig, *, force: bool, progress: Any, log
     if failed:
         log(f"\n{len(failed)} run(s) FAILED and are reported as failed, not as results:\n  " + "\n  ".join(failed))
     return results
+
+
+def text_comparison_status(cfg: TextCompareConfig) -> str:
+    """What ``inhernet compare CONFIG --status`` prints for a transformer comparison: the pretrained
+    teacher and every started run's state, and how many planned runs are done. Trains, loads and writes
+    nothing (the teacher's files are read for their digest)."""
+    folder = resolve_model_folder(cfg.teacher.model, cfg.cache_dir)
+    runs = plan_text_runs(cfg, stable_hash(_teacher_identity(cfg, folder)))
+    lines, n_done = run_states(runs, "step", cfg.schedule.max_steps)
+    return "\n".join([cfg.name, f"  teacher: pretrained {cfg.teacher.model} ({folder})", *(f"  {x}" for x in lines),
+                      f"  {n_done} of {len(runs)} runs done"])
 
 
 def rebuild_text_report(out_dir: str | os.PathLike, log: Callable[[str], None] = _info) -> dict:
