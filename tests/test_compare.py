@@ -692,12 +692,19 @@ def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, 
     if case == "record already at 2 threads":
         record["machine"] = {**here, "threads": 2}
     (folder / "done.json").write_text(json.dumps(record))
-    env = {"BIN": str(Path(sys.executable).parent), "PATH": "/usr/bin:/bin", "NEW_TEACHER": new_teacher,
-           "LOG_DIR": str(tmp_path / "logs")}
+    # BIN: this Python, and a stand-in `inhernet` that only records its arguments: a refusal that fails
+    # must not start hours of training
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "inhernet").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'launched.txt'}\n")
+    (bin_dir / "inhernet").chmod(0o755)
+    env = {"BIN": str(bin_dir), "PATH": "/usr/bin:/bin", "NEW_TEACHER": new_teacher, "LOG_DIR": str(tmp_path / "logs")}
     res = subprocess.run(["bash", "benchmarks/long_runs.sh", "start"], cwd=tmp_path, capture_output=True, text=True,
                          env=env, timeout=300)
     assert res.returncode == 1 and "not started" in res.stdout and expect in res.stdout, res.stdout + res.stderr
-    assert not (tmp_path / "logs").exists()  # nothing launched
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "launched.txt").exists()  # nothing launched
 
 
 def test_status_reports_the_teacher_and_every_started_run_without_training(finished, tmp_path, capsys):
