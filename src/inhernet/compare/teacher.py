@@ -442,8 +442,8 @@ def teacher_state(cfg: CompareConfig) -> str:
         acc = f"done, test acc {100 * done['test_acc']:.2f} %"
         if teacher_weights_here(folder / "model"):
             return acc
-        seen = not_repeated_here(done, threads)
         recorded_threads = (done.get("machine") or {}).get("threads")
+        seen = not_repeated_here(done, recorded_threads or threads)  # the type, at the count it was trained at
         if seen:
             return (f"{acc} (record only; this machine type did not repeat its training: it left the record "
                     f"{seen.get('left_at')}, on {seen.get('date')}; not retrained here)")
