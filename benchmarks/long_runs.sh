@@ -51,7 +51,7 @@ import os
 import sys
 
 from inhernet.compare import load_config
-from inhernet.compare.teacher import not_repeated_here, teacher_folder, teacher_ready
+from inhernet.compare.teacher import teacher_folder, teacher_ready, unrepeatable_reason
 from inhernet.utils import read_json
 
 cfg = load_config(sys.argv[1])
@@ -59,20 +59,18 @@ threads = cfg.teacher.threads or cfg.trainer.threads
 # the committed record, or the one set aside while a retraining (or the switch) runs on this machine
 done = read_json(teacher_folder(cfg) / "done.json") or read_json(teacher_folder(cfg) / "recorded" / "done.json")
 new = os.environ.get("NEW_TEACHER") == "1"
-here = teacher_ready(cfg)
-recorded_threads = ((done or {}).get("machine") or {}).get("threads")
-seen = None if not done or here else not_repeated_here(done, recorded_threads)
-if done and not here and not new and recorded_threads and recorded_threads != threads:
-    print(f"not started: the committed {cfg.teacher.arch} teacher was trained at {recorded_threads} thread(s) and "
-          f"the config trains it at teacher.threads = {threads}, so a retraining cannot repeat it: "
-          "`NEW_TEACHER=1 bash benchmarks/long_runs.sh start` switches, once, on the machine type that trained it")
-    sys.exit(1)
-if seen:
-    print(f"not started: this machine type ({seen['cpu']}, {seen['isa']}, {seen['threads']} thread(s), torch "
-          f"{seen['torch']}) did not repeat the committed {cfg.teacher.arch} teacher (it left the record "
-          f"{seen['left_at']}, on {seen['date']}), so the inherited rows cannot go on here; they need the "
-          "machine type that trained it (or a GPU: benchmarks/gpu_heads.sh)")
-    sys.exit(1)
+if done and not teacher_ready(cfg):
+    # this machine type cannot repeat the record even at its own thread count: nothing to do here
+    noted = unrepeatable_reason(done, (done.get("machine") or {}).get("threads") or threads)
+    if noted:
+        print(f"not started: the committed {cfg.teacher.arch} teacher cannot be retrained here: {noted}; its "
+              "inherited rows need the machine type that trained it (or a GPU: benchmarks/gpu_heads.sh)")
+        sys.exit(1)
+    why = unrepeatable_reason(done, threads)
+    if why and not new:
+        print(f"not started: the committed {cfg.teacher.arch} teacher cannot be retrained here: {why}. "
+              "`NEW_TEACHER=1 bash benchmarks/long_runs.sh start` switches, once, on the machine type that trained it")
+        sys.exit(1)
 if new and (not done or (done.get("machine") or {}).get("threads") == threads):
     print(f"not started: NEW_TEACHER=1 replaces a committed teacher trained at another thread count than "
           f"teacher.threads = {threads}; this one {'does not exist' if not done else 'already is at that count'}. "

@@ -661,8 +661,8 @@ def test_the_committed_store_keeps_records_not_trained_artefacts(path, kept):
 
 
 @pytest.mark.parametrize("case, new_teacher, expect", [
-    ("one-thread record, config at 2", "", "trained at 1 thread(s) and the config trains it at teacher.threads = 2"),
-    ("this machine type noted", "1", "did not repeat the committed resnet56 teacher"),
+    ("one-thread record, config at 2", "", "it was trained at 1 thread(s) and this training runs at 2"),
+    ("this machine type noted", "1", "did not repeat its training (it left the record at epoch 1"),
     ("record already at 2 threads", "1", "already is at that count"),
 ])
 def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, new_teacher, expect):

@@ -305,7 +305,7 @@ def test_a_record_trained_at_another_thread_count_is_not_retrained(first, tmp_pa
     folder = teacher_folder(load_config(path))
     before = (folder / "done.json").read_text()
     logs: list[str] = []
-    with pytest.raises(TeacherRecordError, match=r"trained at 2 thread\(s\).*would run at 1.*teacher.threads"):
+    with pytest.raises(TeacherRecordError, match=r"trained at 2 thread\(s\) and this training runs at 1.*teacher.threads"):
         run_compare(load_config(path), log=logs.append)
     assert not any("teacher: training" in m for m in logs)
     assert (folder / "done.json").read_text() == before and not (folder / "recorded").exists()

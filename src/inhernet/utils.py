@@ -9,6 +9,7 @@ can evaluate, calibrate or distil from a model without leaving a trace on it.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import hashlib
 import json
@@ -285,24 +286,26 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo`` (empty where there is none), read once per process: the CPU does not change."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_name() -> str:
     """This machine's CPU model (``/proc/cpuinfo``'s "model name"; else what :mod:`platform` says)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
 def _cpu_isa() -> str:
     """The widest x86 vector extension this CPU offers (the one oneDNN and ATen pick kernels for)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    flags = next((ln.split(":", 1)[1].split() for ln in _cpuinfo().splitlines() if ln.startswith("flags")), [])
     for isa in ("avx512f", "avx2", "avx", "sse4_2"):
         if isa in flags:
             return isa

@@ -43,9 +43,9 @@ from .basics import (CompareError, TeacherRecordError, data_identity, file_lock,
                      trainer_kwargs)
 from .config import CompareConfig
 
-__all__ = ["MACHINE_KEYS", "NEW_TEACHER_MARK", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher", "teacher_folder",
-           "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready", "teacher_state",
-           "teacher_weights_here", "trained_against"]
+__all__ = ["MACHINE_KEYS", "NEW_TEACHER_MARK", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher",
+           "teacher_folder", "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready",
+           "teacher_state", "teacher_weights_here", "trained_against", "unrepeatable_reason"]
 
 
 def _teacher_schedule(cfg: CompareConfig) -> dict:
@@ -134,7 +134,7 @@ def _without_timings(rows: list[dict]) -> list[dict]:
 
 def _same_training(a: list[dict], b: list[dict]) -> bool:
     """Whether two ``metrics.jsonl`` recordings agree on every metric of every epoch (timings aside)."""
-    return _without_timings(a) == _without_timings(b)
+    return len(a) == len(b) and first_divergence(a, b) is None
 
 
 def first_divergence(rows: list[dict], recorded: list[dict]) -> Optional[int]:
@@ -333,25 +333,31 @@ def _teacher_threads(threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _refuse_unrepeatable(folder: Path, record: dict) -> None:
-    """:class:`TeacherRecordError` before any epoch when a retraining here cannot repeat ``record``: this
-    machine type is noted as not repeating it, or it was trained at another thread count."""
-    seen = not_repeated_here(record)
+def unrepeatable_reason(record: dict, threads: int) -> Optional[str]:
+    """Why a retraining here at ``threads`` intra-op threads cannot repeat the teacher ``record``
+    describes, or None: this machine type is noted as not repeating it (at the thread count it was
+    trained at), or it was trained at another thread count. The one rule behind the runner's refusal,
+    ``--status`` and ``benchmarks/long_runs.sh start``."""
+    recorded = (record.get("machine") or {}).get("threads")
+    seen = not_repeated_here(record, recorded or threads)
     if seen:
+        return (f"this machine type, {_machine_text(seen)}, did not repeat its training (it left the record "
+                f"{seen.get('left_at')}, on {seen.get('date')})")
+    if recorded and recorded != threads:
+        return (f"it was trained at {recorded} thread(s) and this training runs at {threads}; CPU training repeats "
+                "bit for bit only at the same thread count")
+    return None
+
+
+def _refuse_unrepeatable(folder: Path, record: dict) -> None:
+    """:class:`TeacherRecordError` before any epoch when a retraining here cannot repeat ``record``."""
+    why = unrepeatable_reason(record, torch.get_num_threads())
+    if why:
         raise TeacherRecordError(
             f"teacher: {folder / 'done.json'} records a finished {record.get('arch')} whose weights are not here, "
-            f"and that this machine type, {_machine_text(seen)}, did not repeat its training (it left the record "
-            f"{seen.get('left_at')}, on {seen.get('date')}): not retrained. Run on the machine type that trained it, "
-            "or train a new teacher here with `inhernet compare CONFIG --new-teacher` (the runs recorded against "
-            "the old one then stop counting; `--force` retrains them).")
-    threads = (record.get("machine") or {}).get("threads")
-    if threads and threads != torch.get_num_threads():
-        raise TeacherRecordError(
-            f"teacher: {folder / 'done.json'} records a finished {record.get('arch')} trained at {threads} "
-            f"thread(s), whose weights are not here; this retraining would run at {torch.get_num_threads()}, and "
-            "CPU training repeats bit for bit only at the same thread count: not retrained. Set teacher.threads "
-            f"(or trainer.threads) to {threads}, or train a new teacher with `inhernet compare CONFIG "
-            "--new-teacher` (the runs recorded against the old one then stop counting; `--force` retrains them).")
+            f"and {why}: not retrained. Run on the machine type (and teacher.threads) that trained it, or train a "
+            "new teacher here with `inhernet compare CONFIG --new-teacher` (the runs recorded against the old one "
+            "then stop counting; `--force` retrains them).")
 
 
 def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, progress: Any,
@@ -442,14 +448,9 @@ def teacher_state(cfg: CompareConfig) -> str:
         acc = f"done, test acc {100 * done['test_acc']:.2f} %"
         if teacher_weights_here(folder / "model"):
             return acc
-        recorded_threads = (done.get("machine") or {}).get("threads")
-        seen = not_repeated_here(done, recorded_threads or threads)  # the type, at the count it was trained at
-        if seen:
-            return (f"{acc} (record only; this machine type did not repeat its training: it left the record "
-                    f"{seen.get('left_at')}, on {seen.get('date')}; not retrained here)")
-        if recorded_threads and recorded_threads != threads:
-            return (f"{acc} (record only, trained at {recorded_threads} thread(s) while this config trains it at "
-                    f"{threads}: not retrained; `--new-teacher` trains a new one)")
+        why = unrepeatable_reason(done, threads)
+        if why:
+            return f"{acc} (record only; {why}: not retrained here; `--new-teacher` trains a new one)"
         return f"{acc} (record only: its weights are not here; the next run retrains it, checked epoch by epoch)"
     epochs = len(read_metrics(folder))
     recorded = read_json(folder / RECORDED / "done.json")
