@@ -20,7 +20,7 @@
 # says so and starts nothing; see inhernet/compare/teacher.py).
 #
 #   NEW_TEACHER=1 bash benchmarks/long_runs.sh start   # ONCE, on the machine type of the committed
-#       teacher: replace it (trained at one thread) by one trained at teacher.threads (2: ~1.6x faster,
+#       teacher: replace it (trained at one thread) by one trained at teacher.threads (2: 1.58x faster in docs/benchmarks/teacher_threads.md,
 #       so every later session's retraining frees the cores ~40 min earlier). The new teacher supersedes
 #       the record; the rows trained against the old one (STALE) are retrained, the others start fresh.
 #       Refused on a machine type noted as not repeating the record, or once the record is at 2 threads.

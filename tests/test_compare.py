@@ -730,3 +730,24 @@ def test_status_reports_the_teacher_and_every_started_run_without_training(finis
     assert "inh seed 0: epoch 2 of 2 (in progress here)" in text and "2 of 3 runs done" in text
     assert main(["compare", str(p), "--status"]) == 0 and "2 of 3 runs done" in capsys.readouterr().out
     assert sorted(str(q) for q in out.rglob("*")) == before  # read only
+
+
+def test_teacher_threads_benchmark_runs_on_a_tiny_setting(tmp_path):
+    """benchmarks/bench_teacher_threads.py (the figure behind teacher.threads) on a tiny setting: a table
+    for 1 and 2 threads and the repeatability verdict, written to --out."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_teacher_threads", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "bench_teacher_threads.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "t.md"
+    try:
+        assert mod.main(["--arch", "resnet8", "--size", "8", "--batch", "4", "--rounds", "2", "--steps", "1",
+                         "--digest-steps", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(1)
+    text = out.read_text()
+    assert "| 1 |" in text and "| 2 |" in text and "**the same**." in text
