@@ -328,3 +328,205 @@ def test_a_new_teacher_interrupted_resumes_as_a_new_teacher(first, tmp_path):
     assert "resuming the new teacher" in "\n".join(logs)
     done = json.loads((folder / "done.json").read_text())
     assert done["supersedes"] and not (folder / NEW_TEACHER_MARK).exists() and not (folder / RECORDED).exists()
+
+
+# --- restoring a teacher's weights (``inhernet compare CONFIG --teacher-weights PATH``) ----------------
+
+def _teacher_copy(first, tmp: Path) -> Path:
+    """A copy of the trained teacher's model folder, as another machine (or git history) would hold it."""
+    src, cfg = first
+    folder = teacher_folder(load_config(write_cfg(src, cfg)))
+    dst = tmp / "elsewhere" / "model"
+    shutil.copytree(folder / "model", dst)
+    return dst
+
+
+def _legacy_record(cfg, tmp):
+    """A record from before digests were kept (the committed resnet56 teacher's kind)."""
+    folder = teacher_folder(cfg)
+    done = json.loads((folder / "done.json").read_text())
+    done.pop("weights_digest")
+    (folder / "done.json").write_text(json.dumps(done))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["digest", "metrics"])
+def test_restored_teacher_weights_are_checked_and_its_runs_stand(first, tmp_path, legacy):
+    from inhernet.compare import restore_teacher
+
+    path = _on_new_machine(first, tmp_path, _legacy_record if legacy else None)
+    source = _teacher_copy(first, tmp_path)
+    source_bytes = {p.name: p.read_bytes() for p in source.iterdir()}
+    cfg = load_config(path)
+    folder = teacher_folder(cfg)
+    metrics = (folder / "metrics.jsonl").read_text()
+    logs: list[str] = []
+    record = restore_teacher(cfg, source, log=logs.append)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == source_bytes  # only read
+    (note,) = record["restored"]
+    assert note["checked"].startswith("evaluated here: test accuracy" if legacy else "weight digest")
+    assert note["from"] == str(source) and note["on"]["cpu"] == cpu_name()
+    assert json.loads((folder / "done.json").read_text()) == record
+    assert record["weights_digest"] == json.loads((first[0] / "cache").joinpath(
+        folder.relative_to(tmp_path / "cache"), "done.json").read_text())["weights_digest"]
+    assert (folder / "metrics.jsonl").read_text() == metrics
+    # the comparison then uses it: no retraining, the recorded runs stand
+    logs.clear()
+    res = run_compare(load_config(path), log=logs.append)
+    text = "\n".join(logs)
+    assert "reusing resnet14" in text and "teacher: training" not in text
+    assert "inh seed 0: done, skipped" in text
+    assert {m["name"]: m["complete"] for m in res["methods"]} == {"student": True, "inh": True}
+    # a second restoration of the same weights changes nothing
+    assert restore_teacher(load_config(path), source, log=logs.append)["restored"] == record["restored"]
+    assert "already holds these weights" in logs[-1]
+
+
+def _perturbed(source: Path, tmp: Path, scale: float) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp / "other" / "model"
+    shutil.copytree(source, dst)
+    state = load_file(dst / "model.safetensors")
+    torch.manual_seed(0)
+    save_file({k: (v + scale * torch.randn_like(v) if v.is_floating_point() else v) for k, v in state.items()},
+              dst / "model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["digest", "metrics"])
+def test_other_weights_are_refused_and_nothing_changes(first, tmp_path, legacy):
+    from inhernet.compare import CompareError, restore_teacher
+
+    path = _on_new_machine(first, tmp_path, _legacy_record if legacy else None)
+    other = _perturbed(_teacher_copy(first, tmp_path), tmp_path, 0.05)
+    cfg = load_config(path)
+    folder = teacher_folder(cfg)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    match = r"is not the teacher .* records: evaluated here, its test" if legacy else r"another network"
+    with pytest.raises(CompareError, match=match):
+        restore_teacher(cfg, other, log=lambda m: None)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_restoring_is_refused_without_a_record_or_for_a_given_teacher(first, tmp_path):
+    from inhernet.compare import CompareError, restore_teacher
+
+    source = _teacher_copy(first, tmp_path)
+    src, cfg = first
+    fresh = {**cfg, "out_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "empty")}
+    with pytest.raises(CompareError, match="no record of a trained resnet14.*teacher.path"):
+        restore_teacher(load_config(write_cfg(tmp_path, fresh)), source)
+    given = {**fresh, "teacher": {**cfg["teacher"], "path": str(source)}}
+    with pytest.raises(CompareError, match="gives its teacher by teacher.path"):
+        restore_teacher(load_config(write_cfg(tmp_path, given, name="given.yaml")), source)
+    with pytest.raises(CompareError, match="does not exist"):
+        restore_teacher(load_config(write_cfg(tmp_path, fresh)), tmp_path / "nowhere")
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*.safetensors"))
+
+
+def test_restoring_ends_an_interrupted_retraining_with_the_committed_record(first, tmp_path):
+    """A retraining stopped here has set the record aside and left epochs and a checkpoint: restoring the
+    weights puts the committed record and metrics back and drops the retraining's."""
+    from inhernet.compare import restore_teacher
+    from inhernet.compare.teacher import RECORDED
+
+    path = _on_new_machine(first, tmp_path)
+    folder = teacher_folder(load_config(path))
+    record, rows = (folder / "done.json").read_text(), (folder / "metrics.jsonl").read_text()
+    (folder / RECORDED).mkdir()
+    for name in ("done.json", "metrics.jsonl"):
+        (folder / name).rename(folder / RECORDED / name)
+    (folder / "metrics.jsonl").write_text(rows.splitlines()[0] + "\n")  # the retraining's first epoch
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"partial")
+    restored = restore_teacher(load_config(path), _teacher_copy(first, tmp_path), log=lambda m: None)
+    assert {k: v for k, v in restored.items() if k != "restored"} == json.loads(record)
+    assert (folder / "metrics.jsonl").read_text() == rows
+    assert not (folder / "checkpoints").exists() and not (folder / RECORDED).exists()
+
+
+def test_weights_replaced_by_hand_in_the_cache_are_refused(first, tmp_path):
+    from inhernet.compare import CompareError
+
+    path = _on_new_machine(first, tmp_path)
+    folder = teacher_folder(load_config(path))
+    other = _perturbed(_teacher_copy(first, tmp_path), tmp_path, 0.01)
+    shutil.copytree(other, folder / "model", dirs_exist_ok=True)
+    with pytest.raises(CompareError, match=r"are not the teacher .* records .*--teacher-weights"):
+        run_compare(load_config(path), log=lambda m: None)
+
+
+def test_cli_teacher_weights(first, tmp_path, capsys):
+    from inhernet.cli import main
+
+    path = _on_new_machine(first, tmp_path)
+    source = _teacher_copy(first, tmp_path)
+    assert main(["compare", str(path), "--teacher-weights", str(source), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "restoring it into" in out or "restoring it into" in capsys.readouterr().err
+    assert "teacher resnet14: done" in out and "record only" not in out
+    root = Path(__file__).resolve().parents[1]
+    assert main(["compare", str(root / "configs" / "text_demo.yaml"), "--teacher-weights", str(source)]) != 0
+    assert "--teacher-weights" in capsys.readouterr().err
+
+
+def _history_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_from_history.py"
+    spec = importlib.util.spec_from_file_location("teacher_from_history", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+@pytest.mark.parametrize("history", ["weights", "other weights", "none"])
+def test_teacher_from_history_restores_weights_a_commit_held(first, tmp_path, history, capsys):
+    """benchmarks/teacher_from_history.py: in a repository whose history once held the teacher's weights
+    (committed, then removed from the tree), they come back through the checked restoration; weights of
+    another network in the history, or none at all, leave the cache as it was (exit 1, said why)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: the script reads the repository's history")
+    repo = tmp_path / "repo"
+    path = _on_new_machine(first, repo)  # records only, as a clone has them
+    folder = teacher_folder(load_config(path))
+    model = folder / "model"
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "records")
+    if history != "none":
+        shutil.copytree(_teacher_copy(first, tmp_path), model, dirs_exist_ok=True)
+        if history == "other weights":
+            shutil.copy(_perturbed(model, tmp_path, 0.05) / "model.safetensors", model / "model.safetensors")
+        _git(repo, "add", "-f", str(model.relative_to(repo)))
+        _git(repo, "commit", "-q", "-m", "the teacher's weights")
+        _git(repo, "rm", "-q", "-r", "--cached", str(model.relative_to(repo)))
+        _git(repo, "commit", "-q", "-m", "weights out of git")
+        shutil.rmtree(model)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    code = _history_script().main([str(path)])
+    out = capsys.readouterr().out
+    if history == "weights":
+        assert code == 0, out
+        assert "weights found in commit" in out and "teacher: restored (evaluated here" not in out  # by digest
+        record = json.loads((folder / "done.json").read_text())
+        assert record["restored"][-1]["from"].startswith("git ") and (model / "model.safetensors").is_file()
+        assert "reusing resnet14" in "\n".join(_run_logs(path))
+        assert _history_script().main([str(path)]) == 0 and "its weights are here" in capsys.readouterr().out
+    else:
+        assert code == 1, out
+        assert ("another network" if history == "other weights" else "holds no weights") in out
+        assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def _run_logs(path: Path) -> list[str]:
+    logs: list[str] = []
+    run_compare(load_config(path), log=logs.append)
+    return logs

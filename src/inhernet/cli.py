@@ -321,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine does not repeat the record (it stops at the first epoch that differs), train a "
                         "new teacher instead: the runs recorded against the old one then stop counting "
                         "(image-classification)")
+    s.add_argument("--teacher-weights", default=None, metavar="PATH",
+                   help="put these weights of the cached teacher back (a model folder, checkpoint or .safetensors "
+                        "file, e.g. from the machine that trained it) before running: accepted only if they are "
+                        "the network its done.json records (same weight digest, or for older records the "
+                        "recorded test and validation metrics, evaluated here) (image-classification)")
     s.add_argument("--max-steps", type=int, default=None,
                    help="override schedule.max_steps (sequence-classification / causal-lm)")
     _add_dist_args(s)
@@ -877,6 +882,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if tr:
         overrides["trainer"] = tr
     cfg = load_config(a.config, overrides)
+    if a.teacher_weights:
+        if not isinstance(cfg, CompareConfig):
+            raise CompareConfigError(f"--teacher-weights: {a.config} is a {cfg.task} comparison, whose teacher is "
+                                     "a pretrained model named in the config; drop the option")
+        from inhernet.compare import restore_teacher
+
+        restore_teacher(cfg, a.teacher_weights)
     if a.status:
         from inhernet.compare import comparison_status
 

@@ -26,7 +26,7 @@ from .api import comparison_status, load_config, rebuild_report, run_compare
 from .report import build_results, format_table, plot_results, write_report
 from .basics import CompareError, StaleRunError, TeacherRecordError
 from .runner import build_method_model
-from .teacher import prepare_teacher
+from .teacher import prepare_teacher, restore_teacher
 from .text_config import TEXT_TASKS, TextCompareConfig, TextMethodConfig
 from .text_runner import run_text_compare
 
@@ -57,6 +57,7 @@ __all__ = [
     "plot_results",
     "prepare_teacher",
     "rebuild_report",
+    "restore_teacher",
     "run_compare",
     "write_report",
 ]

@@ -20,6 +20,11 @@ reported, and training them again is an error unless ``force=True`` (while it tr
 marks the folder, so an interrupted new teacher resumes as one). A record trained at another thread
 count than this training's is refused before any epoch. A plain student never sees the teacher and
 always counts.
+
+Instead of retraining, :func:`restore_teacher` puts a copy of the weights back (from another machine,
+or an earlier commit: ``benchmarks/teacher_from_history.py``), on any machine type: accepted only as
+the recorded network (its digest, or for an older record its test and validation metrics evaluated
+here), and noted in the record under ``restored``.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from .basics import (CompareError, TeacherRecordError, data_identity, file_lock,
 from .config import CompareConfig
 
 __all__ = ["MACHINE_KEYS", "NEW_TEACHER_MARK", "RECORDED", "first_divergence", "not_repeated_here", "prepare_teacher",
-           "teacher_folder", "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready",
+           "restore_teacher", "teacher_folder", "teacher_in_training_elsewhere", "teacher_key", "teacher_path", "teacher_ready",
            "teacher_state", "teacher_weights_here", "trained_against", "unrepeatable_reason"]
 
 
@@ -315,8 +320,15 @@ def _cached_or_trained_teacher(cfg: CompareConfig, data: Any, folder: Path, key:
     model_dir = folder / "model"
     if done is not None and teacher_weights_here(model_dir):
         model, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
+        digest = weights_digest(model)
+        if done.get("weights_digest") and done["weights_digest"] != digest:
+            raise CompareError(
+                f"teacher: the weights in {model_dir} (digest {digest}) are not the teacher {folder / 'done.json'} "
+                f"records (digest {done['weights_digest']}): they were replaced by hand. Delete {model_dir} and put "
+                "the recorded teacher back with `inhernet compare CONFIG --teacher-weights PATH` (checked), or "
+                "retrain it.")
         log(f"teacher: reusing {t.arch} from {folder} (test acc {100 * done['test_acc']:.2f}%)")
-        return model, {"weights_digest": weights_digest(model), **done, "source": "cache", "path": str(model_dir)}
+        return model, {**done, "weights_digest": digest, "source": "cache", "path": str(model_dir)}
     with _teacher_threads(t.threads):
         return _train_or_retrain(cfg, data, folder, key, progress, fit_kwargs, log, new_teacher, done)
 
@@ -430,6 +442,129 @@ def _train_or_retrain(cfg: CompareConfig, data: Any, folder: Path, key: str, pro
         shutil.rmtree(folder / RECORDED, ignore_errors=True)
         (folder / NEW_TEACHER_MARK).unlink(missing_ok=True)
     return model, {**info, "path": str(model_dir)}
+
+
+#: how close a restored teacher's test metrics, evaluated here, must come to the record's when the record
+#: has no weight digest: the same network gives the same predictions up to float rounding on another CPU
+#: (a borderline image or two), another network is off by tens of images and by percents of loss
+RESTORE_ACC_IMAGES = 5
+RESTORE_LOSS_RTOL = 1e-3
+
+
+def restore_teacher(cfg: CompareConfig, source: str | os.PathLike, *, data: Any = None, origin: Optional[str] = None,
+                    log: Callable[[str], None] = log_info) -> dict:
+    """Put a trained teacher's weights back into the config's cache, checked against its record.
+
+    For a teacher whose record (``done.json``) is here without its weights — a new machine, a clone of
+    committed records — and that this machine cannot retrain bit for bit (another CPU type), or that
+    would take hours to retrain: ``source`` is a copy of its weights (a model folder as the cache
+    writes it, a training checkpoint, or a ``.safetensors`` state dict), e.g. from another machine or
+    from the repository's history. They are accepted only as the network the record describes: the
+    same weight digest when the record has one; otherwise (older records) the test set evaluated here
+    must give the recorded test accuracy (within ``RESTORE_ACC_IMAGES`` images) and the last epoch's
+    test loss (relative ``RESTORE_LOSS_RTOL``), and the validation metrics likewise when recorded. The
+    record then gains the digest (later restorations are checked by it) and a ``restored`` note (where the
+    weights came from: ``origin``, e.g. a commit, or else ``source``); the recorded runs stand. Returns the
+    record. ``source`` is only read.
+
+    Raises :class:`CompareError` when the config names its teacher by ``teacher.path``, there is no
+    record to check against, the cache holds other weights already, or the weights are another network.
+    """
+    import datetime
+
+    from inhernet.train import load_model, read_metrics, save_model
+    from inhernet.utils import machine_record, weights_digest
+
+    t = cfg.teacher
+    if t.path:
+        raise CompareError(f"--teacher-weights: the config gives its teacher by teacher.path ({t.path}); there is "
+                           "no cached teacher to restore. Drop the option (or point teacher.path at the weights).")
+    folder = teacher_folder(cfg)
+    model_dir = folder / "model"
+    src = Path(source)
+    if not src.exists():
+        raise CompareError(f"--teacher-weights: {src} does not exist; give a model folder, a checkpoint or a "
+                           ".safetensors file of the trained teacher.")
+    if data is None:
+        data = load_data(cfg)
+    nc, ic = data.num_classes, data.in_channels
+    model, _ = load_model(src, arch=t.arch, expect_arch=t.arch, num_classes=nc, in_channels=ic)
+    digest = weights_digest(model)
+    with file_lock(_teacher_lock(cfg), wait=False) as taken:
+        if not taken and single_process(cfg):
+            raise CompareError(f"--teacher-weights: another process is training the teacher in {folder}; stop it "
+                               "first (its checkpoint stays), then restore.")
+        aside = folder / RECORDED
+        done = read_json(folder / "done.json")
+        from_aside = done is None and (aside / "done.json").is_file()  # an interrupted retraining here
+        record = read_json(aside / "done.json") if from_aside else done
+        if record is None:
+            raise CompareError(
+                f"--teacher-weights: {folder} holds no record of a trained {t.arch} to check the weights against "
+                "(no done.json). To compare against weights of your own, set teacher.path in the config.")
+        if done is not None and teacher_weights_here(model_dir):
+            here, _ = load_model(model_dir, expect_arch=t.arch, num_classes=nc, in_channels=ic)
+            if weights_digest(here) == digest:
+                log(f"teacher: {model_dir} already holds these weights (digest {digest}); nothing to restore")
+                return {**done, "weights_digest": digest}
+            raise CompareError(f"--teacher-weights: {model_dir} already holds other weights than {src}; the "
+                               "teacher is there, nothing is replaced. Delete that folder first to restore.")
+        rows = read_metrics(aside if from_aside else folder)
+        if record.get("weights_digest"):
+            if record["weights_digest"] != digest:
+                raise CompareError(f"--teacher-weights: {src} holds weights with digest {digest}, but the record "
+                                   f"{folder / 'done.json'} is of digest {record['weights_digest']}: another "
+                                   "network. Nothing was changed.")
+            checked = f"weight digest {digest} equals the record's"
+        else:
+            checked = _check_restored_metrics(model, cfg, data, record, rows[-1] if rows else {}, src, folder)
+        log(f"teacher: {src} is the recorded {t.arch} ({checked}); restoring it into {model_dir}")
+        if global_rank() == 0:
+            save_model(model, model_dir, arch=t.arch, num_classes=nc, in_channels=ic, overwrite=True)
+            if from_aside:  # the committed record and metrics come back; the retraining's epochs go
+                shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
+                for name in ("done.json", "metrics.jsonl"):
+                    if (aside / name).exists():
+                        os.replace(aside / name, folder / name)
+                shutil.rmtree(aside, ignore_errors=True)
+            note = {"from": origin or str(src), "checked": checked, "on": machine_record(),
+                    "date": datetime.date.today().isoformat()}
+            record = {**record, "weights_digest": digest, "restored": [*record.get("restored", []), note]}
+            write_json(folder / "done.json", record)
+    return record
+
+
+def _check_restored_metrics(model: nn.Module, cfg: CompareConfig, data: Any, record: dict, last: dict,
+                            src: Path, folder: Path) -> str:
+    """Evaluate a teacher restored against a record without a digest; the checks it passed, in words,
+    or :class:`CompareError` naming the metric that differs."""
+    from inhernet.train import evaluate
+
+    bs = cfg.schedule.eval_batch_size
+    test = evaluate(model, data.test, batch_size=bs)
+    checks = [("test accuracy", test["acc"], record["test_acc"], len(data.test.y))]
+    if "test/loss" in last:
+        checks.append(("test loss", test["loss"], last["test/loss"], None))
+    if "val/acc" in last:
+        tdata = data if cfg.teacher.subset == "same" else load_data(cfg, subset=cfg.teacher.subset)
+        val = evaluate(model, tdata.val, batch_size=bs)
+        checks += [("validation accuracy", val["acc"], last["val/acc"], len(tdata.val.y)),
+                   ("validation loss", val["loss"], last["val/loss"], None)]
+    said = []
+    for what, got, want, n in checks:
+        if n is not None:
+            off = round(abs(got - want) * n)
+            ok, text = off <= RESTORE_ACC_IMAGES, f"{what} {100 * got:.2f} % ({off} image(s) from the record)"
+        else:
+            rel = abs(got - want) / max(abs(want), 1e-12)
+            ok, text = rel <= RESTORE_LOSS_RTOL, f"{what} {got:.6f} (record {want:.6f}, relative {rel:.1e})"
+        if not ok:
+            raise CompareError(
+                f"--teacher-weights: {src} is not the teacher {folder / 'done.json'} records: evaluated here, its "
+                f"{text}; the same network differs by at most {RESTORE_ACC_IMAGES} images and {RESTORE_LOSS_RTOL:g} "
+                "relative loss. Nothing was changed.")
+        said.append(text)
+    return "evaluated here: " + ", ".join(said)
 
 
 def teacher_state(cfg: CompareConfig) -> str:
