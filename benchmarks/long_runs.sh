@@ -9,15 +9,18 @@
 #   bash benchmarks/long_runs.sh stop     # end the processes (each keeps its last finished epoch)
 #
 # What `start` runs: two processes (the methods' runs at one thread each, the teacher at the config's
-# teacher.threads = 2) on the resnet pair's deciding rows (DECIDE): the first trains the teacher; the
-# second meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both
-# share the resnet runs. `start wrn` adds one process on the wrn pair (its teacher alone is ~210 min on
-# one thread, longer than a session, so it only makes sense where the machine is kept). A teacher or
-# run resumes from its checkpoint only on the machine that holds it. On a new machine a teacher is
-# retrained and checked against its committed record epoch by epoch: the same network (CPU training
-# repeats bit for bit on the same machine type and thread count) and the committed runs stand; at the
-# first epoch that differs it stops, the record is kept and notes the machine type (`start` there then
-# says so and starts nothing; see inhernet/compare/teacher.py).
+# teacher.threads = 2) on the resnet pair: its deciding rows (DECIDE), then the budget sweep (SWEEP,
+# seed 0), then the remaining rows (REST); the first process trains the teacher if needed; the second
+# meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both share the
+# resnet runs. `start wrn` adds one process on the wrn pair (its teacher alone is ~210 min on one
+# thread, longer than a session, so it only makes sense where the machine is kept). A teacher or run
+# resumes from its checkpoint only on the machine that holds it. On a new machine the resnet teacher's
+# weights come back from the repository's history (an earlier commit held them;
+# benchmarks/teacher_from_history.py checks them against the record), on any machine type. Where the
+# history holds none, a teacher is retrained and checked against its committed record epoch by epoch:
+# the same network (CPU training repeats bit for bit on the same machine type and thread count) and the
+# committed runs stand; at the first epoch that differs it stops, the record is kept and notes the
+# machine type (`start` there then says so and starts nothing; see inhernet/compare/teacher.py).
 #
 #   NEW_TEACHER=1 bash benchmarks/long_runs.sh start   # ONCE, on the machine type of the committed
 #       teacher: replace it (trained at one thread) by one trained at teacher.threads (2: 1.58x faster in docs/benchmarks/teacher_threads.md,
@@ -31,6 +34,8 @@ LOG_DIR=${LOG_DIR:-/tmp/benchlogs}
 R56=benchmarks/configs/fmnist60k_resnet56_resnet20.yaml
 WRN=benchmarks/configs/fmnist60k_wrn_40_2_wrn_40_1.yaml
 DECIDE=${DECIDE:-"student student_dkd h1_svd h2_perturbed h3_copies h3_whitened h3_wo_gate large"}
+SWEEP=${SWEEP:-"h1_b015 h2p_b015 h1_b045 h2p_b045"}   # H = 1 vs the best gated at 0.15 and 0.45 of the teacher
+REST=${REST:-"h3_perturbed h1_whitened h2_copies h3_split student_kd h3_uniform h3_symmetric"}
 # NEW_TEACHER=1: the rows with runs trained against the committed teacher, and the deciding rows without any
 STALE="student_dkd h1_svd h2_perturbed"
 FRESH="h3_copies h3_whitened h3_wo_gate large"
@@ -44,6 +49,11 @@ launch() {  # name, then the compare arguments
 
 case "${1:-status}" in
   start)
+    # the resnet teacher's weights, which an earlier commit held, come back from the history (checked
+    # against its record: benchmarks/teacher_from_history.py), so its inherited rows run on any machine
+    # type; where the history has none, the checks below decide whether a retraining here can repeat it
+    # (with runs going, the weights are here and this does nothing)
+    "$BIN/python" benchmarks/teacher_from_history.py "$R56" || true
     # a machine type that has already failed to repeat the committed teacher would stop at once: say so;
     # NEW_TEACHER=1 (once: the switch to the config's teacher.threads) is refused where it cannot help
     if ! NEW_TEACHER="${NEW_TEACHER:-}" "$BIN/python" - "$R56" <<'EOF'
@@ -93,14 +103,16 @@ EOF
         '$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
       echo "started resnet56-b (pid $!): waits for the teacher, then $FRESH, then the deciding rows -> $LOG_DIR/resnet56-b.log"
     else
-    # shellcheck disable=SC2086
-    launch resnet56-a "$R56" --methods $DECIDE
+    rows="'$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1; \
+      '$BIN/inhernet' compare '$R56' --methods $SWEEP --seeds 0 --threads 1; \
+      '$BIN/inhernet' compare '$R56' --methods $REST --threads 1"
+    setsid nohup bash -c "$rows" >"$LOG_DIR/resnet56-a.log" 2>&1 </dev/null &
+    echo "started resnet56-a (pid $!): the resnet rows ($DECIDE), the sweep ($SWEEP), then $REST -> $LOG_DIR/resnet56-a.log"
     sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
     # meanwhile (they never see a teacher), then joins the first on the resnet rows
     setsid nohup bash -c "'$BIN/inhernet' compare '$R56' --methods student --threads 1; \
-      '$BIN/inhernet' compare '$WRN' --methods student --threads 1; \
-      '$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
-    echo "started resnet56-b (pid $!): the students of both pairs, then the resnet rows -> $LOG_DIR/resnet56-b.log"
+      '$BIN/inhernet' compare '$WRN' --methods student --threads 1; $rows" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
+    echo "started resnet56-b (pid $!): the students of both pairs, then the same resnet rows -> $LOG_DIR/resnet56-b.log"
     fi
     if [ "${2:-}" = wrn ]; then launch wrn "$WRN"; fi
     ;;

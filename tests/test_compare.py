@@ -678,7 +678,8 @@ def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, 
 
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "benchmarks" / "configs").mkdir(parents=True)
-    shutil.copy(root / "benchmarks" / "long_runs.sh", tmp_path / "benchmarks")
+    for name in ("long_runs.sh", "teacher_from_history.py"):
+        shutil.copy(root / "benchmarks" / name, tmp_path / "benchmarks")
     for name in ("fmnist60k_resnet56_resnet20.yaml", "fmnist60k_wrn_40_2_wrn_40_1.yaml"):
         shutil.copy(root / "benchmarks" / "configs" / name, tmp_path / "benchmarks" / "configs")
     cfg = load_config(tmp_path / "benchmarks" / "configs" / "fmnist60k_resnet56_resnet20.yaml")
@@ -704,6 +705,7 @@ def test_long_runs_start_refuses_what_cannot_repeat_the_teacher(tmp_path, case, 
     res = subprocess.run(["bash", "benchmarks/long_runs.sh", "start"], cwd=tmp_path, capture_output=True, text=True,
                          env=env, timeout=300)
     assert res.returncode == 1 and "not started" in res.stdout and expect in res.stdout, res.stdout + res.stderr
+    assert "holds no weights" in res.stdout  # it asked the history first (a scratch folder has none)
     assert not (tmp_path / "logs").exists() and not (tmp_path / "launched.txt").exists()  # nothing launched
 
 
