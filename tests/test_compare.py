@@ -195,6 +195,28 @@ def test_report_says_whether_its_latencies_are_earlier_ones_or_none(finished):
     assert "earlier measurement" not in table and "none was measured before" in table
 
 
+def test_a_report_rebuilt_with_latency_disabled_drops_earlier_latencies(finished, tmp_path):
+    """``latency: {enabled: false}`` in a comparison's config: a rebuilt table has no latency figures,
+    not even an earlier measurement's (timed under other conditions, they would be compared with none)."""
+    import shutil
+
+    import yaml
+
+    from inhernet.compare import rebuild_report
+
+    src, _, results, _ = finished
+    assert any(m.get("latency_ms") is not None for m in results["methods"])  # the finished run measured some
+    out = tmp_path / "out"
+    shutil.copytree(src / "out", out)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg["latency"] = {**cfg.get("latency", {}), "enabled": False}
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rebuilt = rebuild_report(out, latency=False, log=lambda m: None)
+    assert all(e.get("latency_ms") is None for e in [rebuilt["teacher"], *rebuilt["methods"]])
+    table = (out / "results.md").read_text()
+    assert "latency.enabled is false" in table and "earlier measurement" not in table
+
+
 def test_whitened_method_calibrates_on_training_images(tmp_path):
     """``inherit: {init: whitened}`` in a method: the teacher is calibrated on the first training
     images; the inherited network then tracks the teacher on them better than plain SVD's."""

@@ -118,7 +118,7 @@ def build_results(cfg: Any, data: Any, teacher: nn.Module, tinfo: dict, runs: li
     if measure and lat_cfg.enabled:
         latency = measure_latency(models, (lat_cfg.batch_size, *shape[1:]), rounds=lat_cfg.rounds,
                                   iters=lat_cfg.iters, threads=lat_cfg.threads)
-    elif previous:
+    elif previous and lat_cfg.enabled:  # disabled: no column, not even an earlier measurement's
         for e in previous.get("methods", []) + [previous.get("teacher", {})]:
             if e.get("latency_ms") is not None:
                 latency[e["name"]] = {"ms_per_image": e["latency_ms"]}
