@@ -775,3 +775,14 @@ def test_teacher_threads_benchmark_runs_on_a_tiny_setting(tmp_path):
         torch.set_num_threads(1)
     text = out.read_text()
     assert "| 1 |" in text and "| 2 |" in text and "**the same**." in text
+
+
+def test_accuracy_vs_parameters_labels_only_points_apart():
+    """acc_vs_params.png writes a point's name next to it unless another point lies on top of it (rows at
+    the student's size within a few hundredths of a point would overprint; the legend names them)."""
+    from inhernet.compare.report import _crowded
+
+    pts = [{"params": 272_000, "test_acc_mean": 0.9189}, {"params": 272_100, "test_acc_mean": 0.9207},
+           {"params": 272_186, "test_acc_mean": 0.8808}, {"params": 855_000, "test_acc_mean": 0.932}]
+    span = 100 * (0.932 - 0.8808)
+    assert [_crowded(e, pts, span) for e in pts] == [True, True, False, False]

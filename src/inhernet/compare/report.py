@@ -274,6 +274,13 @@ def size_families(methods: list[dict]) -> list[list[dict]]:
     return [g for g in groups.values() if len({e["params"] for e in g}) > 1]
 
 
+def _crowded(e: dict, plotted: list[dict], span: float) -> bool:
+    """Whether another plotted point lies within 3 % of the parameter axis (log) and 4 % of the accuracy
+    range of ``e``, where their labels would overprint."""
+    return any(o is not e and abs(math.log10(o["params"] / e["params"])) < 0.03
+               and abs(100 * (o["test_acc_mean"] - e["test_acc_mean"])) < 0.04 * max(span, 1e-9) for o in plotted)
+
+
 def plot_results(results: dict, out_dir: Path) -> list[Path]:
     """``acc_vs_epoch.png`` (mean test accuracy per epoch, ±std band) and ``acc_vs_params.png``."""
     import matplotlib
@@ -316,12 +323,14 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
         members = sorted(members, key=lambda e: e["params"])
         ax.plot([e["params"] for e in members], [100 * e["test_acc_mean"] for e in members], color="gray",
                 lw=1, alpha=0.6, zorder=0)
+    span = max(100 * e["test_acc_mean"] for e in plotted) - min(100 * e["test_acc_mean"] for e in plotted) if plotted else 0
     for e in plotted:
         ax.errorbar(e["params"], 100 * e["test_acc_mean"], yerr=100 * (e.get("test_acc_std") or 0.0),
                     fmt=markers.get(e["kind"], "o"), ms=8 if e["kind"] == "teacher" else 6, capsize=3,
                     label=e["label"])
-        ax.annotate(e["label"], (e["params"], 100 * e["test_acc_mean"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
+        if not _crowded(e, plotted, span):  # labels of points on top of each other would overprint: the legend names them
+            ax.annotate(e["label"], (e["params"], 100 * e["test_acc_mean"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
     if results.get("student_params"):
         ax.axvline(results["student_params"], color="gray", ls=":", lw=1, label="student size")
     ax.set_xscale("log")
