@@ -33,9 +33,9 @@ BIN=${BIN:-.venv/bin}
 LOG_DIR=${LOG_DIR:-/tmp/benchlogs}
 R56=benchmarks/configs/fmnist60k_resnet56_resnet20.yaml
 WRN=benchmarks/configs/fmnist60k_wrn_40_2_wrn_40_1.yaml
-DECIDE=${DECIDE:-"student student_dkd h1_svd h2_perturbed h3_copies h3_perturbed h3_whitened h3_wo_gate large"}
+DECIDE=${DECIDE:-"student student_dkd h1_svd h1_whitened h2_copies h2_perturbed h3_copies h3_perturbed h3_whitened h3_wo_gate large"}
 SWEEP=${SWEEP:-"h1_b015 h2p_b015 h1_b045 h2p_b045"}   # H = 1 vs the best gated at 0.15 and 0.45 of the teacher
-REST=${REST:-"h1_whitened h2_copies h3_split student_kd h3_uniform h3_symmetric"}
+REST=${REST:-"h3_split student_kd h3_uniform h3_symmetric"}
 # NEW_TEACHER=1: the rows with runs trained against the committed teacher, and the deciding rows without any
 STALE="student_dkd h1_svd h2_perturbed"
 FRESH="h3_copies h3_whitened h3_wo_gate large"
