@@ -18,7 +18,12 @@ The rows, by what each method is (its inherit summary in results.json, not its n
   defaults (``InheritConfig()``): its last-epoch head cosine and gate gradient ratio are reported.
 
 A target is judged on means over seeds; a row with fewer seeds than the comparison's is marked
-provisional and so is every verdict that reads it. Nothing here trains or measures anything.
+provisional and so is every verdict that reads it. Each difference also gets Welch's two-sided
+t-test over the rows' per-seed accuracies (``p``; "–" where a row has one seed): with 3 seeds a
+difference well inside the seeds' spread is not evidence either way, and the figures say so. The
+last row checks the library's default against the best measured row at the student's size (the
+issue's rule: the default is whatever measured best, H = 1 included). Nothing here trains or
+measures anything.
 """
 
 from __future__ import annotations
@@ -41,6 +46,23 @@ def _acc(e: dict) -> str:
     if e.get("kind") == "teacher":
         return _pct(e.get("test_acc_mean"))
     return f"{_pct(e['test_acc_mean'])} (n = 1)" if n == 1 else f"{_pct(e['test_acc_mean'])} ± {_pct(e['test_acc_std'])}"
+
+
+def _welch_p(a: dict, b: dict) -> str:
+    """Welch's two-sided t-test p-value of two rows' per-seed test accuracies, as text ("–": a row
+    has fewer than two seeds, or both have no spread)."""
+    from scipy import stats
+
+    x, y = a.get("test_acc") or [], b.get("test_acc") or []
+    if len(x) < 2 or len(y) < 2:
+        return "–"
+    p = stats.ttest_ind(x, y, equal_var=False).pvalue
+    return "–" if p != p else f"{p:.2g}"  # NaN: no spread in either row
+
+
+def _diff(a: dict, b: dict) -> str:
+    """``a``'s mean minus ``b``'s, in points, with Welch's p."""
+    return f"{100 * (a['test_acc_mean'] - b['test_acc_mean']):+.2f} (Welch p = {_welch_p(a, b)})"
 
 
 def _finished(e: dict) -> bool:
@@ -104,13 +126,13 @@ def verdicts(results: dict, seeds_wanted: int) -> list[tuple[str, str, str, str]
             continue
         d = gated["test_acc_mean"] - other["test_acc_mean"]
         rows.append((f"best gated ≥ {label} + 0.5",
-                     f"{gated['name']} {_acc(gated)} vs {other['name']} {_acc(other)}: {100 * d:+.2f}",
+                     f"{gated['name']} {_acc(gated)} vs {other['name']} {_acc(other)}: {_diff(gated, other)}",
                      ns(gated, other), judge(d >= 0.005, gated, other)))
     small, kd = _best(roles["inhernet_small"]), _best(roles["kd"])
     if small is not None and kd is not None:
         d = small["test_acc_mean"] - kd["test_acc_mean"]
         rows.append(("InherNet at ≤ student params ≥ best KD student + 1",
-                     f"{small['name']} {_acc(small)} vs {kd['name']} {_acc(kd)}: {100 * d:+.2f}", ns(small, kd),
+                     f"{small['name']} {_acc(small)} vs {kd['name']} {_acc(kd)}: {_diff(small, kd)}", ns(small, kd),
                      judge(d >= 0.01, small, kd)))
     else:
         rows.append(("InherNet at ≤ student params ≥ best KD student + 1", "–", ns(small, kd), judge(None)))
@@ -122,7 +144,8 @@ def verdicts(results: dict, seeds_wanted: int) -> list[tuple[str, str, str, str]
         d = large["test_acc_mean"] - t["test_acc_mean"]
         frac = large["params"] / t["params"]
         rows.append(("Large ≥ teacher − 0.3 at ≤ 50 % of its params",
-                     f"{large['name']} {_acc(large)} vs teacher {_acc(t)}: {100 * d:+.2f}; {frac:.0%} of its params",
+                     f"{large['name']} {_acc(large)} vs teacher {_acc(t)}: {100 * d:+.2f} (the teacher: one network); "
+                     f"{frac:.0%} of its params",
                      ns(large), judge(d >= -0.003 and frac <= 0.5, large)))
     ref = results.get("reference_kd_student")
     inhs = roles["inhernet_small"] + roles["large"]
@@ -135,6 +158,7 @@ def verdicts(results: dict, seeds_wanted: int) -> list[tuple[str, str, str, str]
         rows.append((f"every InherNet reaches {ref}'s final accuracy in ≤ ⅓ of the epochs (≤ {limit:.1f} of {epochs})",
                      figures, ns(*inhs), judge(not slow, *inhs)))
     default = InheritConfig()
+    rows.append(_default_row(roles, default, provisional))
     for e in roles["gated"]:
         inh = e.get("inherit", {})
         if (inh.get("heads"), inh.get("head_init", "copies"), inh.get("init"), inh.get("gate")) == (
@@ -145,6 +169,36 @@ def verdicts(results: dict, seeds_wanted: int) -> list[tuple[str, str, str, str]
                          else f"{e['name']}: –", ns(e), "reported"))
             break
     return rows
+
+
+def _knobs(inh: dict) -> tuple:
+    """The options the default decides, as an inherit summary states them (absent = the paper's)."""
+    return (inh.get("heads"), inh.get("head_init", "copies"), inh.get("init", "svd"), inh.get("gate", "softmax"),
+            inh.get("structure", "asymmetric"), inh.get("budget_mode", "spectral"))
+
+
+def _default_row(roles: dict, default, provisional) -> tuple[str, str, str, str]:
+    """Whether the library's default is the best measured InherNet at the student's size: the issue's
+    rule (a row is the default's when heads, head_init, init, gate, structure and budget_mode match)."""
+    target = "the library's default is the best measured InherNet at the student's size"
+    mine = (default.heads, default.head_init, default.init, default.gate, default.structure, default.budget_mode)
+    small = roles["inhernet_small"]
+    best = _best(small)
+    if best is None:
+        return target, "–", "", "not measured yet"
+    ours = next((e for e in small if _knobs(e.get("inherit", {})) == mine), None)
+    knobs = "heads={}, head_init={}, init={}".format(*_knobs(best.get("inherit", {}))[:3])
+    figures = f"best: {best['name']} {_acc(best)} ({knobs})"
+    if ours is None:
+        return target, figures + "; no row has the default's options", f"{best['name']} {len(best['seeds'])}", \
+            "not measured yet"
+    if ours is not best:
+        figures += f"; the default's row {ours['name']} {_acc(ours)}: {_diff(ours, best)}"
+    ok = ours is best
+    word = "met" if ok else "**not met**"
+    prov = " (provisional: a row has fewer seeds)" if provisional(best, ours) else ""
+    return target, figures, ", ".join(f"{e['name']} {len(e['seeds'])}" for e in {id(best): best, id(ours): ours}.values()), \
+        word + prov
 
 
 def render(paths: list[Path]) -> str:

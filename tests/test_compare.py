@@ -625,8 +625,9 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     spec.loader.exec_module(mod)
 
     def row(name, kind, acc, seeds=(0, 1, 2), params=100, hit=2, **inherit):
+        spread = [acc - 0.001, acc, acc + 0.001][:len(seeds)] if len(seeds) > 1 else [acc]
         e = {"name": name, "kind": kind, "test_acc_mean": acc, "test_acc_std": 0.001, "seeds": list(seeds),
-             "params": params, "epochs": 9, "epochs_to_best_kd_student": hit}
+             "test_acc": spread, "params": params, "epochs": 9, "epochs_to_best_kd_student": hit}
         if kind == "inhernet":
             e["inherit"] = {"budget": None if "rank" in inherit else 100, "gate": "softmax", "init": "svd",
                             "head_init": "copies", **inherit}
@@ -644,8 +645,13 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
     gated_h1 = rows["best gated ≥ H = 1 (plain low rank) + 0.5"]
     assert gated_h1[0].startswith("c 93.00 (n = 1) vs a 91.50") and gated_h1[1] == "met (provisional: n < 3)"
+    assert gated_h1[0].endswith("+1.50 (Welch p = –)")  # c has one seed: no test
     assert rows["best gated ≥ w.o. gate + 0.5"][1] == "met (provisional: n < 3)"
     assert rows["InherNet at ≤ student params ≥ best KD student + 1"][1].startswith("met")
+    # the issue's rule: the default (H = 3 copies: row b) is not the best measured row (c, one seed)
+    default = rows["the library's default is the best measured InherNet at the student's size"]
+    assert default[0].startswith("best: c 93.00 (n = 1) (heads=3, head_init=perturbed, init=svd); the default's row b")
+    assert default[1] == "**not met** (provisional: a row has fewer seeds)"
     assert rows["Large ≥ teacher − 0.3 at ≤ 50 % of its params"][1] == "met"  # 92.8 vs 93.0, 40 %
     convergence = next(v for t, (f, v) in rows.items() if t.startswith("every InherNet"))
     assert convergence.startswith("**not met**")  # c needs 4 of 9 epochs (> 3)
@@ -653,6 +659,12 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     assert "## toy" in mod.render([path])
+    results["methods"] = [m for m in results["methods"] if m["name"] != "c"]
+    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    assert rows["the library's default is the best measured InherNet at the student's size"][1] == "met"  # b is the best now
+    kd = rows["InherNet at ≤ student params ≥ best KD student + 1"][0]
+    assert kd.startswith("b 92.50 ± 0.10 vs dkd 90.00 ± 0.10: +2.50 (Welch p = ")
+    assert 0 < float(kd.split("Welch p = ")[1].rstrip(")")) < 1e-3  # 3 seeds each, 2.5 points apart, spread 0.1
 
 
 @pytest.mark.parametrize("path, kept", [
