@@ -137,6 +137,18 @@ def test_without_evaluation_data_the_rows_have_no_evaluation(tmp_path):
     assert res.final == {} and all(not any(k.startswith("eval/") for k in r) for r in res.metrics)
 
 
+def test_progress_log_prints_the_evaluation_and_checkpoint_steps(tmp_path, capsys):
+    """``progress="log"``: no bar; one line per evaluation or checkpoint step, with its metrics."""
+    res = finetune(tiny_llama(), lm_data(), task="causal-lm", out_dir=tmp_path / "run", max_steps=4, batch_size=4,
+                   eval_every=2, checkpoint_every=4, lr=3e-3, progress="log", run_name="lm/seed0")
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if ln.startswith("lm/seed0: step")]
+    assert [ln.split(",")[0] for ln in lines] == ["lm/seed0: step 2/4", "lm/seed0: step 4/4"]  # evaluated steps
+    assert f"train/loss {res.metrics[-1]['train/loss']:.4g}" in lines[-1]
+    assert any(k.startswith("eval/") and f"{k} " in lines[-1] for k in res.final)
+    assert "\r" not in out.out + out.err
+
+
 def test_classification_learns_a_separable_label(tmp_path):
     data = ClsData()
     res = finetune(tiny_bert(), data, task="sequence-classification", out_dir=tmp_path / "run", max_steps=30,
@@ -469,6 +481,7 @@ def test_fsdp_of_a_model_without_transformer_blocks_is_a_config_error(tmp_path):
     (dict(strategy="fsdp2"), "strategy"),
     (dict(precision="16-mixed"), "precision"),
     (dict(batch_size=31), "fewer than batch_size=31"),
+    (dict(progress="bar"), "progress"),
 ])
 def test_bad_options_are_config_errors_naming_the_option_and_write_nothing(tmp_path, kwargs, option):
     out = tmp_path / "run"

@@ -434,3 +434,33 @@ def test_gate_lr_scale_refuses_a_model_without_gates(tmp_path):
     with pytest.raises(ConfigError, match="no gated inherited layer"):
         fit(_net(), _data(), out_dir=tmp_path / "run", epochs=1, gate_lr_scale=10, progress=False)
     fit(_net(), _data(), out_dir=tmp_path / "ok", epochs=1, gate_lr_scale=1, progress=False)  # 1: allowed, a no-op
+
+
+def test_progress_log_prints_one_line_per_epoch_and_draws_no_bar(tmp_path, capsys):
+    """``progress="log"`` (background runs whose output is a log file): one line per finished epoch with
+    the epoch's metrics as metrics.jsonl has them, and no bar (no carriage returns)."""
+    res = fit(_net(), _data(), out_dir=tmp_path / "run", epochs=2, batch_size=16, progress="log", run_name="toy/seed0")
+    out = capsys.readouterr()
+    lines = [ln for ln in out.out.splitlines() if ln.startswith("toy/seed0: epoch")]
+    assert [ln.split(",")[0] for ln in lines] == ["toy/seed0: epoch 1/2", "toy/seed0: epoch 2/2"]
+    last = res.metrics[-1]
+    assert f"train loss {last['train/loss']:.4g}" in lines[-1]
+    assert f"val acc {100 * last['val/acc']:.2f} %" in lines[-1]
+    assert "\r" not in out.out + out.err
+
+
+@pytest.mark.parametrize("bad", ["bar", 1, None])
+def test_a_bad_progress_setting_fails_before_anything_is_written(tmp_path, bad):
+    from inhernet.compare import CompareConfig, CompareConfigError
+    from inhernet.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"progress=.* is not a progress setting; use one of tqdm, rich, log"):
+        fit(_net(), _data(), out_dir=tmp_path / "run", epochs=1, progress=bad)
+    assert not (tmp_path / "run").exists()
+    cfg = {"name": "c", "out_dir": str(tmp_path / "out"), "data": {"name": "digits", "subset": 160},
+           "teacher": {"arch": "resnet14", "epochs": 1}, "student": {"arch": "resnet8"}, "schedule": {"epochs": 1},
+           "methods": [{"name": "s", "kind": "student"}], "trainer": {"progress": bad}}
+    # a wrong type is refused by the config's type check, a wrong word by the progress check
+    with pytest.raises(CompareConfigError, match=r"trainer\.progress=.*(is not a progress setting|wrong type)"):
+        CompareConfig.from_dict(cfg)
+    assert CompareConfig.from_dict({**cfg, "trainer": {"progress": "log"}}).trainer.progress == "log"

@@ -86,7 +86,8 @@ def _add_dist_args(p: argparse.ArgumentParser) -> None:
                    help="auto, ddp (re-launches this command per device), ddp_spawn, fsdp (Hugging Face models: "
                         "FSDP2 sharding the transformer blocks, CPUs too; re-launches like ddp) (default auto)")
     g.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    g.add_argument("--progress", default=None, choices=["tqdm", "rich", "none"], help="progress bar (default tqdm)")
+    g.add_argument("--progress", default=None, choices=["tqdm", "rich", "log", "none"],
+                   help="progress bar (default tqdm); log: one line per epoch (or per evaluation), for a log file")
     g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the model's training steps; MODE: default (when left out), reduce-overhead "
                         "(CUDA graphs, GPUs only), max-autotune, max-autotune-no-cudagraphs. The first steps "
@@ -103,7 +104,7 @@ def _devices(v: Optional[str]) -> Any:
 
 
 def _dist_kwargs(a: argparse.Namespace) -> dict:
-    prog = {"tqdm": True, "rich": "rich", "none": False, None: True}[a.progress]
+    prog = {"tqdm": True, "rich": "rich", "log": "log", "none": False, None: True}[a.progress]
     return dict(accelerator=a.accelerator or "cpu", devices=_devices(a.devices) or 1, num_nodes=a.num_nodes or 1,
                 strategy=a.strategy or "auto", compile=a.compile, progress=prog)
 
@@ -720,6 +721,7 @@ def _finetune_hf(a: argparse.Namespace) -> int:
                           "(config.json) of the same tokenizer.")
     _setup(a)
     from inhernet.hf.textdata import encode_classification, load_classification, load_lm_data
+    from inhernet.train.validate import shows_bar
 
     if task == "causal-lm":
         model, tokenizer = load_text_model(a.model, task)
@@ -751,7 +753,7 @@ def _finetune_hf(a: argparse.Namespace) -> int:
     if res.model_dir is None or not _rank0():
         return 0
     if dtype != torch.float32 and dtype.is_floating_point:  # saved in the precision it came in
-        save_text_model(res.model.to(dtype), res.model_dir, tokenizer=tokenizer, progress=bool(dist["progress"]))
+        save_text_model(res.model.to(dtype), res.model_dir, tokenizer=tokenizer, progress=shows_bar(dist["progress"]))
     shown = {k: v for k, v in res.final.items() if not k.endswith("/tokens")}
     result = {"final": shown, "steps": len(res.metrics), "tokens_seen": res.tokens_seen}
     if "test/acc" in shown:
@@ -878,7 +880,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                             ("num_nodes", a.num_nodes), ("strategy", a.strategy), ("threads", a.threads),
                             ("compile", a.compile)) if v}
     if a.progress:
-        tr["progress"] = {"tqdm": True, "rich": "rich", "none": False}[a.progress]
+        tr["progress"] = {"tqdm": True, "rich": "rich", "log": "log", "none": False}[a.progress]
     if tr:
         overrides["trainer"] = tr
     cfg = load_config(a.config, overrides)

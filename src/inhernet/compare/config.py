@@ -360,6 +360,8 @@ class TrainerConfig:
     * ``data_on_device``: the training / evaluation tensors live on the training device and the
       batch augmentation runs there (no host-to-device copy per batch); ``null`` (default): on when
       training on a GPU. On a CPU it changes nothing.
+    * ``progress``: ``true`` (TQDM bar, default), ``rich``, ``log`` (one printed line per epoch — per
+      evaluation for the transformer runs —, for a run whose output goes to a log file) or ``false``.
     * ``compile``: ``torch.compile`` the trained models' training steps: ``false`` (default),
       ``true`` (mode ``default``) or a mode, ``default`` / ``reduce-overhead`` (CUDA graphs: GPUs
       with static shapes only; on a CPU it compiles as ``default``) / ``max-autotune`` /
@@ -391,6 +393,7 @@ class TrainerConfig:
         validated(validate.check_accelerator, "accelerator", self.accelerator, option=option, available=False)
         validated(validate.check_precision, "precision", self.precision, accelerator=self.accelerator, option=option)
         validated(validate.check_compile, "compile", self.compile, option=option)
+        validated(validate.check_progress, "progress", self.progress, option=option)
 
 
 @dataclass

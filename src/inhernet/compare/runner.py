@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from inhernet.train.fit import global_rank
+from inhernet.train.validate import shows_bar
 from inhernet.utils import read_json, stable_hash, write_json
 
 from .basics import (CompareError, StaleRunError, data_identity, file_lock, load_data, log_info, single_process,
@@ -248,7 +249,7 @@ def _run_one(cfg: CompareConfig, r: dict, data: Any, teacher: nn.Module, tinfo: 
     ck = d / "checkpoints" / "last.ckpt"
     log(f"{tag}: {'resuming' if ck.exists() else 'training'} ({m.kind}, loss {m.loss_kind})")
     model, meta = build_method_model(m, seed, cfg, teacher, data.num_classes, data.in_channels, data.train,
-                                     progress=bool(progress))
+                                     progress=shows_bar(progress))
     loss = DistillLoss.from_dict(m.loss_spec())
     s = cfg.schedule
     t0 = time.perf_counter()

@@ -38,6 +38,7 @@ from torch import nn
 from inhernet.errors import ConfigError
 from inhernet.hf.quiet import transformers_progress
 from inhernet.train.fit import global_rank
+from inhernet.train.validate import shows_bar
 from inhernet.utils import read_json, stable_hash, write_json
 
 from .basics import CompareError, file_lock, single_process
@@ -480,7 +481,7 @@ def run_text_compare(cfg: TextCompareConfig, *, force: bool = False, progress: A
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     progress = cfg.trainer.progress if progress is None else progress
-    with transformers_progress(bool(progress)):  # transformers' own bars (loading, writing shards) follow ours
+    with transformers_progress(shows_bar(progress)):  # transformers' own bars (loading, writing shards) follow ours
         return _run_text_compare(cfg, force=force, progress=progress, log=log, report=report, methods=methods)
 
 

@@ -86,7 +86,8 @@ from .text import (
     quiet_lightning,
 )
 from .validate import Option, check_accelerator, check_batch_size, check_count, check_learning_rate, \
-    check_non_negative, check_precision, compile_mode, plain_option
+    check_non_negative, check_precision, check_progress, compile_mode, plain_option, \
+    shows_bar
 
 __all__ = ["FINETUNE_RECORD", "STRATEGIES", "FinetuneResult", "check_finetune_options", "default_checkpoint_every",
            "finetune", "load_checkpoint_weights", "meta_copy", "resolve_warmup"]
@@ -411,7 +412,8 @@ def finetune(
             + gloo works), ``"fsdp"`` (FSDP2, see the module docstring; re-launches like ``"ddp"``;
             CPU + gloo works). The data is sharded by rank so that ``P``
             processes of ``batch_size`` B train like one of ``P * B``.
-        progress: Lightning's TQDM bar (loss, tokens/s); ``False``: silent.
+        progress: Lightning's TQDM bar (loss, tokens/s); ``"log"``: no bar, one printed line per
+            evaluation and checkpoint step (for a log file); ``False``: silent.
         run_name: how errors name the run (default ``out_dir``); a non-finite loss or gradient
             stops it with :class:`~inhernet.train.guard.TrainingDivergedError`.
         quiet: hide Lightning's info messages.
@@ -431,6 +433,7 @@ def finetune(
                            eval_every=eval_every, eval_batch_size=eval_batch_size,
                            checkpoint_every=checkpoint_every, teacher_logits=teacher_logits, strategy=strategy,
                            accelerator=accelerator, precision=precision, compile=compile)
+    check_progress("progress", progress)
     check_gate_lr_scale(gate_lr_scale, model)
     _check_data(task, data, batch_size, model)
     if gradient_checkpointing:
@@ -452,7 +455,7 @@ def finetune(
     trainer_kwargs: dict[str, Any] = dict(
         max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
         strategy=lightning_strategy, accumulate_grad_batches=grad_accum, logger=False, enable_checkpointing=False,
-        enable_progress_bar=bool(progress), enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=shows_bar(progress), enable_model_summary=False, num_sanity_val_steps=0,
         use_distributed_sampler=False, check_val_every_n_epoch=None,
         # in micro-batches; Lightning counts them over the (one, endless) epoch
         val_check_interval=(eval_every if eval_every else max_steps + 1) * grad_accum,
@@ -473,9 +476,9 @@ def finetune(
                             compile=compile_mode(compile), gate_lr_scale=gate_lr_scale)
     recorder = StepRecorder(metrics_path, ckpt_path, max_steps=max_steps, checkpoint_every=checkpoint_every,
                             eval_every=eval_every, has_eval=has_eval, batch_size=batch_size * grad_accum,
-                            train_items=n_train)
+                            train_items=n_train, log=run_name if progress == "log" else None)
     cbs: list[Callback] = [NonFiniteGuard(run_name), recorder]
-    if progress:
+    if shows_bar(progress):
         cbs.append(StepProgressBar(max_steps * grad_accum))
     cbs.extend(callbacks)
 
@@ -535,7 +538,7 @@ def finetune(
     model_dir = None
     if trainer.is_global_zero and global_rank() == 0:
         try:
-            model_dir = save_text_model(trained, out / MODEL_DIR, tokenizer=tokenizer, progress=bool(progress))
+            model_dir = save_text_model(trained, out / MODEL_DIR, tokenizer=tokenizer, progress=shows_bar(progress))
         except ConfigError as err:
             warnings.warn(f"the trained model was not saved: {err}")
     rows = read_metrics(metrics_path)

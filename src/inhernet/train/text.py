@@ -579,12 +579,14 @@ class StepRecorder(Callback):
     last one (``None``: the last one only; ``has_eval=False``: none). The checkpoint is written every
     ``checkpoint_every`` steps and at step ``max_steps``, after the step's row. On (re)start the
     rows of steps after the restored one are dropped. ``batch_size``: training items per process and
-    optimiser step (micro-batch size times accumulation).
+    optimiser step (micro-batch size times accumulation). ``log``: also print the rows of evaluation
+    and checkpoint steps, one line each (``progress="log"``: a run whose output goes to a log file).
     """
 
     def __init__(self, metrics_path: Union[str, Path], checkpoint_path: Union[str, Path], *, max_steps: int,
                  checkpoint_every: int, eval_every: Optional[int], has_eval: bool, batch_size: int,
-                 train_items: int) -> None:
+                 train_items: int, log: Optional[str] = None) -> None:
+        self.log_name = log
         self.metrics_path, self.checkpoint_path = Path(metrics_path), Path(checkpoint_path)
         self.max_steps, self.checkpoint_every, self.eval_every = int(max_steps), int(checkpoint_every), eval_every
         self.has_eval = bool(has_eval)
@@ -651,11 +653,17 @@ class StepRecorder(Callback):
         self._finish(trainer, row)
 
     def _finish(self, trainer: L.Trainer, row: dict) -> None:
+        step = row["step"]
+        checkpoint = step % self.checkpoint_every == 0 or step >= self.max_steps
         if trainer.is_global_zero:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        step = row["step"]
-        if step % self.checkpoint_every == 0 or step >= self.max_steps:
+            if self.log_name is not None and (checkpoint or len(row) > 8):  # more than the training fields: evaluated
+                skip = ("step", "epoch", "lr", "tokens", "time_s")
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
+                print(f"{self.log_name}: step {step}/{self.max_steps}, lr {row['lr']:.3g}, {row['time_s']:.0f} s, "
+                      f"{row['tokens']:,} tokens: {shown}", flush=True)
+        if checkpoint:
             trainer.save_checkpoint(self.checkpoint_path)  # every process: FSDP gathers, rank zero writes
 
 

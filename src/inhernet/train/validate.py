@@ -23,6 +23,7 @@ __all__ = [
     "COMPILE_MODES",
     "FOLDER_NAME_RULE",
     "PRECISIONS",
+    "PROGRESS_MODES",
     "check_accelerator",
     "check_batch_size",
     "check_compile",
@@ -34,10 +35,12 @@ __all__ = [
     "check_milestones",
     "check_non_negative",
     "check_precision",
+    "check_progress",
     "check_training_options",
     "cli_option",
     "compile_mode",
     "plain_option",
+    "shows_bar",
 ]
 
 Option = Callable[[str], str]
@@ -220,6 +223,25 @@ def check_precision(field: str, value: Any, *, accelerator: Any = "cpu", option:
                           f"{explicit!r} (or another of {choices}).")
     raise ConfigError(f"{_shown(option, field, value)} is not a training precision; use one of {choices} "
                       "(or leave it out for 32-bit).")
+
+
+#: how training shows its progress: Lightning's TQDM bar (``True`` means ``"tqdm"``), Rich's bar, or
+#: ``"log"``: one printed line per epoch (for the log file of a run in the background, where a bar's
+#: carriage returns make an unreadable file); ``False``: nothing
+PROGRESS_MODES = ("tqdm", "rich", "log")
+
+
+def check_progress(field: str, value: Any, *, option: Option = plain_option) -> None:
+    """A progress setting: ``True`` / ``False`` or one of :data:`PROGRESS_MODES`."""
+    if isinstance(value, bool) or (isinstance(value, str) and value in PROGRESS_MODES):
+        return
+    raise ConfigError(f"{_shown(option, field, value)} is not a progress setting; use one of "
+                      f"{', '.join(PROGRESS_MODES)} (a bar, or one line per epoch), or true / false.")
+
+
+def shows_bar(progress: Any) -> bool:
+    """Whether a checked progress setting draws a progress bar (``"log"`` prints lines instead)."""
+    return progress is True or progress in ("tqdm", "rich")
 
 
 #: ``torch.compile`` modes training accepts (``compile: true`` means ``"default"``); ``reduce-overhead``
