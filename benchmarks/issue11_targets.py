@@ -14,8 +14,9 @@ The rows, by what each method is (its inherit summary in results.json, not its n
 * **w.o. gate**: the same budget, H > 1, ``gate: none``;
 * **best KD student**: the highest-mean student_kd / student_dkd / student_lskd row;
 * **Large**: an InherNet with a fixed rank (no budget), e.g. the paper's rank 16, H = 3;
-* **the default config**: the gated row whose head_init, heads, init and gate are the library's
-  defaults (``InheritConfig()``): its last-epoch head cosine and gate gradient ratio are reported.
+* **the default config**: the row whose heads, head_init, init and gate are the library's defaults
+  (``InheritConfig()``): checked against the best row, and, when the default has gated heads, its
+  last-epoch head cosine and gate gradient ratio are reported (one head: nothing to report).
 
 A target is judged on means over seeds; a row with fewer seeds than the comparison's is marked
 provisional and so is every verdict that reads it. Each difference also gets Welch's two-sided
@@ -159,29 +160,36 @@ def verdicts(results: dict, seeds_wanted: int) -> list[tuple[str, str, str, str]
                      figures, ns(*inhs), judge(not slow, *inhs)))
     default = InheritConfig()
     rows.append(_default_row(roles, default, provisional))
+    target = "default config's heads reported (head cosine, gate gradient ratio)"
+    if default.heads == 1:
+        rows.append((target, "the default has one head: no gate, nothing to diverge", "", "n/a (H = 1)"))
+        return rows
     for e in roles["gated"]:
         inh = e.get("inherit", {})
         if (inh.get("heads"), inh.get("head_init", "copies"), inh.get("init"), inh.get("gate")) == (
                 default.heads, default.head_init, default.init, default.gate):
             cos, ratio = e.get("head_cosine_last"), e.get("gate_grad_ratio_last")
-            rows.append(("default config's heads reported (head cosine, gate gradient ratio)",
-                         f"{e['name']}: cos {cos:.6f}, ratio {ratio:.1e}" if cos is not None and ratio is not None
+            rows.append((target, f"{e['name']}: cos {cos:.6f}, ratio {ratio:.1e}" if cos is not None and ratio is not None
                          else f"{e['name']}: –", ns(e), "reported"))
             break
     return rows
 
 
 def _knobs(inh: dict) -> tuple:
-    """The options the default decides, as an inherit summary states them (absent = the paper's)."""
-    return (inh.get("heads"), inh.get("head_init", "copies"), inh.get("init", "svd"), inh.get("gate", "softmax"),
-            inh.get("structure", "asymmetric"), inh.get("budget_mode", "spectral"))
+    """The options the default decides, as an inherit summary states them (absent = the paper's); with
+    one head, head_init and gate build nothing, so they do not tell two H = 1 rows apart."""
+    one = inh.get("heads") == 1
+    return (inh.get("heads"), None if one else inh.get("head_init", "copies"), inh.get("init", "svd"),
+            None if one else inh.get("gate", "softmax"), inh.get("structure", "asymmetric"),
+            inh.get("budget_mode", "spectral"))
 
 
 def _default_row(roles: dict, default, provisional) -> tuple[str, str, str, str]:
     """Whether the library's default is the best measured InherNet at the student's size: the issue's
     rule (a row is the default's when heads, head_init, init, gate, structure and budget_mode match)."""
     target = "the library's default is the best measured InherNet at the student's size"
-    mine = (default.heads, default.head_init, default.init, default.gate, default.structure, default.budget_mode)
+    mine = _knobs({"heads": default.heads, "head_init": default.head_init, "init": default.init, "gate": default.gate,
+                   "structure": default.structure, "budget_mode": default.budget_mode})
     small = roles["inhernet_small"]
     best = _best(small)
     if best is None:
@@ -195,7 +203,8 @@ def _default_row(roles: dict, default, provisional) -> tuple[str, str, str, str]
     if ours is not best:
         figures += f"; the default's row {ours['name']} {_acc(ours)}: {_diff(ours, best)}"
     ok = ours is best
-    word = "met" if ok else "**not met**"
+    p = _welch_p(ours, best)
+    word = "met" if ok else ("**not met**" + (f" (within noise: p = {p})" if p != "–" and float(p) >= 0.05 else ""))
     prov = " (provisional: a row has fewer seeds)" if provisional(best, ours) else ""
     return target, figures, ", ".join(f"{e['name']} {len(e['seeds'])}" for e in {id(best): best, id(ours): ours}.values()), \
         word + prov

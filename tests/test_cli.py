@@ -495,3 +495,22 @@ def test_finetune_of_an_image_model_refuses_the_hugging_face_options(dense_teach
     _one_error_line(capsys, "--max-steps is for a Hugging Face model folder")
     assert main(["finetune", str(dense_teacher), "--out", str(tmp_path / "ft")]) == 2
     _one_error_line(capsys, "needs --data NAME")
+
+
+def test_inherit_options_default_to_the_library_defaults_and_head_init_is_passed():
+    """`inhernet inherit` without --heads / --head-init builds InheritConfig's defaults (H = 1 now), not
+    a default of its own; --head-init reaches the config, and a bad one is a ConfigError naming the choices
+    (which the command prints as one line, exit 2)."""
+    import inhernet
+    from inhernet.cli import _inherit_config, build_parser
+
+    parse = build_parser().parse_args
+    cfg = _inherit_config(parse(["inherit", "t", "--rank", "2", "--out", "o"]), None)
+    assert (cfg.heads, cfg.head_init) == (inhernet.InheritConfig().heads, inhernet.InheritConfig().head_init) == (1, "copies")
+    cfg = _inherit_config(parse(["inherit", "t", "--rank", "2", "--heads", "2", "--head-init", "perturbed", "--out", "o"]), None)
+    assert (cfg.heads, cfg.head_init) == (2, "perturbed")
+    from inhernet.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"head_init.*perturbed"):
+        _inherit_config(parse(["inherit", "t", "--rank", "2", "--heads", "2", "--head-init", "shuffled", "--out", "o"]),
+                        None)

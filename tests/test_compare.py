@@ -648,23 +648,32 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     assert gated_h1[0].endswith("+1.50 (Welch p = –)")  # c has one seed: no test
     assert rows["best gated ≥ w.o. gate + 0.5"][1] == "met (provisional: n < 3)"
     assert rows["InherNet at ≤ student params ≥ best KD student + 1"][1].startswith("met")
-    # the issue's rule: the default (H = 3 copies: row b) is not the best measured row (c, one seed)
+    # the issue's rule: the default (H = 1: row a) is not the best measured row (c, one seed)
     default = rows["the library's default is the best measured InherNet at the student's size"]
-    assert default[0].startswith("best: c 93.00 (n = 1) (heads=3, head_init=perturbed, init=svd); the default's row b")
+    assert default[0].startswith("best: c 93.00 (n = 1) (heads=3, head_init=perturbed, init=svd); the default's row a")
     assert default[1] == "**not met** (provisional: a row has fewer seeds)"
+    assert rows["default config's heads reported (head cosine, gate gradient ratio)"][1] == "n/a (H = 1)"
     assert rows["Large ≥ teacher − 0.3 at ≤ 50 % of its params"][1] == "met"  # 92.8 vs 93.0, 40 %
     convergence = next(v for t, (f, v) in rows.items() if t.startswith("every InherNet"))
     assert convergence.startswith("**not met**")  # c needs 4 of 9 epochs (> 3)
-    assert rows["default config's heads reported (head cosine, gate gradient ratio)"][0].startswith("b: cos 0.990000")
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     assert "## toy" in mod.render([path])
     results["methods"] = [m for m in results["methods"] if m["name"] != "c"]
     rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
-    assert rows["the library's default is the best measured InherNet at the student's size"][1] == "met"  # b is the best now
+    # b (3 seeds, 1 point above a, spread 0.1) is the best now: the default's a is clearly below it
+    assert rows["the library's default is the best measured InherNet at the student's size"][1] == "**not met**"
+    a = next(m for m in results["methods"] if m["name"] == "a")
+    a.update(test_acc_mean=0.9248, test_acc=[0.9238, 0.9248, 0.9258])  # 0.02 below b: inside the seeds' spread
+    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    assert rows["the library's default is the best measured InherNet at the student's size"][1].startswith(
+        "**not met** (within noise: p = ")
+    a.update(test_acc_mean=0.93, test_acc=[0.929, 0.93, 0.931])  # now the best
+    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    assert rows["the library's default is the best measured InherNet at the student's size"][1] == "met"
     kd = rows["InherNet at ≤ student params ≥ best KD student + 1"][0]
-    assert kd.startswith("b 92.50 ± 0.10 vs dkd 90.00 ± 0.10: +2.50 (Welch p = ")
-    assert 0 < float(kd.split("Welch p = ")[1].rstrip(")")) < 1e-3  # 3 seeds each, 2.5 points apart, spread 0.1
+    assert kd.startswith("a 93.00 ± 0.10 vs dkd 90.00 ± 0.10: +3.00 (Welch p = ")
+    assert 0 < float(kd.split("Welch p = ")[1].rstrip(")")) < 1e-3  # 3 seeds each, 3 points apart, spread 0.1
 
 
 @pytest.mark.parametrize("path, kept", [
@@ -798,3 +807,55 @@ def test_accuracy_vs_parameters_labels_only_points_apart():
            {"params": 272_186, "test_acc_mean": 0.8808}, {"params": 855_000, "test_acc_mean": 0.932}]
     span = 100 * (0.932 - 0.8808)
     assert [_crowded(e, pts, span) for e in pts] == [True, True, False, False]
+
+
+def test_a_run_identity_states_the_library_defaults_it_relies_on(monkeypatch):
+    """Run keys hash a method's inherit options as written; a library default the method leaves out is
+    part of what it trains. So: runs made under the first defaults keep their keys (heads written,
+    head_init left out or written as copies: the same key), and once a default differs from that
+    baseline a method that leaves the option out gets another key (it now trains something else),
+    instead of silently counting the old runs as its own."""
+    import inhernet
+    from inhernet.compare.basics import IDENTITY_BASELINE, inherit_identity
+
+    written = {"budget": "student", "heads": 3}
+    assert inherit_identity(written) == written  # the committed runs' identities: unchanged
+    assert inherit_identity({**written, "head_init": "copies"}) == written  # the paper's init, written or not
+    assert inherit_identity({**written, "head_init": "perturbed"}) == {**written, "head_init": "perturbed"}
+    # heads: the default is 1 now, not the baseline's 3: a method that leaves it out trains H = 1
+    assert inhernet.InheritConfig().heads != IDENTITY_BASELINE["heads"]
+    assert inherit_identity({"budget": "student"})["heads"] == inhernet.InheritConfig().heads
+    # a later change of the head_init default: methods leaving it out get the new default in their key
+    real = inhernet.InheritConfig.__dataclass_fields__["head_init"].default
+    monkeypatch.setattr(inhernet.InheritConfig, "__init__", _with_default(inhernet.InheritConfig.__init__, head_init="perturbed"))
+    assert inherit_identity(written) == {**written, "head_init": "perturbed"}
+    assert inherit_identity({**written, "head_init": real}) == written  # the old runs' key, written explicitly
+
+
+def _with_default(init, **defaults):
+    def patched(self, *args, **kwargs):
+        init(self, *args, **{**defaults, **kwargs})
+    return patched
+
+
+@pytest.mark.parametrize("name", ["fmnist60k_resnet56_resnet20", "fmnist60k_wrn_40_2_wrn_40_1"])
+def test_the_committed_runs_keep_their_keys_under_the_committed_configs(name):
+    """Every finished run committed in benchmarks/store/ is planned again, under the same key, by the
+    config that made it: a change of the library's defaults or of the identity rules that would quietly
+    retrain — or quietly re-count — those runs fails here."""
+    from inhernet.compare import load_config
+    from inhernet.compare.runner import plan_runs
+    from inhernet.compare.teacher import teacher_key
+    from inhernet.utils import read_json
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "benchmarks" / "configs" / f"{name}.yaml")
+    cfg.out_dir = str(root / cfg.out_dir)
+    planned = {(r["method"].name, r["seed"]): r["key"] for r in plan_runs(cfg, teacher_key(cfg))}
+    done = sorted((root / cfg.out_dir / "runs").glob("*/seed*/done.json"))
+    assert len(done) >= 3, "the store holds finished runs"
+    for path in done:
+        rec = read_json(path)
+        method, seed = path.parent.parent.name, int(path.parent.name[len("seed"):])
+        assert (method, seed) in planned, f"{method} seed {seed}: no longer planned"
+        assert rec["key"] == planned[method, seed], f"{method} seed {seed}: its key changed"

@@ -147,10 +147,10 @@ def test_symmetric_ablation_has_h_down_projections():
 def test_same_seed_same_model_and_global_rng_untouched():
     teacher = small_cnn()
     state = torch.get_rng_state()
-    a = inherit(teacher, rank=4, seed=3, progress=False)
+    a = inherit(teacher, rank=4, heads=3, seed=3, progress=False)
     assert torch.equal(torch.get_rng_state(), state)
-    b = inherit(teacher, rank=4, seed=3, progress=False)
-    c = inherit(teacher, rank=4, seed=4, progress=False)
+    b = inherit(teacher, rank=4, heads=3, seed=3, progress=False)
+    c = inherit(teacher, rank=4, heads=3, seed=4, progress=False)
     assert torch.equal(a[0].gate.weight, b[0].gate.weight)
     assert not torch.equal(a[0].gate.weight, c[0].gate.weight)
 

@@ -226,7 +226,7 @@ def test_one_inherited_layer_alone_becomes_its_inference_form(monkeypatch, winne
 
 
 def test_as_trained_makes_gated_heads_differ_and_keeps_the_original():
-    model = inhernet.inherit(create_model("resnet20", num_classes=10, in_channels=1), rank=4, progress=False)
+    model = inhernet.inherit(create_model("resnet20", num_classes=10, in_channels=1), rank=4, heads=3, progress=False)
     snap = _snapshot(model)
     trained = optimize.as_trained(model, 1e-3)
     _assert_unchanged(model, snap)

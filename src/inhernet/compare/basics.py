@@ -15,8 +15,8 @@ from inhernet.train.fit import global_rank
 
 from .config import CompareConfig
 
-__all__ = ["CompareError", "StaleRunError", "TeacherRecordError", "data_identity", "file_lock", "load_data", "log_info",
-           "single_process", "trainer_kwargs"]
+__all__ = ["CompareError", "IDENTITY_BASELINE", "StaleRunError", "TeacherRecordError", "data_identity", "file_lock",
+           "inherit_identity", "load_data", "log_info", "single_process", "trainer_kwargs"]
 
 
 class CompareError(TrainingError):
@@ -42,6 +42,35 @@ def data_identity(cfg: CompareConfig) -> dict:
     if is_data_path(cfg.data.name, cfg.data.root):  # your own files: their contents, so an edit is noticed
         d["digest"] = data_file_digest(cfg.data.name, cfg.data.root)
     return d
+
+
+#: The :class:`~inhernet.InheritConfig` defaults that run identities were first made under. A method's
+#: ``inherit`` options enter its run's identity as written, so a run made when ``heads: 3`` could be
+#: left out keeps its key only while the default is the same; once a default here changes, a method
+#: that leaves the option out gets the *current* default written into its identity (what it now
+#: trains: a new run, not the old one's), and one that writes the baseline value of an option that
+#: runs omitted before it existed (``head_init: copies``) keeps the old key (it trains what they did).
+IDENTITY_BASELINE = {"heads": 3, "head_init": "copies"}
+#: options that did not exist when the first runs were made: their baseline value is left out of the
+#: identity (those runs never wrote it)
+_ADDED_LATER = ("head_init",)
+
+
+def inherit_identity(inherit: dict) -> dict:
+    """A method's ``inherit`` options as they enter its run's identity (see :data:`IDENTITY_BASELINE`):
+    the same training gets the same key whichever library defaults are current, and a change of a
+    default changes the key of every method that relied on it."""
+    from inhernet import InheritConfig
+
+    current = InheritConfig()
+    out = dict(inherit)
+    for name, baseline in IDENTITY_BASELINE.items():
+        now = getattr(current, name)
+        if name not in out and now != baseline:
+            out[name] = now
+        if name in _ADDED_LATER and out.get(name) == baseline:
+            out.pop(name)
+    return out
 
 
 def trainer_kwargs(cfg: CompareConfig, progress: Any) -> dict:

@@ -45,8 +45,8 @@ from inhernet.train.fit import global_rank
 from inhernet.train.validate import shows_bar
 from inhernet.utils import read_json, stable_hash, write_json
 
-from .basics import (CompareError, StaleRunError, data_identity, file_lock, load_data, log_info, single_process,
-                     trainer_kwargs)
+from .basics import (CompareError, StaleRunError, data_identity, file_lock, inherit_identity, load_data, log_info,
+                     single_process, trainer_kwargs)
 from .config import CompareConfig, MethodConfig
 from .teacher import (prepare_teacher, teacher_in_training_elsewhere, teacher_key, teacher_path, teacher_ready,
                       teacher_weights_here, trained_against)
@@ -105,6 +105,8 @@ def _run_identity(cfg: CompareConfig, tkey: str, method: MethodConfig, seed: int
     m.pop("seeds", None)  # which seeds a method runs on is planning; the run's own seed is below
     if m.get("gate_lr_scale") == 1.0:  # the default is absent, so runs made before the option keep their keys
         m.pop("gate_lr_scale")
+    if method.kind == "inhernet":  # a library default the method relies on is part of what it trains
+        m["inherit"] = inherit_identity(m.get("inherit") or {})
     return {"teacher": tkey, "data": data_identity(cfg), "student": cfg.student.arch,
             "schedule": asdict(cfg.schedule), "method": m, "seed": seed}
 

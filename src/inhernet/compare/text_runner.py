@@ -41,7 +41,7 @@ from inhernet.train.fit import global_rank
 from inhernet.train.validate import shows_bar
 from inhernet.utils import read_json, stable_hash, write_json
 
-from .basics import CompareError, file_lock, single_process
+from .basics import CompareError, file_lock, inherit_identity, single_process
 from .runner import finished_run, refuse_stale, run_all, run_states, select_runs, write_comparison_header
 from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
 
@@ -331,6 +331,8 @@ def _evaluate(model: nn.Module, cfg: TextCompareConfig, data: TextData, known: O
 def _run_identity(cfg: TextCompareConfig, tkey: str, method: TextMethodConfig, seed: int) -> dict:
     m = asdict(method)
     m.pop("label", None)
+    if method.kind == "inhernet":  # a library default the method relies on is part of what it trains
+        m["inherit"] = inherit_identity(m.get("inherit") or {})
     return {"task": cfg.task, "teacher": tkey, "data": asdict(cfg.data), "evaluation": asdict(cfg.evaluation),
             "schedule": asdict(cfg.schedule), "calibration_blocks": cfg.calibration_blocks, "method": m, "seed": seed}
 

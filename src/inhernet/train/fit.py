@@ -176,30 +176,24 @@ class EpochLog(Callback):
 
         h3_copies/seed0: epoch 3/10, lr 0.05, 89 s: train loss 0.412, train acc 85.20 %, val acc 86.33 %
 
-    Accuracies in per cent, the rest as logged; the same figures as the epoch's metrics.jsonl row."""
+    It prints the epoch's row of ``metrics.jsonl`` as :class:`JsonlMetrics` (before it in the
+    callback list) has just written it: accuracies in per cent, the rest as logged."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, metrics_path: Union[str, Path]) -> None:
         self.name = name
-        self._t0 = 0.0
-        self._lr: Optional[float] = None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t0 = time.perf_counter()
-        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        self.path = Path(metrics_path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        parts = []
-        for k, v in sorted(trainer.callback_metrics.items()):
-            if k == "loss" or "/" not in k:
-                continue
-            x = _to_float(v)
-            name = k.replace("/", " ")
-            parts.append(f"{name} {100 * x:.2f} %" if k.endswith("/acc") else f"{name} {x:.4g}")
-        lr = f", lr {self._lr:.3g}" if self._lr is not None else ""
-        print(f"{self.name}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{lr}, "
-              f"{time.perf_counter() - self._t0:.0f} s: " + (", ".join(parts) or "no metrics"), flush=True)
+        rows = [r for r in read_metrics(self.path) if r.get("epoch") == trainer.current_epoch]
+        row = rows[-1] if rows else {}
+        parts = [f"{k.replace('/', ' ')} {100 * v:.2f} %" if k.endswith("/acc") else f"{k.replace('/', ' ')} {v:.4g}"
+                 for k, v in row.items() if "/" in k and isinstance(v, (int, float))]
+        lr = f", lr {row['lr']:.3g}" if row.get("lr") is not None else ""
+        took = f", {row['epoch_time_s']:.0f} s" if "epoch_time_s" in row else ""
+        print(f"{self.name}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{lr}{took}: "
+              + (", ".join(parts) or "no metrics"), flush=True)
 
 
 @dataclass
@@ -388,7 +382,7 @@ def fit(
 
         cbs.append(RichProgressBar())
     elif progress == "log":
-        cbs.append(EpochLog(run_name or str(out)))
+        cbs.append(EpochLog(run_name or str(out), metrics_path))
     elif progress:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
