@@ -529,7 +529,8 @@ def _inherit_config(a: argparse.Namespace, budget: Any) -> Any:
     defaults = inhernet.InheritConfig()
     return inhernet.InheritConfig(
         rank=a.rank, heads=defaults.heads if a.heads is None else a.heads,
-        head_init=defaults.head_init if a.head_init is None else a.head_init, rank_fraction=a.rank_fraction, energy=a.energy, budget=budget,
+        head_init=defaults.head_init if a.head_init is None else a.head_init, rank_fraction=a.rank_fraction,
+        energy=a.energy, budget=budget,
         budget_mode=a.budget_mode, budget_scope=getattr(a, "budget_scope", "model"),
         budget_metric=getattr(a, "budget_metric", "params"), latency_input=getattr(a, "latency_input", None),
         latency_cache=getattr(a, "latency_cache", None), latency_form=getattr(a, "latency_form", "inherited"),

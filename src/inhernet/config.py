@@ -148,10 +148,10 @@ class InheritConfig:
       head_init:      how the H SVD-initialised heads start (H > 1). ``"copies"``: identical copies
                       and a random gate (the paper) — the gate gets no gradient at step 0 (``u_h − y =
                       0``) and the heads part only slowly, through the gate's per-sample weights (head
-                      cosine 0.996 after 10 epochs on resnet56 → resnet20). ``"perturbed"``: zero-sum random perturbations of the heads
-                      (Σ_h δ_h = 0) and a zero-initialised gate; ``"split"``: each head leans on a
-                      different subset of the kept singular directions (zero-sum too) and a zero
-                      gate. Both keep the layer's initial function exactly that of the copies (a
+                      cosine 0.996 after 10 epochs on resnet56 → resnet20). ``"perturbed"``: zero-sum
+                      random perturbations of the heads (Σ_h δ_h = 0) and a zero-initialised gate;
+                      ``"split"``: each head leans on a different subset of the kept singular
+                      directions (zero-sum too) and a zero gate. Both keep the layer's initial function exactly that of the copies (a
                       zero gate mixes the heads uniformly) while giving the gate a gradient.
       head_init_scale: size of the head deviations in the ``perturbed`` / ``split`` modes: the mean
                       ‖δ_h‖ / ‖B‖ (default 0.005; ``split`` at 1.0 is the full split, head h =
