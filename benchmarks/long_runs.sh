@@ -12,8 +12,9 @@
 # teacher.threads = 2) on the resnet pair: its deciding rows (DECIDE), then the budget sweep (SWEEP,
 # seed 0), then the remaining rows (REST); the first process trains the teacher if needed; the second
 # meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both share the
-# resnet runs. `start wrn` adds one process on the wrn pair (its teacher alone is ~210 min on one
-# thread, longer than a session, so it only makes sense where the machine is kept). A teacher or run
+# resnet runs. `start wrn` adds one process on the wrn pair. Its teacher (~8 min an epoch at 2 threads
+# on the faster machine type, 15 epochs) was trained once in session 12 and its weights committed once,
+# so it comes back from the history like the resnet one. A teacher or run
 # resumes from its checkpoint only on the machine that holds it. On a new machine the resnet teacher's
 # weights come back from the repository's history (an earlier commit held them;
 # benchmarks/teacher_from_history.py checks them against the record), on any machine type. Where the
@@ -54,6 +55,7 @@ case "${1:-status}" in
     # type; where the history has none, the checks below decide whether a retraining here can repeat it
     # (with runs going, the weights are here and this does nothing)
     "$BIN/python" benchmarks/teacher_from_history.py "$R56" || true
+    "$BIN/python" benchmarks/teacher_from_history.py "$WRN" || true   # the wrn_40_2 one, once a commit held it
     # a machine type that has already failed to repeat the committed teacher would stop at once: say so;
     # NEW_TEACHER=1 (once: the switch to the config's teacher.threads) is refused where it cannot help
     if ! NEW_TEACHER="${NEW_TEACHER:-}" "$BIN/python" - "$R56" <<'EOF'
