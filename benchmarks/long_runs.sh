@@ -12,9 +12,9 @@
 # teacher.threads = 2) on the resnet pair: its deciding rows (DECIDE), then the budget sweep (SWEEP,
 # seed 0), then the remaining rows (REST); the first process trains the teacher if needed; the second
 # meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both share the
-# resnet runs. `start wrn` adds one process on the wrn pair. Its teacher (~8 min an epoch at 2 threads
-# on the faster machine type, 15 epochs) was trained once in session 12 and its weights committed once,
-# so it comes back from the history like the resnet one. A teacher or run
+# resnet runs. `start wrn`: the second process trains the wrn pair's rows before it joins. Its teacher
+# (~8 min an epoch at 2 threads on the faster machine type, 15 epochs) was trained once in session 12
+# and its weights committed once, so it comes back from the history like the resnet one. A teacher or run
 # resumes from its checkpoint only on the machine that holds it. On a new machine the resnet teacher's
 # weights come back from the repository's history (an earlier commit held them;
 # benchmarks/teacher_from_history.py checks them against the record), on any machine type. Where the
@@ -40,13 +40,6 @@ REST=${REST:-"h3_split student_kd h3_uniform h3_symmetric"}
 # NEW_TEACHER=1: the rows with runs trained against the committed teacher, and the deciding rows without any
 STALE="student_dkd h1_svd h2_perturbed"
 FRESH="h3_copies h3_whitened h3_wo_gate large"
-
-launch() {  # name, then the compare arguments
-  local name=$1; shift
-  mkdir -p "$LOG_DIR"
-  setsid nohup "$BIN/inhernet" compare "$@" --threads 1 >"$LOG_DIR/$name.log" 2>&1 </dev/null &
-  echo "started $name (pid $!): inhernet compare $* --threads 1  -> $LOG_DIR/$name.log"
-}
 
 case "${1:-status}" in
   start)
@@ -112,11 +105,13 @@ EOF
     echo "started resnet56-a (pid $!): the resnet rows ($DECIDE), the sweep ($SWEEP), then $REST -> $LOG_DIR/resnet56-a.log"
     sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
     # meanwhile (they never see a teacher), then joins the first on the resnet rows
-    setsid nohup bash -c "'$BIN/inhernet' compare '$R56' --methods student --threads 1; \
-      '$BIN/inhernet' compare '$WRN' --methods student --threads 1; $rows" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
-    echo "started resnet56-b (pid $!): the students of both pairs, then the same resnet rows -> $LOG_DIR/resnet56-b.log"
+    # `start wrn`: the second process trains the wrn pair's rows first (one process per core, not three)
+    second="'$BIN/inhernet' compare '$R56' --methods student --threads 1; \
+      '$BIN/inhernet' compare '$WRN' --methods student --threads 1"
+    [ "${2:-}" = wrn ] && second="$second; '$BIN/inhernet' compare '$WRN' --threads 1 --progress log"
+    setsid nohup bash -c "$second; $rows" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
+    echo "started resnet56-b (pid $!): the students of both pairs, ${2:+the wrn rows, }then the same resnet rows -> $LOG_DIR/resnet56-b.log"
     fi
-    if [ "${2:-}" = wrn ]; then launch wrn "$WRN"; fi
     ;;
   status)
     "$BIN/inhernet" compare "$R56" --status
