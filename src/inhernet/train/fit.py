@@ -169,6 +169,14 @@ class JsonlMetrics(Callback):
             f.write(json.dumps(row) + "\n")
 
 
+def _shown_value(key: str, value: float) -> str:
+    """A metric as a log line shows it: accuracies in per cent, head cosines to 6 digits (they sit
+    just below 1, where 4 digits say nothing), the rest to 4."""
+    if key.endswith("/acc"):
+        return f"{100 * value:.2f} %"
+    return f"{value:.6f}" if "cosine" in key else f"{value:.4g}"
+
+
 class EpochLog(Callback):
     """``progress="log"``: one printed line per finished epoch (global rank zero), for a run whose output
     goes to a log file — a background comparison, a cluster job — where a progress bar's carriage
@@ -188,8 +196,8 @@ class EpochLog(Callback):
             return
         rows = [r for r in read_metrics(self.path) if r.get("epoch") == trainer.current_epoch]
         row = rows[-1] if rows else {}
-        parts = [f"{k.replace('/', ' ')} {100 * v:.2f} %" if k.endswith("/acc") else f"{k.replace('/', ' ')} {v:.4g}"
-                 for k, v in row.items() if "/" in k and isinstance(v, (int, float))]
+        parts = [f"{k.replace('/', ' ')} {_shown_value(k, v)}" for k, v in row.items()
+                 if "/" in k and isinstance(v, (int, float))]
         lr = f", lr {row['lr']:.3g}" if row.get("lr") is not None else ""
         took = f", {row['epoch_time_s']:.0f} s" if "epoch_time_s" in row else ""
         print(f"{self.name}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{lr}{took}: "
