@@ -206,8 +206,8 @@ def _default_row(roles: dict, default, provisional) -> tuple[str, str, str, str]
     p = _welch_p(ours, best)
     word = "met" if ok else ("**not met**" + (f" (within noise: p = {p})" if p != "–" and float(p) >= 0.05 else ""))
     prov = " (provisional: a row has fewer seeds)" if provisional(best, ours) else ""
-    return target, figures, ", ".join(f"{e['name']} {len(e['seeds'])}" for e in {id(best): best, id(ours): ours}.values()), \
-        word + prov
+    rows = [best] if ours is best else [best, ours]
+    return target, figures, ", ".join(f"{e['name']} {len(e['seeds'])}" for e in rows), word + prov
 
 
 def render(paths: list[Path]) -> str:

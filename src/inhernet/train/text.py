@@ -650,15 +650,15 @@ class StepRecorder(Callback):
             return
         row, self._pending = self._pending, None
         row.update(pl_module.last_eval)
-        self._finish(trainer, row)
+        self._finish(trainer, row, evaluated=True)
 
-    def _finish(self, trainer: L.Trainer, row: dict) -> None:
+    def _finish(self, trainer: L.Trainer, row: dict, evaluated: bool = False) -> None:
         step = row["step"]
         checkpoint = step % self.checkpoint_every == 0 or step >= self.max_steps
         if trainer.is_global_zero:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            if self.log_name is not None and (checkpoint or len(row) > 8):  # more than the training fields: evaluated
+            if self.log_name is not None and (checkpoint or evaluated):
                 skip = ("step", "epoch", "lr", "tokens", "time_s")
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in skip and isinstance(v, float))
                 print(f"{self.log_name}: step {step}/{self.max_steps}, lr {row['lr']:.3g}, {row['time_s']:.0f} s, "
