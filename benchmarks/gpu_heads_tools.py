@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 #: the two methods of the smoke test (each config has both): one distils into a student, one inherits
-SMOKE_METHODS = ("student_kd", "h3_perturbed")
+SMOKE_METHODS = ("student_kd", "h2_perturbed")
 STATE_NAME = "state.tgz"
 
 
