@@ -13,9 +13,10 @@ fast phases of other work on the machine cancel. One thread by default.
   (and the faster memory layout): the fair baseline;
 * ``resnet20`` and ``resnet20, BN folded``: the dense network of about the InherNet's FLOPs;
 * ``InherNet H=…``: ``inherit(teacher, rank=8, heads=H)``, eager, then after
-  ``optimize_for_inference`` (its identical heads fold exactly: an untrained model), and the same
-  with ``(heads differ)`` (``diversify_heads("perturbed")``: as after training, the per-image gate
-  runs, so the gated conv kernels are timed);
+  ``optimize_for_inference`` (an untrained model: its heads fold exactly — identical copies, or with
+  the default ``head_init="perturbed"`` a zero gate, a constant), and the same with ``(heads differ)``
+  (``inhernet.optimize.as_trained``: heads that differ and a gate that reads its input, as after
+  training; the per-image gate runs, so the gated conv kernels are timed);
 * with ``--floor``: ``InherNet … (heads differ), down convs only (floor)`` — the optimised model
   whose heads differ with every inherited layer cut down to its k×k down conv (its output replaced
   by zeros of the layer's output shape: no up product, gate, mixing or bias). It computes nothing
@@ -33,9 +34,10 @@ with ``--weights``) inherited with ``budget=0.6, budget_scope="targets", heads=2
 block parameters):
 
 * ``teacher`` and ``teacher, optimised`` (its own q/k/v and gate/up products fused where faster);
-* ``InherNet (heads as inherited)``: SVD-initialised heads are identical copies, so the gate does
-  not matter and ``optimize_for_inference`` folds them exactly (an untrained model);
-* ``InherNet (heads differ)``: the same with ``diversify_heads("perturbed")`` — the gate must run,
+* ``InherNet (heads as inherited)``: SVD-initialised heads that are identical copies, or differ
+  under a zero gate (the default ``head_init="perturbed"``), so the gate does not matter and
+  ``optimize_for_inference`` folds them exactly (an untrained model);
+* ``InherNet (heads differ)``: the same through ``inhernet.optimize.as_trained`` — the gate must run,
   as after fine-tuning: what the gated kernels are for;
 
 each eager and optimised *for the workload's shape* (1 × 128 and 8 × 128 tokens for the forwards,

@@ -506,9 +506,9 @@ def test_inherit_options_default_to_the_library_defaults_and_head_init_is_passed
 
     parse = build_parser().parse_args
     cfg = _inherit_config(parse(["inherit", "t", "--rank", "2", "--out", "o"]), None)
-    assert (cfg.heads, cfg.head_init) == (inhernet.InheritConfig().heads, inhernet.InheritConfig().head_init) == (1, "copies")
-    cfg = _inherit_config(parse(["inherit", "t", "--rank", "2", "--heads", "2", "--head-init", "perturbed", "--out", "o"]), None)
-    assert (cfg.heads, cfg.head_init) == (2, "perturbed")
+    assert (cfg.heads, cfg.head_init) == (inhernet.InheritConfig().heads, inhernet.InheritConfig().head_init) == (1, "perturbed")
+    cfg = _inherit_config(parse(["inherit", "t", "--rank", "2", "--heads", "2", "--head-init", "copies", "--out", "o"]), None)
+    assert (cfg.heads, cfg.head_init) == (2, "copies")
     from inhernet.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"head_init.*perturbed"):

@@ -812,24 +812,33 @@ def test_accuracy_vs_parameters_labels_only_points_apart():
 def test_a_run_identity_states_the_library_defaults_it_relies_on(monkeypatch):
     """Run keys hash a method's inherit options as written; a library default the method leaves out is
     part of what it trains. So: runs made under the first defaults keep their keys (heads written,
-    head_init left out or written as copies: the same key), and once a default differs from that
-    baseline a method that leaves the option out gets another key (it now trains something else),
-    instead of silently counting the old runs as its own."""
+    head_init written as copies: the key of the runs made before head_init existed), and once a
+    default differs from that baseline a method that leaves the option out gets another key (it now
+    trains something else), instead of silently counting the old runs as its own — unless the option
+    changes nothing for it (head_init without a gate)."""
     import inhernet
     from inhernet.compare.basics import IDENTITY_BASELINE, inherit_identity
 
     written = {"budget": "student", "heads": 3}
-    assert inherit_identity(written) == written  # the committed runs' identities: unchanged
-    assert inherit_identity({**written, "head_init": "copies"}) == written  # the paper's init, written or not
-    assert inherit_identity({**written, "head_init": "perturbed"}) == {**written, "head_init": "perturbed"}
-    # heads: the default is 1 now, not the baseline's 3: a method that leaves it out trains H = 1
+    assert inherit_identity({**written, "head_init": "copies"}) == written  # the committed runs' identities
+    # head_init: the default is perturbed now, not the baseline's copies: a gated method leaving it out trains that
+    assert inhernet.InheritConfig().head_init != IDENTITY_BASELINE["head_init"]
+    assert inherit_identity(written) == {**written, "head_init": inhernet.InheritConfig().head_init}
+    assert inherit_identity({**written, "head_init": "split"}) == {**written, "head_init": "split"}
+    # heads: the default is 1 now, not the baseline's 3: a method that leaves it out trains H = 1 (no gate,
+    # so the head_init default is not part of what it trains); so does one without a gate
     assert inhernet.InheritConfig().heads != IDENTITY_BASELINE["heads"]
-    assert inherit_identity({"budget": "student"})["heads"] == inhernet.InheritConfig().heads
-    # a later change of the head_init default: methods leaving it out get the new default in their key
-    real = inhernet.InheritConfig.__dataclass_fields__["head_init"].default
-    monkeypatch.setattr(inhernet.InheritConfig, "__init__", _with_default(inhernet.InheritConfig.__init__, head_init="perturbed"))
-    assert inherit_identity(written) == {**written, "head_init": "perturbed"}
-    assert inherit_identity({**written, "head_init": real}) == written  # the old runs' key, written explicitly
+    assert inherit_identity({"budget": "student"}) == {"budget": "student", "heads": inhernet.InheritConfig().heads}
+    assert inherit_identity({"heads": 1}) == {"heads": 1}
+    assert inherit_identity({**written, "gate": "none"}) == {**written, "gate": "none"}
+    # a caller's own defaults (the transformer methods' heads: 2) decide what is trained and are not written
+    assert inherit_identity({}, defaults={"heads": 2}) == {"head_init": inhernet.InheritConfig().head_init}
+    assert inherit_identity({"head_init": "copies"}, defaults={"heads": 2}) == {}
+    assert inherit_identity({}, defaults={"heads": 1}) == {}
+    # a later change of a default: methods leaving it out get the new default in their key
+    monkeypatch.setattr(inhernet.InheritConfig, "__init__", _with_default(inhernet.InheritConfig.__init__, head_init="split"))
+    assert inherit_identity(written) == {**written, "head_init": "split"}
+    assert inherit_identity({**written, "head_init": "copies"}) == written  # the old runs' key, written explicitly
 
 
 def _with_default(init, **defaults):

@@ -151,8 +151,12 @@ def test_same_seed_same_model_and_global_rng_untouched():
     assert torch.equal(torch.get_rng_state(), state)
     b = inherit(teacher, rank=4, heads=3, seed=3, progress=False)
     c = inherit(teacher, rank=4, heads=3, seed=4, progress=False)
-    assert torch.equal(a[0].gate.weight, b[0].gate.weight)
-    assert not torch.equal(a[0].gate.weight, c[0].gate.weight)
+    assert torch.equal(a[0].up, b[0].up)  # the heads' perturbations (head_init="perturbed") are drawn
+    assert not torch.equal(a[0].up, c[0].up)
+    copies = [inherit(teacher, rank=4, heads=3, head_init="copies", seed=s, progress=False) for s in (3, 3, 4)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(copies[0][0].gate.weight, copies[1][0].gate.weight)  # the paper's random gate is drawn
+    assert not torch.equal(copies[0][0].gate.weight, copies[2][0].gate.weight)
 
 
 def test_randomized_svd_matches_exact_on_a_low_rank_matrix():
@@ -168,7 +172,7 @@ def test_randomized_svd_matches_exact_on_a_low_rank_matrix():
 
 @pytest.mark.parametrize("extra", [{}, {"init": "random"}, {"svd": "randomized"}])
 def test_inherit_leaves_global_rng_alone_and_repeats_across_threads(extra):
-    """Every draw (gate, random factors, randomized SVD) comes from a per-layer generator: the
+    """Every draw (head perturbations, gate, random factors, randomized SVD) comes from a per-layer generator: the
     global RNG state is unchanged, and 24 calls from 6 threads at once give the sequential result."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -184,8 +188,8 @@ def test_inherit_leaves_global_rng_alone_and_repeats_across_threads(extra):
         assert sd.keys() == reference.keys()
         assert all(torch.equal(sd[k], reference[k]) for k in sd)
     other = inherit(teacher, InheritConfig(rank=3, heads=3, seed=6, min_saving=None, **extra), progress=False)
-    gate = next(k for k in reference if k.endswith("gate.weight"))
-    assert not torch.equal(other.state_dict()[gate], reference[gate])  # the seed matters
+    heads = next(k for k in reference if k.endswith(".up"))
+    assert not torch.equal(other.state_dict()[heads], reference[heads])  # the seed matters
 
 
 def test_inherited_parameters_are_trainable_whatever_the_teacher_flags():

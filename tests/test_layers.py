@@ -99,7 +99,7 @@ def test_full_rank_exact_scale_reproduces_teacher(name, shape, heads, head_init)
 def test_rank_r_init_is_the_truncated_svd_with_eckart_young_error(rank):
     conv = nn.Conv2d(6, 10, 3, padding=1, bias=False)
     teacher = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(10 * 5 * 5, 3))
-    model = inherit(teacher, rank=rank, heads=3, progress=False)
+    model = inherit(teacher, rank=rank, heads=3, head_init="copies", progress=False)
     layer = model[0]
     W = as_matrix(conv.weight.detach())
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
@@ -130,9 +130,9 @@ def _train_steps(model, x, steps=5):
         opt.step()
 
 
-def test_default_gate_breaks_head_symmetry():
+def test_the_papers_random_gate_breaks_the_symmetry_of_copies():
     teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-    model = inherit(teacher, rank=3, heads=3, exclude_classifier=False, progress=False)
+    model = inherit(teacher, rank=3, heads=3, head_init="copies", exclude_classifier=False, progress=False)
     layer = model[2]
     assert torch.equal(layer.up[0], layer.up[1])  # identical at init
     _train_steps(model, torch.randn(8, 3, 6, 6))
@@ -177,7 +177,7 @@ def test_diversified_heads_keep_the_function_and_wake_the_gate(head_init, scale,
     teacher = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     x = torch.randn(64, 16)
     kw = dict(rank=6, heads=3, structure=structure, min_saving=None, progress=False)
-    copies = inherit(teacher, **kw)
+    copies = inherit(teacher, head_init="copies", **kw)
     model = inherit(teacher, head_init=head_init, head_init_scale=scale, **kw)
     torch.testing.assert_close(model(x), copies(x), rtol=1e-5, atol=1e-6)
     layer, ref = model[2], copies[2]

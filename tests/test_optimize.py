@@ -328,8 +328,16 @@ def test_time_candidates_measures_side_by_side():
 def test_compiled_result_is_exact():
     model = _mlp(heads=1)
     opt = optimize_for_inference(model, torch.randn(4, 32), compile=True, rounds=1)
-    assert opt.inhernet_optimized.compiled
+    report = opt.inhernet_optimized
+    assert report.compiled and report.compile_options == optimize.COMPILE_OPTIONS["cpu"] == {"cpp_wrapper": True}
+    assert "torch.compile (cpp_wrapper=True)" in report.summary()
     _assert_same(opt, model, torch.randn(4, 32))
+
+
+@pytest.mark.parametrize("bad", ["fast", 1, {1: True}])
+def test_a_compile_setting_that_is_neither_a_switch_nor_inductor_options_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"compile=.*True / False, or a dict of TorchInductor options"):
+        optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile=bad, rounds=1)
 
 
 def test_export_onnx_of_an_optimised_inhernet_passes_its_check(tmp_path):
@@ -425,10 +433,11 @@ def test_each_gated_linear_kernel_is_exact_and_reported(monkeypatch, winner):
 
 
 def test_identical_heads_fold_exactly():
-    """SVD-initialised heads are copies: the gate cannot matter, the layer folds to a pair."""
+    """The paper's SVD-initialised heads are copies: the gate cannot matter, the layer folds to a pair."""
     teacher = nn.Sequential(nn.Linear(32, 96), nn.GELU(), nn.Linear(96, 96), nn.GELU(), nn.Linear(96, 10))
     for structure in ("asymmetric", "symmetric"):
-        model = inhernet.inherit(teacher, rank=8, heads=3, structure=structure, min_saving=None, progress=False)
+        model = inhernet.inherit(teacher, rank=8, heads=3, head_init="copies", structure=structure, min_saving=None,
+                                 progress=False)
         opt = optimize_for_inference(model, torch.randn(4, 32), rounds=1, min_saving=None)
         report = opt.inhernet_optimized
         assert set(report.counts()) <= {"folded pair", "dense"} and not report.approximate
@@ -436,6 +445,29 @@ def test_identical_heads_fold_exactly():
         pairs = [m for m in opt.modules() if isinstance(m, nn.Sequential) and m is not opt]
         assert all(p[0].weight.shape[0] == 8 for p in pairs)  # one head's width, also for a symmetric layer
         _assert_same(opt, model, torch.randn(6, 32))
+
+
+@pytest.mark.parametrize("head_init", ["perturbed", "split"])
+@pytest.mark.parametrize("structure", ["asymmetric", "symmetric"])
+def test_a_zero_gate_is_a_constant_and_folds_exactly(head_init, structure):
+    """``perturbed`` / ``split`` heads differ but start with a zero gate: every input gets
+    softmax(bias), so an untrained model folds exactly (a symmetric layer to its H·r-wide pair); once the
+    gate depends on its input (``as_trained``) it runs."""
+    teacher = nn.Sequential(nn.Linear(32, 96), nn.GELU(), nn.Linear(96, 96), nn.GELU(), nn.Linear(96, 10))
+    model = inhernet.inherit(teacher, rank=8, heads=3, head_init=head_init, head_init_scale=0.3, structure=structure,
+                             min_saving=None, progress=False)
+    layers = [m for m in model.modules() if isinstance(m, inhernet.InherLinear)]
+    assert layers and all(not torch.equal(m.up[0], m.up[1]) for m in layers)  # the heads do differ
+    with torch.no_grad():
+        for m in layers:  # a gate bias the training moved: the constant is softmax(bias), not 1/H
+            m.gate.bias.copy_(torch.tensor([0.5, -0.2, 0.1]))
+    opt = optimize_for_inference(model, torch.randn(4, 32), rounds=1, min_saving=None)
+    report = opt.inhernet_optimized
+    assert set(report.counts()) <= {"folded pair", "dense"} and not report.approximate
+    assert all("gate weight zero" in d.note for d in report.layers if d.kind == "InherLinear")
+    _assert_same(opt, model, torch.randn(6, 32))
+    running = optimize_for_inference(optimize.as_trained(model), torch.randn(4, 32), rounds=1, min_saving=None)
+    assert not set(running.inhernet_optimized.counts()) & {"folded pair", "dense"}
 
 
 def test_min_saving_makes_large_pairs_dense_and_notes_large_gated_layers(monkeypatch):
@@ -567,7 +599,8 @@ def test_optimised_tiny_llama_generates_what_the_original_does(monkeypatch, kern
         prefer = "fused (in×out)" if "separate" in candidates else kernel
         return {k: (1.0 if k == prefer else 2.0) for k in candidates}
     monkeypatch.setattr(optimize.build, "time_candidates", fake)
-    _, model = _tiny_llama(head_init="perturbed")  # heads differ: the gate runs
+    _, model = _tiny_llama()
+    model = optimize.as_trained(model)  # heads differ and the gate reads its input: the gate runs
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
     opt = optimize_for_inference(model, {"input_ids": ids[:, :1]})
     report = opt.inhernet_optimized
@@ -580,7 +613,7 @@ def test_optimised_tiny_llama_generates_what_the_original_does(monkeypatch, kern
 
 
 def test_an_untrained_tiny_llama_folds_every_layer():
-    teacher, model = _tiny_llama()  # head_init="copies": identical heads
+    teacher, model = _tiny_llama()  # head_init="perturbed": a zero gate, a constant (copies: identical heads)
     ids = torch.randint(0, 64, (1, 6))
     opt = optimize_for_inference(model, {"input_ids": ids}, rounds=1)
     assert set(opt.inhernet_optimized.counts()) <= {"folded pair", "dense"}

@@ -143,7 +143,7 @@ def _add_inherit_args(p: argparse.ArgumentParser) -> None:
                         "(Hugging Face checkpoints; the teacher is loaded into memory)")
     g.add_argument("--gate", default="softmax", choices=["softmax", "none"], help="none = the w.o.-gate ablation")
     g.add_argument("--head-init", default=None, metavar="MODE",
-                   help="how the heads start (H > 1): copies (the paper's, default), perturbed, split; see InheritConfig")
+                   help="how the heads start (H > 1): perturbed (default: zero-sum deviations, zero gate), copies (the paper's), split; see InheritConfig")
     g.add_argument("--structure", default="asymmetric", choices=["asymmetric", "symmetric"])
     g.add_argument("--svd", default="exact", choices=["exact", "randomized"])
     g.add_argument("--inherit-seed", type=int, default=0, help="seed of the gate / random init (default 0)")

@@ -54,19 +54,27 @@ IDENTITY_BASELINE = {"heads": 3, "head_init": "copies"}
 #: options that did not exist when the first runs were made: their baseline value is left out of the
 #: identity (those runs never wrote it)
 _ADDED_LATER = ("head_init",)
+#: options that change nothing without a gate (one head, or ``gate: none``): a default of theirs is
+#: not written into such a method's identity (the same training, the same key)
+_GATE_ONLY = ("head_init",)
 
 
-def inherit_identity(inherit: dict) -> dict:
+def inherit_identity(inherit: dict, defaults: dict | None = None) -> dict:
     """A method's ``inherit`` options as they enter its run's identity (see :data:`IDENTITY_BASELINE`):
     the same training gets the same key whichever library defaults are current, and a change of a
-    default changes the key of every method that relied on it."""
+    default changes the key of every method that relied on it. ``defaults``: the caller's own
+    defaults, applied before the library's (the transformer methods' ``heads: 2``, ...); they have
+    not changed since the first runs, so an option they supply is not written in."""
     from inhernet import InheritConfig
 
-    current = InheritConfig()
+    current, own = InheritConfig(), defaults or {}
     out = dict(inherit)
+    trained = {**own, **out}  # what the method trains, where the library's defaults do not decide
+    gated = (trained.get("heads", current.heads) > 1
+             and trained.get("gate", current.gate) != "none")
     for name, baseline in IDENTITY_BASELINE.items():
         now = getattr(current, name)
-        if name not in out and now != baseline:
+        if name not in out and name not in own and now != baseline and (gated or name not in _GATE_ONLY):
             out[name] = now
         if name in _ADDED_LATER and out.get(name) == baseline:
             out.pop(name)

@@ -236,7 +236,13 @@ class TextMethodConfig:
         """The :class:`~inhernet.InheritConfig` fields this method inherits with (budget resolved by the runner)."""
         if self.kind == "svd_llm":  # SVD-LLM: truncation-aware whitening, one ratio per layer, plain low rank
             return {"init": "whitened", "heads": 1, "gate": "none", "budget_mode": "uniform", "budget_scope": "targets"}
-        return {"init": "whitened", "heads": 2, "budget_scope": "targets", **self.inherit}
+        return {**TEXT_INHERIT_DEFAULTS, **self.inherit}
+
+
+#: what a transformer method of kind ``inhernet`` inherits with where its ``inherit`` leaves it out
+#: (before :class:`~inhernet.InheritConfig`'s own defaults): activation-aware init, two gated heads,
+#: the budget over the target layers
+TEXT_INHERIT_DEFAULTS = {"init": "whitened", "heads": 2, "budget_scope": "targets"}
 
 
 @dataclass

@@ -43,7 +43,7 @@ from inhernet.utils import read_json, stable_hash, write_json
 
 from .basics import CompareError, file_lock, inherit_identity, single_process
 from .runner import finished_run, refuse_stale, run_all, run_states, select_runs, write_comparison_header
-from .text_config import PACKAGED_MODELS, TextCompareConfig, TextMethodConfig
+from .text_config import PACKAGED_MODELS, TEXT_INHERIT_DEFAULTS, TextCompareConfig, TextMethodConfig
 
 __all__ = ["TextData", "block_linear_parameters", "build_text_method", "evaluate_text_model", "load_text_data",
            "load_text_teacher", "resolve_model_folder", "run_text_compare"]
@@ -332,7 +332,7 @@ def _run_identity(cfg: TextCompareConfig, tkey: str, method: TextMethodConfig, s
     m = asdict(method)
     m.pop("label", None)
     if method.kind == "inhernet":  # a library default the method relies on is part of what it trains
-        m["inherit"] = inherit_identity(m.get("inherit") or {})
+        m["inherit"] = inherit_identity(m.get("inherit") or {}, defaults=TEXT_INHERIT_DEFAULTS)
     return {"task": cfg.task, "teacher": tkey, "data": asdict(cfg.data), "evaluation": asdict(cfg.evaluation),
             "schedule": asdict(cfg.schedule), "calibration_blocks": cfg.calibration_blocks, "method": m, "seed": seed}
 

@@ -46,7 +46,8 @@ itself is never changed) it
    (``fuse_shared_inputs``). The result works with ``model.generate`` and a KV cache;
 7. tries the whole model in ``channels_last`` memory format (convolutional models with a 4-D input;
    oneDNN's convolutions are often several times faster in it) and keeps the faster layout;
-8. optionally wraps the result in ``torch.compile``.
+8. optionally wraps the result in ``torch.compile`` (``compile=True``: with the TorchInductor options
+   measured fastest for inference on the device, :data:`COMPILE_OPTIONS` — on a CPU the C++ wrapper).
 
 Every timing runs the candidates side by side in interleaved rounds (:func:`time_candidates`),
 so background load hits every candidate alike, and keeps the fastest round; a layer's times in
@@ -72,7 +73,7 @@ hooks), :mod:`~inhernet.optimize.batchnorm` (pairing and folding), :mod:`~inhern
 (the passes and :func:`optimize_for_inference`), :mod:`~inhernet.optimize.report` (the report).
 """
 
-from .build import as_trained, optimize_for_inference
+from .build import COMPILE_OPTIONS, as_trained, optimize_for_inference
 from .forms import (LAYOUTS, FactorisedConv2d, GatedConv2d, GatedLinear, HeadMixer, InOutLinear, SharedInputProduct,
                     SharedInputProjection)
 from .report import (DEFAULT_MIN_SAVING, DEFAULT_TOLERANCE, LONE_LAYER, PER_LAYER, PLAIN, REPORT_ATTR, LayerDecision,
@@ -80,6 +81,7 @@ from .report import (DEFAULT_MIN_SAVING, DEFAULT_TOLERANCE, LONE_LAYER, PER_LAYE
 from .timing import CLOCKS, default_clock, time_candidates
 
 __all__ = [
+    "COMPILE_OPTIONS",
     "DEFAULT_TOLERANCE",
     "REPORT_ATTR",
     "DEFAULT_MIN_SAVING",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,28 @@ from .report import (DEFAULT_MIN_SAVING, DEFAULT_TOLERANCE, LONE_LAYER, PER_LAYE
                      OptimizationReport, SharedInputGroup)
 from .timing import default_clock, time_candidates
 
-__all__ = ["as_trained", "optimize_for_inference"]
+__all__ = ["COMPILE_OPTIONS", "as_trained", "optimize_for_inference"]
 
 
 _MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+
+#: the TorchInductor options ``compile=True`` uses, per device type. On a CPU: the C++ wrapper, which
+#: runs each compiled graph's kernel calls from generated C++ instead of generated Python — a gated
+#: layer is a handful of small calls (gate, softmax, mixing, products), and at batch 1 their Python
+#: dispatch is what is left after the compiler has fused the rest (measured, resnet56 → InherNet r8
+#: H = 3 with heads that differ, batch 1, one thread: 4.09 → 3.86 ms, 1.33× → 1.42× the eager
+#: teacher; batch 64 the same; docs/benchmarks/compile_options.md). The first call compiles longer.
+COMPILE_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp_wrapper": True}}
+
+
+def _compile_options(compile: bool | Mapping[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """The inductor options of a ``compile`` argument (None: no compiling); see :data:`COMPILE_OPTIONS`."""
+    if isinstance(compile, bool):
+        return dict(COMPILE_OPTIONS.get(device.type, {})) if compile else None
+    if isinstance(compile, Mapping) and all(isinstance(k, str) for k in compile):
+        return dict(compile)
+    raise ConfigError(f"compile={compile!r}: give True / False, or a dict of TorchInductor options for "
+                      "torch.compile (e.g. {'cpp_wrapper': False}; {} is torch's default).")
 
 
 #: a gated linear layer stays as it is only when faster than its best :class:`GatedLinear` form by
@@ -115,8 +133,10 @@ def _identical_heads(layer: nn.Module) -> bool:
 def _fixed_gate(layer: nn.Module, rec: LayerCalls | None, frozen: bool) -> tuple[Tensor | None, float | None, str]:
     """The fixed head weights of a layer whose heads fold (float64, shape H), for a frozen gate its
     largest deviation |g − ḡ| on the example, and why they are fixed: ``"no gate"``, ``"identical
-    heads"`` (exact; the weights are then ``(1, 0, …)``: head 0 alone), ``"frozen"``; ``(None, None,
-    "")`` when the gate must run."""
+    heads"`` (exact; the weights are then ``(1, 0, …)``: head 0 alone), ``"constant gate"`` (a gate
+    whose weight is zero — an untrained InherNet inherited with ``head_init="perturbed"`` or
+    ``"split"`` — gives every input ``softmax(bias)``; exact), ``"frozen"``; ``(None, None, "")`` when
+    the gate must run."""
     device = layer.up.device
     if layer.gate is None:
         return torch.full((layer.heads,), 1.0 / layer.heads, dtype=torch.float64, device=device), None, "no gate"
@@ -124,6 +144,10 @@ def _fixed_gate(layer: nn.Module, rec: LayerCalls | None, frozen: bool) -> tuple
         first = torch.zeros(layer.heads, dtype=torch.float64, device=device)
         first[0] = 1.0
         return first, None, "identical heads"
+    if not layer.gate.weight.any():  # g = softmax(0 · z + c) = softmax(c) for every input
+        bias = layer.gate.bias
+        logits = torch.zeros(layer.heads, dtype=torch.float64, device=device) if bias is None else wide(bias)
+        return torch.softmax(logits, 0), None, "constant gate"
     if not frozen:
         return None, None, ""
     if rec is None or not rec.gates:
@@ -230,6 +254,8 @@ def _optimize_inherited(name: str, layer: nn.Module, rec: LayerCalls | None, bn:
         decision.times_ms, decision.chosen, decision.note = times, chosen, note
         if why == "identical heads" and layer.heads > 1:
             decision.add_note("heads identical: folded exactly (the gate weights sum to one)")
+        if why == "constant gate":
+            decision.add_note("gate weight zero: the gate is the constant softmax(bias), folded exactly")
         if why == "frozen":
             decision.add_note("approximation (gate frozen at its mean)")
         return candidates[chosen], decision
@@ -417,21 +443,28 @@ def _build(base: nn.Module, calls: dict[str, LayerCalls], pairs: dict[str, str],
 
 
 def as_trained(model: nn.Module, scale: float = 0.005, seed: int = 0, *, inplace: bool = False) -> nn.Module:
-    """A copy of an InherNet (or of one inherited layer) whose gated heads differ, as they do after
-    training (``diversify_heads("perturbed", scale)`` on every layer with a gate and several heads):
-    what a speed measurement of the trained model needs, since identical heads fold and the gate
-    then never runs. The function changes by ``scale`` relative; the speed does not depend on it.
-    ``inplace=True`` changes ``model`` itself (for a throwaway model: no copy)."""
+    """A copy of an InherNet (or of one inherited layer) whose gated heads differ and whose gate
+    depends on its input, as after training: on every layer with a gate and several heads,
+    ``diversify_heads("perturbed", scale)`` and then a gate weight drawn as ``nn.Linear`` draws it
+    (uniform in ±1/√r). What a speed measurement of the trained model needs, since identical heads
+    fold, and so does a gate with zero weight (a constant) — the gate would never run. The function
+    changes by about ``scale`` relative; the speed does not depend on it. ``inplace=True`` changes
+    ``model`` itself (for a throwaway model: no copy)."""
     out = model if inplace else copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
-    for m in out.modules():
-        if isinstance(m, INHER_LAYERS) and m.gate is not None and m.heads > 1:
-            m.diversify_heads("perturbed", scale, gen)
+    with torch.no_grad():
+        for m in out.modules():
+            if isinstance(m, INHER_LAYERS) and m.gate is not None and m.heads > 1:
+                m.diversify_heads("perturbed", scale, gen)
+                bound = 1.0 / math.sqrt(m.gate.in_features)
+                m.gate.weight.copy_(torch.empty(m.gate.weight.shape, dtype=torch.float32).uniform_(
+                    -bound, bound, generator=gen))
     return out
 
 
 def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: float = DEFAULT_TOLERANCE,
-                           freeze_gate: bool | str | Iterable[str] = False, compile: bool = False,
+                           freeze_gate: bool | str | Iterable[str] = False,
+                           compile: bool | Mapping[str, Any] = False,
                            min_speedup: float = 1.0, min_saving: float | None = DEFAULT_MIN_SAVING,
                            fuse_shared_inputs: bool = True, check_speed: bool = True,
                            memory_format: str = "auto", rounds: int = 5) -> nn.Module:
@@ -454,7 +487,10 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
             the report gives each frozen layer's largest gate deviation |g − ḡ| and the model's
             max output deviation on the example (``report.max_abs_diff``), and the tolerance check
             is not applied.
-        compile: wrap the result in ``torch.compile`` (run once on the example to compile it).
+        compile: wrap the result in ``torch.compile`` (run once on the example to compile it):
+            ``True`` with the options that measured fastest for inference on the example's device
+            (:data:`COMPILE_OPTIONS`: on a CPU inductor's C++ wrapper), or a dict of TorchInductor
+            options passed as they are (``{}``: torch's defaults). The report names the options.
         min_speedup: a folded layer stays a factorised pair only when the dense layer takes at least
             ``min_speedup`` × the pair's time; 1.0 (default): whichever is faster, > 1 prefers
             dense layers at near ties.
@@ -500,6 +536,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         raise ConfigError(f"tolerance={tolerance!r}: give a non-negative relative tolerance.")
     if not nested_tensors(example_input):
         raise ConfigError("example_input must be a tensor, or a tuple / dict holding the model's input tensors.")
+    compile_options = _compile_options(compile, nested_tensors(example_input)[0].device)
 
     base = copy.deepcopy(model).eval().requires_grad_(False)
     lone = isinstance(base, INHER_LAYERS)  # one inherited layer: optimised as the only child of a container
@@ -527,7 +564,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
 
     def build(fmt: str, pairs: dict[str, str], plain: bool = False):
         settings = _Settings(fmt, float(min_speedup), rounds, None if min_saving is None else float(min_saving),
-                             bool(fuse_shared_inputs) and not compile and not plain,
+                             bool(fuse_shared_inputs) and compile_options is None and not plain,
                              ("out×in",) if plain else LAYOUTS, timings)
         work, decisions, removed, groups = _build(base, calls, pairs, frozen, settings)
         with torch.no_grad():
@@ -572,8 +609,8 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         for d in decisions:
             d.name = LONE_LAYER
     result: nn.Module = work
-    if compile:
-        result = torch.compile(work)
+    if compile_options is not None:
+        result = torch.compile(work, options=compile_options)
         with torch.no_grad():
             diff_c, _ = max_diff(call_model(result, example_input), reference)
         diff = max(diff, diff_c)
@@ -585,7 +622,8 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         layers=decisions, example_shape=tuple(first.shape) if isinstance(example_input, Tensor) else None,
         device=str(first.device), threads=torch.get_num_threads(), memory_format=chosen_format,
         model_times_ms=model_times, max_abs_diff=diff, reference_scale=scale, tolerance=float(tolerance),
-        frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing, compiled=bool(compile),
+        frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing,
+        compiled=compile_options is not None, compile_options=compile_options or {},
         min_speedup=float(min_speedup), min_saving=None if min_saving is None else float(min_saving),
         shared_inputs=groups, variant_times_ms=variant_times,
     )

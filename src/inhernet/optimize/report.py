@@ -88,6 +88,8 @@ class OptimizationReport:
     whole-model times of the layouts tried. ``shared_inputs``: the groups of layers reading one
     input and whether each was fused. ``variant_times_ms``: the whole model with the per-layer
     choices against ``out×in`` weights without fusion (``check_speed``), when timed.
+    ``compiled`` / ``compile_options``: whether the result is wrapped in ``torch.compile``, and the
+    TorchInductor options it was compiled with.
     """
 
     layers: list[LayerDecision]
@@ -103,6 +105,7 @@ class OptimizationReport:
     removed_batchnorms: list[str]
     batchnorm_pairing: str
     compiled: bool = False
+    compile_options: dict[str, Any] = field(default_factory=dict)
     min_speedup: float = 1.0
     min_saving: float | None = DEFAULT_MIN_SAVING
     shared_inputs: list[SharedInputGroup] = field(default_factory=list)
@@ -139,7 +142,8 @@ class OptimizationReport:
             f"(pairs found by {self.batchnorm_pairing})",
             f"timed on {self.device}, {self.threads} thread(s), example input {self.example_shape}; memory format "
             f"{self.memory_format}" + (f" ({times})" if len(self.model_times_ms) > 1 else "")
-            + ("; torch.compile" if self.compiled else ""),
+            + ("; torch.compile" + (" (" + ", ".join(f"{k}={v}" for k, v in self.compile_options.items()) + ")"
+                                    if self.compile_options else "") if self.compiled else ""),
             f"max |optimised − original| on the example: {self.max_abs_diff:.3g} (outputs up to "
             f"{self.reference_scale:.3g}; exact transforms stay below {self.tolerance:g} × that)",
         ]
