@@ -26,7 +26,8 @@ fast phases of other work on the machine cancel. One thread by default.
   resnet20 compiled the same way (the fair baselines for a compiled model); in the LLM part the
   optimised teacher and the optimised InherNet whose heads differ, compiled, in the forwards
   (``optimize_for_inference(compile=True)`` for the full LM, the optimised decoder under
-  ``torch.compile`` for the blocks alone).
+  ``torch.compile`` for the blocks alone, both with the product's inductor options,
+  ``inhernet.optimize.COMPILE_OPTIONS``; since session 13 the C++ wrapper on CPU).
 
 ``--parts llm``: a SmolLM2-135M-shaped Llama (hidden 576, intermediate 1536, 9 heads / 3 KV heads,
 vocabulary 49152, ``--llm-layers`` of 30 blocks; random weights, or a ``save_pretrained`` folder
@@ -71,7 +72,7 @@ from torch import nn
 import inhernet
 from inhernet.layers import InherConv2d
 from inhernet.models import create_model
-from inhernet.optimize import FactorisedConv2d, GatedConv2d, as_trained
+from inhernet.optimize import COMPILE_OPTIONS, FactorisedConv2d, GatedConv2d, as_trained
 
 TEACHER = "teacher"
 TEACHER_FOLDED = "teacher, BN folded"
@@ -127,6 +128,12 @@ def interleaved(calls: dict[str, callable], rounds: int, iters: int, reference: 
     return {n: {"s": statistics.median(cpu[n]), "ratio": ratio(cpu, reference, n),
                 "wall_s": statistics.median(wall[n]), "wall_ratio": ratio(wall, reference, n),
                 **({"ratio_also": ratio(cpu, also, n)} if also else {})} for n in names}
+
+
+def product_compile_options() -> dict:
+    """The TorchInductor options ``optimize_for_inference(compile=True)`` uses on the CPU, for the
+    models this script compiles itself (a decoder alone, a forward generating from a static cache)."""
+    return dict(COMPILE_OPTIONS.get("cpu", {}))
 
 
 def optimised(model: nn.Module, example, summaries: dict, name: str, args, **extra) -> nn.Module:
@@ -302,10 +309,11 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
                                   max_new_tokens=args.gen_tokens, **extra)
 
     def compiled_generator(model: nn.Module) -> nn.Module:
-        """A copy of ``model`` whose forward is compiled, generating with a static KV cache (the
-        Hugging Face recipe for a compiled ``generate``: one decoding shape, no recompiles)."""
+        """A copy of ``model`` whose forward is compiled (with the inductor options
+        ``optimize_for_inference(compile=True)`` uses on this device), generating with a static KV
+        cache (the Hugging Face recipe for a compiled ``generate``: one decoding shape, no recompiles)."""
         out = copy.deepcopy(model)
-        out.forward = torch.compile(out.forward, dynamic=False)
+        out.forward = torch.compile(out.forward, dynamic=False, options=product_compile_options())
         out.generate_kwargs = {"cache_implementation": "static"}
         return out
 
@@ -342,7 +350,8 @@ def llm_part(args: argparse.Namespace) -> tuple[str, str]:
                     models[cname] = optimised(bases[name], example, summaries, f"{cname} (for {key[0]} × {key[1]})",
                                               args, compile=True)
                 else:  # the blocks alone: the optimised model's decoder under torch.compile
-                    models[cname] = SimpleNamespace(model=torch.compile(models[f"{name}, optimised"].model))
+                    models[cname] = SimpleNamespace(model=torch.compile(models[f"{name}, optimised"].model,
+                                                                        options=product_compile_options()))
         if title.startswith("generate"):  # the optimised models must generate what the originals do
             with torch.no_grad():
                 for name in bases:

@@ -12,7 +12,8 @@
 # teacher.threads = 2) on the resnet pair: its deciding rows (DECIDE), then the budget sweep (SWEEP,
 # seed 0), then the remaining rows (REST); the first process trains the teacher if needed; the second
 # meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both share the
-# resnet runs. `start wrn`: the second process trains the wrn pair's rows before it joins. Its teacher
+# resnet runs. `start wrn`: the second process trains the wrn pair's rows before it joins, and the first
+# joins the wrn rows once the resnet ones are done. The wrn teacher
 # (~8 min an epoch at 2 threads on the faster machine type, 15 epochs) was trained once in session 12
 # and its weights committed once, so it comes back from the history like the resnet one. A teacher or run
 # resumes from its checkpoint only on the machine that holds it. On a new machine the resnet teacher's
@@ -101,8 +102,12 @@ EOF
     rows="'$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1; \
       '$BIN/inhernet' compare '$R56' --methods $SWEEP --seeds 0 --threads 1; \
       '$BIN/inhernet' compare '$R56' --methods $REST --threads 1"
-    setsid nohup bash -c "$rows" >"$LOG_DIR/resnet56-a.log" 2>&1 </dev/null &
-    echo "started resnet56-a (pid $!): the resnet rows ($DECIDE), the sweep ($SWEEP), then $REST -> $LOG_DIR/resnet56-a.log"
+    # `start wrn`: when the resnet rows are done, the first process joins the wrn rows (the runs' lock
+    # files share them out), so no core idles while the second one still trains them
+    first="$rows"
+    [ "${2:-}" = wrn ] && first="$rows; '$BIN/inhernet' compare '$WRN' --threads 1 --progress log"
+    setsid nohup bash -c "$first" >"$LOG_DIR/resnet56-a.log" 2>&1 </dev/null &
+    echo "started resnet56-a (pid $!): the resnet rows ($DECIDE), the sweep ($SWEEP), then $REST${2:+, then the wrn rows} -> $LOG_DIR/resnet56-a.log"
     sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
     # meanwhile (they never see a teacher), then joins the first on the resnet rows
     # `start wrn`: the second process trains the wrn pair's rows first (one process per core, not three)
