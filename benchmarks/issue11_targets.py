@@ -195,7 +195,8 @@ def _default_row(roles: dict, default, provisional) -> tuple[str, str, str, str]
     if best is None:
         return target, "–", "", "not measured yet"
     ours = next((e for e in small if _knobs(e.get("inherit", {})) == mine), None)
-    knobs = "heads={}, head_init={}, init={}".format(*_knobs(best.get("inherit", {}))[:3])
+    heads, head_init, init = _knobs(best.get("inherit", {}))[:3]
+    knobs = f"heads={heads}" + ("" if head_init is None else f", head_init={head_init}") + f", init={init}"
     figures = f"best: {best['name']} {_acc(best)} ({knobs})"
     if ours is None:
         return target, figures + "; no row has the default's options", f"{best['name']} {len(best['seeds'])}", \
