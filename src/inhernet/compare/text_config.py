@@ -50,8 +50,8 @@ from inhernet.hf.folders import TASKS as TEXT_TASKS
 
 from .config import CompareConfigError, TrainerConfig, build_section, require, validated
 
-__all__ = ["TEXT_METHOD_KINDS", "TEXT_TASKS", "TextCompareConfig", "TextDataConfig", "TextEvaluationConfig",
-           "TextMethodConfig", "TextScheduleConfig", "TextTeacherConfig", "PACKAGED_MODELS"]
+__all__ = ["TEXT_INHERIT_DEFAULTS", "TEXT_METHOD_KINDS", "TEXT_TASKS", "TextCompareConfig", "TextDataConfig",
+           "TextEvaluationConfig", "TextMethodConfig", "TextScheduleConfig", "TextTeacherConfig", "PACKAGED_MODELS"]
 
 TEXT_METHOD_KINDS = ("teacher", "layer_subset", "depth_pruned", "svd_llm", "inhernet")
 SCHEDULES = ("cosine", "linear", "constant")
