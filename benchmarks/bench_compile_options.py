@@ -28,6 +28,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+import inhernet
+from inhernet.models import create_model
+from inhernet.optimize import as_trained, time_candidates
+
 #: the option sets a run can compare (``--options``): name -> TorchInductor options
 OPTION_SETS = {
     "default": {},
@@ -41,12 +47,6 @@ MODELS = ("teacher, BN folded, compiled", "InherNet r8 H=3 (untrained), optimise
 
 def worker(options_name: str, batch: int, rounds: int, size: int) -> dict:
     """One option set at one batch size, in this process: ms per call and × the eager teacher."""
-    import torch
-
-    import inhernet
-    from inhernet.models import create_model
-    from inhernet.optimize import as_trained, time_candidates
-
     torch.set_num_threads(1)
     torch.manual_seed(0)
     options = OPTION_SETS[options_name]
@@ -104,8 +104,6 @@ def main() -> None:
             lines.append(f"| {r['batch']} | {name} | {model} | {ms[model]:.3f} | {base / ms[model]:.2f}× | "
                          f"{vs_alike} | {r['formats'][model]} |")
     table = "\n".join(lines)
-    import torch
-
     header = (f"torch {torch.__version__}, CPU, 1 thread; each (batch, options) row group measured side by side "
               f"in its own process ({rounds} interleaved rounds, median of the thread's CPU time); total "
               f"{(time.perf_counter() - t0) / 60:.1f} min.")
