@@ -28,6 +28,9 @@ fast phases of other work on the machine cancel. One thread by default.
   (``optimize_for_inference(compile=True)`` for the full LM, the optimised decoder under
   ``torch.compile`` for the blocks alone, both with the product's inductor options,
   ``inhernet.optimize.COMPILE_OPTIONS``; since session 13 the C++ wrapper on CPU).
+* with ``--aot`` (CNN part): every optimised model also compiled ahead of time
+  (``optimize_for_inference(compile="aot")``: ``torch.export`` + AOTInductor into a package, no
+  Python per call), rows ``… + AOT``.
 
 ``--parts llm``: a SmolLM2-135M-shaped Llama (hidden 576, intermediate 1536, 9 heads / 3 KV heads,
 vocabulary 49152, ``--llm-layers`` of 30 blocks; random weights, or a ``save_pretrained`` folder
@@ -210,15 +213,18 @@ def build_cnn_models(batch: int, args: argparse.Namespace) -> tuple[dict[str, nn
     small = create_model("resnet20", num_classes=args.num_classes, in_channels=args.in_channels).eval()
     models: dict[str, nn.Module] = {TEACHER: teacher}
     summaries: dict[str, str] = {}
-    models[TEACHER_FOLDED] = optimised(teacher, example, summaries, TEACHER_FOLDED, args)
-    if args.compile:  # the fair baseline for a compiled InherNet: the teacher compiled the same way
-        models[f"{TEACHER_FOLDED} + compiled"] = optimised(teacher, example, summaries, f"{TEACHER_FOLDED} + compiled",
-                                                           args, compile=True)
+    # --compile / --aot: every optimised model also compiled that way (the teacher and resnet20 so
+    # compiled are the fair baselines of a compiled InherNet)
+    modes = [(" + compiled", True)] * bool(args.compile) + [(" + AOT", "aot")] * bool(args.aot)
+
+    def add(name: str, model: nn.Module) -> None:
+        models[name] = optimised(model, example, summaries, name, args)
+        for suffix, mode in modes:
+            models[name + suffix] = optimised(model, example, summaries, name + suffix, args, compile=mode)
+
+    add(TEACHER_FOLDED, teacher)
     models["resnet20"] = small
-    models["resnet20, BN folded"] = optimised(small, example, summaries, "resnet20, BN folded", args)
-    if args.compile:
-        models["resnet20, BN folded + compiled"] = optimised(small, example, summaries,
-                                                             "resnet20, BN folded + compiled", args, compile=True)
+    add("resnet20, BN folded", small)
     for heads in args.heads:
         inh = inhernet.inherit(teacher, rank=args.rank, heads=heads, progress=False).eval()
         # as inherited (identical heads: they fold exactly) and with heads that differ (a trained
@@ -228,10 +234,7 @@ def build_cnn_models(batch: int, args: argparse.Namespace) -> tuple[dict[str, nn
             variants.append((f"InherNet r{args.rank} H={heads} (heads differ)", as_trained(inh)))
         for base, model in variants:
             models[base] = model
-            models[f"{base}, optimised"] = optimised(model, example, summaries, f"{base}, optimised", args)
-            if args.compile:
-                models[f"{base}, optimised + compiled"] = optimised(model, example, summaries,
-                                                                    f"{base}, optimised + compiled", args, compile=True)
+            add(f"{base}, optimised", model)
         if args.floor and heads > 1:
             models[f"{variants[-1][0]}, down convs only (floor)"] = down_convs_only(
                 models[f"{variants[-1][0]}, optimised"])
@@ -246,7 +249,7 @@ def cnn_part(args: argparse.Namespace) -> tuple[str, str]:
     for batch in args.batches:
         models, summaries[batch] = build_cnn_models(batch, args)
         for name, m in models.items():
-            if name not in flops and "compiled" not in name:
+            if name not in flops and not name.endswith((" + compiled", " + AOT")):
                 flops[name] = inhernet.count_flops(m, (1, args.in_channels, args.size, args.size)) / 1e6
                 params[name] = inhernet.count_parameters(m)
         x = torch.randn(batch, args.in_channels, args.size, args.size)
@@ -404,6 +407,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="CNN forwards per model per round")
     parser.add_argument("--opt-rounds", type=int, default=5, help="timing rounds inside optimize_for_inference")
     parser.add_argument("--compile", action="store_true", help="also time the optimised InherNets under torch.compile")
+    parser.add_argument("--aot", action="store_true",
+                        help="CNN part: also time every optimised model compiled ahead of time (compile='aot')")
     parser.add_argument("--floor", action="store_true",
                         help="also time the optimised InherNet with heads that differ cut down to its down convs")
     parser.add_argument("--size", type=int, default=32, help="image height and width (CIFAR: 32)")

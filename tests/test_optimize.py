@@ -336,8 +336,56 @@ def test_compiled_result_is_exact():
 
 @pytest.mark.parametrize("bad", ["fast", 1, {1: True}])
 def test_a_compile_setting_that_is_neither_a_switch_nor_inductor_options_is_refused(bad):
-    with pytest.raises(ConfigError, match=r"compile=.*True / False, or a dict of TorchInductor options"):
+    with pytest.raises(ConfigError, match=r"compile=.*True / False, 'aot'.*or a dict of TorchInductor options"):
         optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile=bad, rounds=1)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="AOTInductor compiles C++: it needs a C compiler")
+def test_compiled_ahead_of_time_is_exact_keeps_its_package_and_refuses_other_shapes(tmp_path):
+    model = _resnet("resnet8", heads=3)  # gated convs whose gates run (randomised heads)
+    x = torch.randn(2, 1, 28, 28)
+    snap = _snapshot(model)
+    package = tmp_path / "fast.pt2"
+    opt = optimize_for_inference(model, x, compile="aot", package_path=package, rounds=1)
+    _assert_unchanged(model, snap)
+    report = opt.inhernet_optimized
+    assert isinstance(opt, optimize.AotCompiledModel) and report.compiled and report.compile_mode == "aot"
+    assert report.package_path == str(package) and package.is_file()
+    assert "compiled ahead of time" in report.summary() and str(package) in report.summary()
+    _assert_same(opt, model, torch.randn(2, 1, 28, 28))
+    # the package loads without the library's wrapper and computes the same
+    loaded = torch._inductor.aoti_load_package(str(package))
+    fresh = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(fresh), opt(fresh))
+    with pytest.raises(ConfigError, match=r"compiled ahead of time for inputs \(2, 1, 28, 28\).*got \(3, 1, 28, 28\)"):
+        opt(torch.randn(3, 1, 28, 28))
+    # an existing file is never written over, and the check comes before any work
+    with pytest.raises(ConfigError, match="exists; remove it or give another path"):
+        optimize_for_inference(model, x, compile="aot", package_path=package, rounds=1)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="AOTInductor compiles C++: it needs a C compiler")
+def test_compiled_ahead_of_time_without_a_package_path_uses_a_temporary_package():
+    model = _mlp(heads=3)
+    opt = optimize_for_inference(model, torch.randn(4, 32), compile="aot", rounds=1)
+    report = opt.inhernet_optimized
+    assert report.package_path is None and opt.package_path is None and "package temporary" in report.summary()
+    _assert_same(opt, model, torch.randn(4, 32))
+
+
+def test_a_package_path_needs_aot_and_a_pt2_name(tmp_path):
+    with pytest.raises(ConfigError, match="give compile='aot' with it"):
+        optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile=True, package_path=tmp_path / "m.pt2")
+    with pytest.raises(ConfigError, match="a .pt2 file"):
+        optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile="aot", package_path=tmp_path / "m.so")
+
+
+def test_freezing_among_the_compile_options_is_refused_with_the_way_that_works():
+    # torch.compile(options={"freezing": True}) would compile unfrozen without a word
+    with pytest.raises(ConfigError, match=r"ignores 'freezing'.*torch._inductor.config.freezing = True"):
+        optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile={"freezing": True}, rounds=1)
 
 
 def test_export_onnx_of_an_optimised_inhernet_passes_its_check(tmp_path):
@@ -369,6 +417,31 @@ def test_cli_export_reports_the_optimisation(tmp_path, capsys):
     assert main(["export", str(tmp_path / "model"), "--input-shape", "1", "16", "16", "--out", str(tmp_path / "n.onnx"),
                  "--no-optimize"]) == 0
     assert "optimised for inference" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="AOTInductor compiles C++: it needs a C compiler")
+def test_cli_export_to_a_pt2_package_compiles_ahead_of_time(tmp_path, capsys):
+    from inhernet.cli import main
+    from inhernet.train import save_model
+
+    teacher = create_model("resnet8", num_classes=10, in_channels=1)
+    model = _randomise(inhernet.inherit(teacher, rank=4, heads=2, progress=False))
+    save_model(model, tmp_path / "model", arch="resnet8", num_classes=10, in_channels=1)
+    out = tmp_path / "m.pt2"
+    args = ["export", str(tmp_path / "model"), "--input-shape", "1", "16", "16", "--out", str(out)]
+    assert main([*args, "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "AOTInductor package, input 2×1×16×16" in printed and "optimised for inference" in printed
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch._inductor.aoti_load_package(str(out))(x), model.eval()(x),
+                                   rtol=RTOL, atol=ATOL)
+    assert main(args) == 2 and "exists" in capsys.readouterr().err  # never written over
+    assert main([*args[:-1], str(tmp_path / "n.pt2"), "--opset", "17"]) == 2
+    assert "ONNX options" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "n.onnx"), "--batch-size", "2"]) == 2
+    assert "dynamic batch" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

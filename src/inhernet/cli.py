@@ -282,12 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MODEL may be a .gguf file or smollm2: dequantised once here (default ~/.cache/inhernet/gguf)")
     _add_data_args(s, required=False)
 
-    s = sub.add_parser("export", help="export a saved model to ONNX, checked against PyTorch with ONNX Runtime",
+    s = sub.add_parser("export", help="export a saved model to ONNX (checked with ONNX Runtime) or compile it ahead "
+                                      "of time into a .pt2 package",
                        description="Write a saved model (InherNet or dense) as an ONNX file with a dynamic batch "
                                    "dimension; the file is run in ONNX Runtime and compared with PyTorch before "
-                                   "it is kept. Needs pip install 'inhernet[export]'.")
+                                   "it is kept (needs pip install 'inhernet[export]'). With --out FILE.pt2: "
+                                   "compiled ahead of time by AOTInductor into a package for one input shape "
+                                   "(--batch-size × the input shape), checked against PyTorch, loadable with "
+                                   "torch._inductor.aoti_load_package.")
     s.add_argument("model", metavar="MODEL", help="saved model folder, run folder or .ckpt")
-    s.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    s.add_argument("--out", required=True, metavar="FILE", help="the .onnx file, or .pt2 package, to write")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="a .pt2 package's batch size (default 1: a package takes one input shape)")
     s.add_argument("--input-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
                    help="one input image's shape (default: the model's channels × 32 × 32)")
     s.add_argument("--dynamic-size", action="store_true", help="also make height and width dynamic")
@@ -858,9 +864,26 @@ def cmd_export(a: argparse.Namespace) -> int:
         from inhernet.export import check_opset
 
         check_opset(a.opset)  # before the model is loaded
+    package = str(a.out).endswith(".pt2")
+    if package:
+        onnx_only = [flag for flag, given in (("--dynamic-size", a.dynamic_size), ("--opset", a.opset is not None),
+                                              ("--no-check", not a.check)) if given]
+        if onnx_only:
+            raise ConfigError(f"{', '.join(onnx_only)}: ONNX options; a .pt2 package has one input shape and is "
+                              "always checked against PyTorch. Drop them, or write a .onnx file.")
+        from inhernet.optimize.aot import package_file
+
+        package_file(a.out)  # a bad or occupied path fails before the model is loaded
+    elif a.batch_size is not None:
+        raise ConfigError("--batch-size sets a .pt2 package's input shape; an ONNX file has a dynamic batch "
+                          "dimension. Drop it, or write a .pt2 package.")
+    if a.batch_size is not None and a.batch_size < 1:
+        raise ConfigError(f"--batch-size {a.batch_size}: give at least 1.")
     in_channels = a.input_shape[0] if a.input_shape else None
     model, info = _load_model(a.model, arch=a.arch, num_classes=a.num_classes, in_channels=in_channels)
     shape = tuple(a.input_shape) if a.input_shape else (info["in_channels"], 32, 32)
+    if package:
+        return _export_package(model, a.out, (a.batch_size or 1, *shape), a.optimize)
     res = inhernet.export_onnx(model, a.out, torch.randn(1, *shape), dynamic_spatial=a.dynamic_size,
                                check=a.check, opset=a.opset, optimize=a.optimize)
     checked = (f"ONNX Runtime matches PyTorch to {res['max_abs_diff']:.2g}" if res["max_abs_diff"] is not None
@@ -871,6 +894,34 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"optimised for inference: {counts or 'no inherited layers'}; "
               f"{len(res['optimized'].removed_batchnorms)} BatchNorm folded")
     print(f"saved -> {res['path']} ({res['bytes'] / 2**20:.2f} MiB, opset {res['opset']}, input N×{size}; {checked})")
+    return 0
+
+
+def _export_package(model: Any, out: str, shape: tuple[int, ...], optimize: bool) -> int:
+    """``inhernet export … --out FILE.pt2``: the model (optimised unless ``--no-optimize``) compiled
+    ahead of time into a package for one input shape."""
+    import copy
+
+    import torch
+
+    import inhernet
+    from inhernet.optimize.aot import aot_compile
+
+    x = torch.randn(*shape)
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference = model(x)
+        if optimize:
+            compiled = inhernet.optimize_for_inference(model, x, compile="aot", package_path=out)
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(compiled.inhernet_optimized.counts().items()))
+            print(f"optimised for inference: {counts or 'no inherited layers'}; "
+                  f"{len(compiled.inhernet_optimized.removed_batchnorms)} BatchNorm folded")
+        else:
+            compiled = aot_compile(model, x, out)
+        diff = float((compiled(x) - reference).abs().max())
+    size = Path(out).stat().st_size
+    print(f"saved -> {out} ({size / 2**20:.2f} MiB, AOTInductor package, input {'×'.join(map(str, shape))}; "
+          f"matches PyTorch to {diff:.2g}; load it with torch._inductor.aoti_load_package)")
     return 0
 
 

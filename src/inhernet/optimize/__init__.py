@@ -47,7 +47,9 @@ itself is never changed) it
 7. tries the whole model in ``channels_last`` memory format (convolutional models with a 4-D input;
    oneDNN's convolutions are often several times faster in it) and keeps the faster layout;
 8. optionally wraps the result in ``torch.compile`` (``compile=True``: with the TorchInductor options
-   measured fastest for inference on the device, :data:`COMPILE_OPTIONS` — on a CPU the C++ wrapper).
+   measured fastest for inference on the device, :data:`COMPILE_OPTIONS` — on a CPU the C++ wrapper),
+   or compiles it ahead of time (``compile="aot"``: ``torch.export`` + AOTInductor into a ``.pt2``
+   package, no Python per call — the fastest form at batch 1 on a CPU; :mod:`~inhernet.optimize.aot`).
 
 Every timing runs the candidates side by side in interleaved rounds (:func:`time_candidates`),
 so background load hits every candidate alike, and keeps the fastest round; a layer's times in
@@ -70,9 +72,10 @@ became, which BatchNorm was folded into it, the measured times).
 The package: :mod:`~inhernet.optimize.forms` (the inference modules), :mod:`~inhernet.optimize.timing`
 (side-by-side timing), :mod:`~inhernet.optimize.capture` (what the model does on the example, seen by
 hooks), :mod:`~inhernet.optimize.batchnorm` (pairing and folding), :mod:`~inhernet.optimize.build`
-(the passes and :func:`optimize_for_inference`), :mod:`~inhernet.optimize.report` (the report).
+(the passes and :func:`optimize_for_inference`), :mod:`~inhernet.optimize.aot` (ahead-of-time compilation), :mod:`~inhernet.optimize.report` (the report).
 """
 
+from .aot import AotCompiledModel
 from .build import COMPILE_OPTIONS, as_trained, optimize_for_inference
 from .forms import (LAYOUTS, FactorisedConv2d, GatedConv2d, GatedLinear, HeadMixer, InOutLinear, SharedInputProduct,
                     SharedInputProjection)
@@ -81,6 +84,7 @@ from .report import (DEFAULT_MIN_SAVING, DEFAULT_TOLERANCE, LONE_LAYER, PER_LAYE
 from .timing import CLOCKS, default_clock, time_candidates
 
 __all__ = [
+    "AotCompiledModel",
     "COMPILE_OPTIONS",
     "DEFAULT_TOLERANCE",
     "REPORT_ATTR",

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from ..config import ConfigError
 from ..layers import INHER_LAYERS, InherConv2d
 from ..plan import PLAN_ATTR
 from ..utils import call_model, nested_tensors
+from .aot import aot_compile, package_file
 from .batchnorm import bn_affine, fold_bn_into_dense, fold_bn_into_heads, pairs_by_fx, pairs_by_hooks, verified_pairs
 from .capture import LayerCalls, capture_calls, max_diff, replace_module, select_frozen
 from .forms import (LAYOUTS, FactorisedConv2d, GatedConv2d, GatedLinear, InOutLinear, SharedInputProduct,
@@ -47,9 +49,19 @@ def _compile_options(compile: bool | Mapping[str, Any], device: torch.device) ->
     if isinstance(compile, bool):
         return dict(COMPILE_OPTIONS.get(device.type, {})) if compile else None
     if isinstance(compile, Mapping) and all(isinstance(k, str) for k in compile):
+        if "freezing" in compile:
+            # torch.compile(options={"freezing": True}) compiles without freezing (torch 2.13: inductor
+            # decides it from its global config, outside the options' patch; the output code keeps
+            # plain convolutions) — refused rather than silently ignored
+            raise ConfigError(
+                "compile={'freezing': ...}: torch.compile ignores 'freezing' among its options (torch 2.13), "
+                "so the model would compile unfrozen. Set torch._inductor.config.freezing = True before "
+                "optimize_for_inference(..., compile=True) instead (measured no faster here: "
+                "docs/benchmarks/compile_options.md).")
         return dict(compile)
-    raise ConfigError(f"compile={compile!r}: give True / False, or a dict of TorchInductor options for "
-                      "torch.compile (e.g. {'cpp_wrapper': False}; {} is torch's default).")
+    raise ConfigError(f"compile={compile!r}: give True / False, 'aot' (compiled ahead of time into a package), "
+                      "or a dict of TorchInductor options for torch.compile (e.g. {'cpp_wrapper': False}; {} is "
+                      "torch's default).")
 
 
 #: a gated linear layer stays as it is only when faster than its best :class:`GatedLinear` form by
@@ -464,7 +476,8 @@ def as_trained(model: nn.Module, scale: float = 0.005, seed: int = 0, *, inplace
 
 def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: float = DEFAULT_TOLERANCE,
                            freeze_gate: bool | str | Iterable[str] = False,
-                           compile: bool | Mapping[str, Any] = False,
+                           compile: bool | str | Mapping[str, Any] = False,
+                           package_path: str | Path | None = None,
                            min_speedup: float = 1.0, min_saving: float | None = DEFAULT_MIN_SAVING,
                            fuse_shared_inputs: bool = True, check_speed: bool = True,
                            memory_format: str = "auto", rounds: int = 5) -> nn.Module:
@@ -491,6 +504,12 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
             ``True`` with the options that measured fastest for inference on the example's device
             (:data:`COMPILE_OPTIONS`: on a CPU inductor's C++ wrapper), or a dict of TorchInductor
             options passed as they are (``{}``: torch's defaults). The report names the options.
+            ``"aot"``: compiled ahead of time instead — ``torch.export`` at the example's shapes,
+            AOTInductor into a ``.pt2`` package, loaded back as an
+            :class:`~inhernet.optimize.aot.AotCompiledModel`: no Python runs per call (at batch 1 on
+            a CPU the fastest form measured), but it takes the example's shapes only.
+        package_path: with ``compile="aot"``, where the ``.pt2`` package is written and kept (it loads
+            without this library: ``torch._inductor.aoti_load_package``); default a temporary file.
         min_speedup: a folded layer stays a factorised pair only when the dense layer takes at least
             ``min_speedup`` × the pair's time; 1.0 (default): whichever is faster, > 1 prefers
             dense layers at near ties.
@@ -536,7 +555,12 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         raise ConfigError(f"tolerance={tolerance!r}: give a non-negative relative tolerance.")
     if not nested_tensors(example_input):
         raise ConfigError("example_input must be a tensor, or a tuple / dict holding the model's input tensors.")
-    compile_options = _compile_options(compile, nested_tensors(example_input)[0].device)
+    aot = compile == "aot"
+    if package_path is not None and not aot:
+        raise ConfigError("package_path is where compile='aot' writes its package; give compile='aot' with it.")
+    if package_path is not None:
+        package_file(package_path)  # a bad or occupied path fails now, not after the work
+    compile_options = None if aot else _compile_options(compile, nested_tensors(example_input)[0].device)
 
     base = copy.deepcopy(model).eval().requires_grad_(False)
     lone = isinstance(base, INHER_LAYERS)  # one inherited layer: optimised as the only child of a container
@@ -564,7 +588,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
 
     def build(fmt: str, pairs: dict[str, str], plain: bool = False):
         settings = _Settings(fmt, float(min_speedup), rounds, None if min_saving is None else float(min_saving),
-                             bool(fuse_shared_inputs) and compile_options is None and not plain,
+                             bool(fuse_shared_inputs) and compile_options is None and not aot and not plain,
                              ("out×in",) if plain else LAYOUTS, timings)
         work, decisions, removed, groups = _build(base, calls, pairs, frozen, settings)
         with torch.no_grad():
@@ -609,9 +633,10 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         for d in decisions:
             d.name = LONE_LAYER
     result: nn.Module = work
-    if compile_options is not None:
-        result = torch.compile(work, options=compile_options)
+    if compile_options is not None or aot:
         with torch.no_grad():
+            result = (aot_compile(work, example_input, package_path) if aot
+                      else torch.compile(work, options=compile_options))
             diff_c, _ = max_diff(call_model(result, example_input), reference)
         diff = max(diff, diff_c)
         if not frozen and diff_c > exact_limit(scale):
@@ -623,7 +648,9 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         device=str(first.device), threads=torch.get_num_threads(), memory_format=chosen_format,
         model_times_ms=model_times, max_abs_diff=diff, reference_scale=scale, tolerance=float(tolerance),
         frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing,
-        compiled=compile_options is not None, compile_options=compile_options or {},
+        compiled=compile_options is not None or aot, compile_options=compile_options or {},
+        compile_mode="aot" if aot else ("torch.compile" if compile_options is not None else None),
+        package_path=None if not aot else (str(result.package_path) if result.package_path else None),
         min_speedup=float(min_speedup), min_saving=None if min_saving is None else float(min_saving),
         shared_inputs=groups, variant_times_ms=variant_times,
     )

@@ -88,8 +88,10 @@ class OptimizationReport:
     whole-model times of the layouts tried. ``shared_inputs``: the groups of layers reading one
     input and whether each was fused. ``variant_times_ms``: the whole model with the per-layer
     choices against ``out×in`` weights without fusion (``check_speed``), when timed.
-    ``compiled`` / ``compile_options``: whether the result is wrapped in ``torch.compile``, and the
-    TorchInductor options it was compiled with.
+    ``compiled`` / ``compile_options``: whether the result is compiled, and the TorchInductor
+    options ``torch.compile`` was given. ``compile_mode``: ``"torch.compile"``, ``"aot"`` (exported
+    and compiled ahead of time into a package by AOTInductor, ``package_path`` where it was kept,
+    None for a temporary one) or None (not compiled).
     """
 
     layers: list[LayerDecision]
@@ -106,6 +108,8 @@ class OptimizationReport:
     batchnorm_pairing: str
     compiled: bool = False
     compile_options: dict[str, Any] = field(default_factory=dict)
+    compile_mode: str | None = None
+    package_path: str | None = None
     min_speedup: float = 1.0
     min_saving: float | None = DEFAULT_MIN_SAVING
     shared_inputs: list[SharedInputGroup] = field(default_factory=list)
@@ -142,8 +146,7 @@ class OptimizationReport:
             f"(pairs found by {self.batchnorm_pairing})",
             f"timed on {self.device}, {self.threads} thread(s), example input {self.example_shape}; memory format "
             f"{self.memory_format}" + (f" ({times})" if len(self.model_times_ms) > 1 else "")
-            + ("; torch.compile" + (" (" + ", ".join(f"{k}={v}" for k, v in self.compile_options.items()) + ")"
-                                    if self.compile_options else "") if self.compiled else ""),
+            + self._compiled_note(),
             f"max |optimised − original| on the example: {self.max_abs_diff:.3g} (outputs up to "
             f"{self.reference_scale:.3g}; exact transforms stay below {self.tolerance:g} × that)",
         ]
@@ -158,6 +161,15 @@ class OptimizationReport:
             lines.append(f"APPROXIMATE: {len(self.frozen_gates)} gate(s) frozen at their mean over the example "
                          f"input; the deviation above is what freezing costs on it")
         return "\n".join(lines)
+
+    def _compiled_note(self) -> str:
+        if not self.compiled:
+            return ""
+        if self.compile_mode == "aot":
+            return "; compiled ahead of time (torch.export + AOTInductor, package " + (
+                self.package_path or "temporary") + ")"
+        return "; torch.compile" + (" (" + ", ".join(f"{k}={v}" for k, v in self.compile_options.items()) + ")"
+                                    if self.compile_options else "")
 
     def __str__(self) -> str:
         header = ("layer", "type", "became", "BatchNorm folded", "input", "times (ms; * = kept)", "note")
