@@ -375,6 +375,23 @@ def test_compiled_ahead_of_time_without_a_package_path_uses_a_temporary_package(
     _assert_same(opt, model, torch.randn(4, 32))
 
 
+class _Branchy(nn.Module):
+    """A forward whose path depends on the data: torch.export cannot capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y if y.sum() > 0 else -y
+
+
+def test_a_model_export_cannot_capture_is_refused_ahead_of_time_with_the_way_out():
+    with pytest.raises(ConfigError, match=r"torch.export could not capture this model.*use compile=True"):
+        optimize_for_inference(_Branchy(), torch.randn(2, 8), compile="aot", rounds=1)
+
+
 def test_a_package_path_needs_aot_and_a_pt2_name(tmp_path):
     with pytest.raises(ConfigError, match="give compile='aot' with it"):
         optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile=True, package_path=tmp_path / "m.pt2")

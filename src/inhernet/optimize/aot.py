@@ -16,6 +16,7 @@ without this library (and AOTInductor's C++ runtime without Python); ``package_p
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ class AotCompiledModel(nn.Module):
         return f"package={self.package_path or '(temporary, removed after loading)'}"
 
 
+def _compile_and_load(exported: Any, path: Path) -> Any:
+    """AOTInductor: ``exported`` compiled into the package ``path``, loaded back (its runner). torch
+    2.13 warns about its own use of a deprecated pytree class (``LeafSpec``) on the way, which says
+    nothing to the user: that one warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
+        return torch._inductor.aoti_load_package(str(path))
+
+
 def package_file(package_path: str | Path) -> Path:
     """``package_path`` as the path of a new package file, checked before any work: a ``.pt2`` name
     that is not there yet (an existing file is never overwritten)."""
@@ -91,11 +102,9 @@ def aot_compile(model: nn.Module, example_input: Any, package_path: str | Path |
     if package_path is not None:
         path = package_file(package_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
-        runner = torch._inductor.aoti_load_package(str(path))
+        runner = _compile_and_load(exported, path)
         return AotCompiledModel(runner, path, tuple(args), kwargs)
     with tempfile.TemporaryDirectory(prefix="inhernet-aot-") as tmp:
         path = Path(tmp) / "model.pt2"
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
-        runner = torch._inductor.aoti_load_package(str(path))
+        runner = _compile_and_load(exported, path)
     return AotCompiledModel(runner, None, tuple(args), kwargs)
