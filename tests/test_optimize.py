@@ -392,6 +392,20 @@ def test_a_model_export_cannot_capture_is_refused_ahead_of_time_with_the_way_out
         optimize_for_inference(_Branchy(), torch.randn(2, 8), compile="aot", rounds=1)
 
 
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile needs a C compiler")
+def test_a_compiled_cnn_chooses_its_layout_by_timing_both_layouts_compiled():
+    model = _resnet("resnet8", heads=3)
+    x = torch.randn(2, 1, 16, 16)
+    opt = optimize_for_inference(model, x, compile=True, rounds=1)
+    report = opt.inhernet_optimized
+    assert report.model_times_compiled and set(report.model_times_ms) == {"contiguous", "channels_last"}
+    assert report.memory_format == min(report.model_times_ms, key=report.model_times_ms.get)
+    assert "memory format " + report.memory_format + " (compiled: " in report.summary()
+    _assert_same(opt, model, torch.randn(2, 1, 16, 16))
+    eager = optimize_for_inference(model, x, rounds=1).inhernet_optimized  # eager: timed eager, as before
+    assert not eager.model_times_compiled and "(compiled: " not in eager.summary()
+
+
 def test_a_package_path_needs_aot_and_a_pt2_name(tmp_path):
     with pytest.raises(ConfigError, match="give compile='aot' with it"):
         optimize_for_inference(_mlp(heads=1), torch.randn(4, 32), compile=True, package_path=tmp_path / "m.pt2")

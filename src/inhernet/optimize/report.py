@@ -85,7 +85,8 @@ class OptimizationReport:
     ``max_abs_diff``: max |optimised − original| on the example input (``reference_scale`` = max
     |original|); exact transforms stay within ``tolerance`` × ``reference_scale``, a frozen gate
     (``approximate``) may not. ``memory_format`` and ``model_times_ms``: the layout kept and the
-    whole-model times of the layouts tried. ``shared_inputs``: the groups of layers reading one
+    whole-model times of the layouts tried (compiled, ``model_times_compiled``, when the result is:
+    each layout compiled and timed so). ``shared_inputs``: the groups of layers reading one
     input and whether each was fused. ``variant_times_ms``: the whole model with the per-layer
     choices against ``out×in`` weights without fusion (``check_speed``), when timed.
     ``compiled`` / ``compile_options``: whether the result is compiled, and the TorchInductor
@@ -109,6 +110,7 @@ class OptimizationReport:
     compiled: bool = False
     compile_options: dict[str, Any] = field(default_factory=dict)
     compile_mode: str | None = None
+    model_times_compiled: bool = False
     package_path: str | None = None
     min_speedup: float = 1.0
     min_saving: float | None = DEFAULT_MIN_SAVING
@@ -145,7 +147,8 @@ class OptimizationReport:
             f"{inherited} inherited layers: {kinds}; {len(self.removed_batchnorms)} BatchNorm folded "
             f"(pairs found by {self.batchnorm_pairing})",
             f"timed on {self.device}, {self.threads} thread(s), example input {self.example_shape}; memory format "
-            f"{self.memory_format}" + (f" ({times})" if len(self.model_times_ms) > 1 else "")
+            f"{self.memory_format}" + (f" ({'compiled: ' if self.model_times_compiled else ''}{times})"
+                                       if len(self.model_times_ms) > 1 else "")
             + self._compiled_note(),
             f"max |optimised − original| on the example: {self.max_abs_diff:.3g} (outputs up to "
             f"{self.reference_scale:.3g}; exact transforms stay below {self.tolerance:g} × that)",
