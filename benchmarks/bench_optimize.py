@@ -70,6 +70,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch._dynamo
 from torch import nn
 
 import inhernet
@@ -426,6 +427,9 @@ def main() -> None:
     if args.quick:
         args.llm_layers, args.rounds, args.iters, args.opt_rounds, args.gen_tokens = 2, 2, 1, 1, 4
     torch.set_num_threads(args.threads)
+    # this process compiles many models of one class (teachers, students, InherNets, per batch size),
+    # each taking one of Dynamo's per-function cache entries: past the limit (8) it would run them eager
+    torch._dynamo.config.recompile_limit = 64
 
     t0 = time.perf_counter()
     sections = []

@@ -528,8 +528,8 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
             no fusion) on the example, side by side, and keep the faster (both are exact); the
             times are in ``report.variant_times_ms``.
         memory_format: ``"auto"`` (default): for a convolutional model with a 4-D input, build the
-            model in both layouts and keep the faster one (timed whole, side by side; compiled as
-            ``compile`` asks when it does, so compiling a CNN costs two compilations);
+            model in both layouts and keep the faster one (timed whole, side by side; with
+            ``compile="aot"`` both compiled ahead of time, so a CNN costs two compilations);
             ``"contiguous"`` / ``"channels_last"``: that layout only.
         rounds: interleaved timing rounds per measurement (the median is kept).
 
@@ -613,12 +613,15 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
     model_times: dict[str, float] = {}
     candidates: dict[str, nn.Module] = {}
     if len(built) > 1:
-        # a model to be compiled is compared in both layouts compiled: the compiler's kernels rank the
-        # layouts otherwise than eager ones do (batch 64, the gated resnet56 InherNet: an eager near-tie,
-        # 152.1 vs 153.7 ms, chose contiguous, and ahead of time it then ran 1.68x the teacher against
-        # 1.94x for the channels-last torch.compile one: docs/benchmarks/optimize_cnn_aot_eager_layout.md)
+        # a model compiled ahead of time is compared in both layouts compiled: the compiler's kernels
+        # rank the layouts otherwise than eager ones do (batch 64, the gated resnet56 InherNet: an eager
+        # near-tie, 152.1 vs 153.7 ms, chose contiguous, and ahead of time it then ran 1.68x the teacher
+        # against 1.94x for the channels-last torch.compile one:
+        # docs/benchmarks/optimize_cnn_aot_eager_layout.md). Not under torch.compile: every compiled
+        # model of one class takes one of Dynamo's per-function cache entries (8 by default), and a
+        # second compilation per model would exhaust them twice as fast (then Dynamo runs eager).
         with torch.no_grad():
-            candidates = {fmt: compiled_form(b[0]) for fmt, b in built.items()} if compiling else {
+            candidates = {fmt: compiled_form(b[0]) for fmt, b in built.items()} if aot else {
                 fmt: b[0] for fmt, b in built.items()}
             model_times = time_candidates({fmt: (lambda x, m=m: call_model(m, x)) for fmt, m in candidates.items()},
                                           example_input, rounds=rounds, statistic="min",
@@ -650,7 +653,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
     if compiling:
         with torch.no_grad():
             kept = candidates.get(chosen_format)  # compiled while the layouts were compared
-            reuse = kept is not None and not lone and work is built[chosen_format][0] and package_path is None
+            reuse = aot and kept is not None and not lone and work is built[chosen_format][0] and package_path is None
             result = kept if reuse else compiled_form(work, package_path)
             diff_c, _ = max_diff(call_model(result, example_input), reference)
         diff = max(diff, diff_c)
@@ -661,7 +664,7 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
     report = OptimizationReport(
         layers=decisions, example_shape=tuple(first.shape) if isinstance(example_input, Tensor) else None,
         device=str(first.device), threads=torch.get_num_threads(), memory_format=chosen_format,
-        model_times_ms=model_times, model_times_compiled=compiling and len(model_times) > 1, max_abs_diff=diff, reference_scale=scale, tolerance=float(tolerance),
+        model_times_ms=model_times, model_times_compiled=aot and len(model_times) > 1, max_abs_diff=diff, reference_scale=scale, tolerance=float(tolerance),
         frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing,
         compiled=compile_options is not None or aot, compile_options=compile_options or {},
         compile_mode="aot" if aot else ("torch.compile" if compile_options is not None else None),

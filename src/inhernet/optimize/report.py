@@ -85,8 +85,8 @@ class OptimizationReport:
     ``max_abs_diff``: max |optimised − original| on the example input (``reference_scale`` = max
     |original|); exact transforms stay within ``tolerance`` × ``reference_scale``, a frozen gate
     (``approximate``) may not. ``memory_format`` and ``model_times_ms``: the layout kept and the
-    whole-model times of the layouts tried (compiled, ``model_times_compiled``, when the result is:
-    each layout compiled and timed so). ``shared_inputs``: the groups of layers reading one
+    whole-model times of the layouts tried (compiled ahead of time, ``model_times_compiled``, with
+    ``compile="aot"``). ``shared_inputs``: the groups of layers reading one
     input and whether each was fused. ``variant_times_ms``: the whole model with the per-layer
     choices against ``out×in`` weights without fusion (``check_speed``), when timed.
     ``compiled`` / ``compile_options``: whether the result is compiled, and the TorchInductor
