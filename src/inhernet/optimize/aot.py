@@ -6,8 +6,9 @@ as an ``nn.Module`` (:class:`AotCompiledModel`). Unlike ``torch.compile``, nothi
 call — no guard check over every parameter, no graph dispatch — which at batch 1 on a CPU is a large
 share of a small network's time: resnet56 → InherNet rank 8, H = 3 with heads that differ, batch 1,
 one thread, 1.32× the eager teacher under ``torch.compile`` (C++ wrapper) against 1.73× as a package
-(``benchmarks/bench_compile_options.py``, docs/benchmarks/compile_options.md). The price: the package takes the example's shapes only (another
-batch size is refused with the fix: optimise again with it), and compiling takes tens of seconds.
+(``benchmarks/bench_compile_options.py``, docs/benchmarks/compile_options.md). The price: the package
+takes the example's shapes only (another batch size is refused with the fix: optimise again with it),
+and compiling takes tens of seconds (a CNN's two memory layouts are each compiled and timed).
 
 The package is a deployment artefact of its own: ``torch._inductor.aoti_load_package(path)`` loads it
 without this library (and AOTInductor's C++ runtime without Python); ``package_path`` keeps it.

@@ -664,7 +664,8 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
     report = OptimizationReport(
         layers=decisions, example_shape=tuple(first.shape) if isinstance(example_input, Tensor) else None,
         device=str(first.device), threads=torch.get_num_threads(), memory_format=chosen_format,
-        model_times_ms=model_times, model_times_compiled=aot and len(model_times) > 1, max_abs_diff=diff, reference_scale=scale, tolerance=float(tolerance),
+        model_times_ms=model_times, model_times_compiled=aot and len(model_times) > 1, max_abs_diff=diff,
+        reference_scale=scale, tolerance=float(tolerance),
         frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing,
         compiled=compile_options is not None or aot, compile_options=compile_options or {},
         compile_mode="aot" if aot else ("torch.compile" if compile_options is not None else None),
