@@ -401,6 +401,7 @@ def test_a_cnn_compiled_ahead_of_time_chooses_its_layout_by_timing_both_layouts_
     report = opt.inhernet_optimized
     assert report.model_times_compiled and set(report.model_times_ms) == {"contiguous", "channels_last"}
     assert report.memory_format == min(report.model_times_ms, key=report.model_times_ms.get)
+    assert opt.package_path is None and report.package_path is None  # the layouts' packages were temporary
     assert "memory format " + report.memory_format + " (compiled: " in report.summary()
     _assert_same(opt, model, torch.randn(2, 1, 16, 16))
     eager = optimize_for_inference(model, x, rounds=1).inhernet_optimized  # not compiled: timed eager

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -612,6 +614,8 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
 
     model_times: dict[str, float] = {}
     candidates: dict[str, nn.Module] = {}
+    # the layouts' packages, kept until one is chosen: the chosen one is copied, not compiled again
+    staging = tempfile.TemporaryDirectory(prefix="inhernet-aot-") if aot and len(built) > 1 else None
     if len(built) > 1:
         # a model compiled ahead of time is compared in both layouts compiled: the compiler's kernels
         # rank the layouts otherwise than eager ones do (batch 64, the gated resnet56 InherNet: an eager
@@ -621,8 +625,8 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
         # model of one class takes one of Dynamo's per-function cache entries (8 by default), and a
         # second compilation per model would exhaust them twice as fast (then Dynamo runs eager).
         with torch.no_grad():
-            candidates = {fmt: compiled_form(b[0]) for fmt, b in built.items()} if aot else {
-                fmt: b[0] for fmt, b in built.items()}
+            candidates = {fmt: compiled_form(b[0], Path(staging.name) / f"{fmt}.pt2")
+                          for fmt, b in built.items()} if staging else {fmt: b[0] for fmt, b in built.items()}
             model_times = time_candidates({fmt: (lambda x, m=m: call_model(m, x)) for fmt, m in candidates.items()},
                                           example_input, rounds=rounds, statistic="min",
                                           clock=default_clock(nested_tensors(example_input)[0].device))
@@ -651,11 +655,18 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
             d.name = LONE_LAYER
     result: nn.Module = work
     if compiling:
+        kept = candidates.get(chosen_format) if staging else None  # compiled while the layouts were compared
         with torch.no_grad():
-            kept = candidates.get(chosen_format)  # compiled while the layouts were compared
-            reuse = aot and kept is not None and not lone and work is built[chosen_format][0] and package_path is None
-            result = kept if reuse else compiled_form(work, package_path)
+            if kept is not None and not lone and work is built[chosen_format][0]:
+                if package_path is not None:
+                    shutil.copyfile(kept.package_path, package_path)
+                kept.package_path = None if package_path is None else Path(package_path)
+                result = kept
+            else:
+                result = compiled_form(work, package_path)
             diff_c, _ = max_diff(call_model(result, example_input), reference)
+    if staging is not None:
+        staging.cleanup()
         diff = max(diff, diff_c)
         if not frozen and diff_c > exact_limit(scale):
             raise RuntimeError(f"optimize_for_inference: the compiled model differs from the original by "
@@ -664,10 +675,10 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
     report = OptimizationReport(
         layers=decisions, example_shape=tuple(first.shape) if isinstance(example_input, Tensor) else None,
         device=str(first.device), threads=torch.get_num_threads(), memory_format=chosen_format,
-        model_times_ms=model_times, model_times_compiled=aot and len(model_times) > 1, max_abs_diff=diff,
+        model_times_ms=model_times, max_abs_diff=diff,
         reference_scale=scale, tolerance=float(tolerance),
         frozen_gates=sorted(frozen), removed_batchnorms=removed, batchnorm_pairing=pairing,
-        compiled=compile_options is not None or aot, compile_options=compile_options or {},
+        compile_options=compile_options or {},
         compile_mode="aot" if aot else ("torch.compile" if compile_options is not None else None),
         package_path=None if not aot else (str(result.package_path) if result.package_path else None),
         min_speedup=float(min_speedup), min_saving=None if min_saving is None else float(min_saving),

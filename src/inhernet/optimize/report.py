@@ -107,10 +107,8 @@ class OptimizationReport:
     frozen_gates: list[str]
     removed_batchnorms: list[str]
     batchnorm_pairing: str
-    compiled: bool = False
     compile_options: dict[str, Any] = field(default_factory=dict)
     compile_mode: str | None = None
-    model_times_compiled: bool = False
     package_path: str | None = None
     min_speedup: float = 1.0
     min_saving: float | None = DEFAULT_MIN_SAVING
@@ -126,6 +124,16 @@ class OptimizationReport:
         return min(self.variant_times_ms, key=self.variant_times_ms.get)
 
     @property
+    def compiled(self) -> bool:
+        """Whether the result is compiled (``compile_mode`` is set)."""
+        return self.compile_mode is not None
+
+    @property
+    def model_times_compiled(self) -> bool:
+        """Whether the layouts in ``model_times_ms`` were timed compiled (ahead of time)."""
+        return self.compile_mode == "aot" and len(self.model_times_ms) > 1
+
+    @property
     def approximate(self) -> bool:
         """True when a gate was frozen: the result then only approximates the original."""
         return bool(self.frozen_gates)
@@ -137,6 +145,7 @@ class OptimizationReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["approximate"] = self.approximate
+        out["compiled"], out["model_times_compiled"] = self.compiled, self.model_times_compiled
         return out
 
     def summary(self) -> str:
