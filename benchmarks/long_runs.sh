@@ -3,6 +3,7 @@
 # sessions whose machine may be new each time. Their state lives in benchmarks/store/ and is committed.
 #
 #   bash benchmarks/long_runs.sh start [wrn]  # two background processes, one thread each (logs: $LOG_DIR)
+#                                          # (wrn: then the wrn rows, then the rows with 1/3 of the epochs)
 #   bash benchmarks/long_runs.sh status   # every planned run: done / epoch k of n / not started
 #   bash benchmarks/long_runs.sh save     # stage the run records and reports for a commit (trained
 #                                         # artefacts — weights, checkpoints — stay out of git)
@@ -16,7 +17,9 @@
 # joins the wrn rows once the resnet ones are done. The wrn teacher
 # (~8 min an epoch at 2 threads on the faster machine type, 15 epochs) was trained once in session 12
 # and its weights committed once, so it comes back from the history like the resnet one. A teacher or run
-# resumes from its checkpoint only on the machine that holds it. On a new machine the resnet teacher's
+# resumes from its checkpoint only on the machine that holds it. After the wrn rows, both processes of
+# `start wrn` train the InherNet rows of both pairs with a third of the epochs (THIRD_*: the same recipe,
+# 3 epochs, for the target "reaches the best KD student's final accuracy in <= 1/3 of the epochs"). On a new machine the resnet teacher's
 # weights come back from the repository's history (an earlier commit held them;
 # benchmarks/teacher_from_history.py checks them against the record), on any machine type. Where the
 # history holds none, a teacher is retrained and checked against its committed record epoch by epoch:
@@ -35,6 +38,8 @@ BIN=${BIN:-.venv/bin}
 LOG_DIR=${LOG_DIR:-/tmp/benchlogs}
 R56=benchmarks/configs/fmnist60k_resnet56_resnet20.yaml
 WRN=benchmarks/configs/fmnist60k_wrn_40_2_wrn_40_1.yaml
+THIRD_R56=benchmarks/configs/fmnist60k_resnet56_resnet20_third.yaml
+THIRD_WRN=benchmarks/configs/fmnist60k_wrn_40_2_wrn_40_1_third.yaml
 DECIDE=${DECIDE:-"student student_dkd h1_svd h1_whitened h2_copies h2_perturbed h3_copies h3_perturbed h3_whitened h3_wo_gate large"}
 SWEEP=${SWEEP:-"h1_b015 h2p_b015 h1_b045 h2p_b045"}   # H = 1 vs the best gated at 0.15 and 0.45 of the teacher
 REST=${REST:-"h3_split student_kd h3_uniform h3_symmetric"}
@@ -105,22 +110,27 @@ EOF
     # `start wrn`: when the resnet rows are done, the first process joins the wrn rows (the runs' lock
     # files share them out), so no core idles while the second one still trains them
     first="$rows"
-    [ "${2:-}" = wrn ] && first="$rows; '$BIN/inhernet' compare '$WRN' --threads 1 --progress log"
+    third="'$BIN/inhernet' compare '$THIRD_R56' --threads 1 --progress log; \
+      '$BIN/inhernet' compare '$THIRD_WRN' --threads 1 --progress log"
+    [ "${2:-}" = wrn ] && first="$rows; '$BIN/inhernet' compare '$WRN' --threads 1 --progress log; $third"
     setsid nohup bash -c "$first" >"$LOG_DIR/resnet56-a.log" 2>&1 </dev/null &
-    echo "started resnet56-a (pid $!): the resnet rows ($DECIDE), the sweep ($SWEEP), then $REST${2:+, then the wrn rows} -> $LOG_DIR/resnet56-a.log"
+    echo "started resnet56-a (pid $!): the resnet rows ($DECIDE), the sweep ($SWEEP), then $REST${2:+, then the wrn rows and the 1/3-epoch rows} -> $LOG_DIR/resnet56-a.log"
     sleep 20  # the first takes the teacher's lock; the second trains the plain students of both pairs
     # meanwhile (they never see a teacher), then joins the first on the resnet rows
     # `start wrn`: the second process trains the wrn pair's rows first (one process per core, not three)
     second="'$BIN/inhernet' compare '$R56' --methods student --threads 1; \
       '$BIN/inhernet' compare '$WRN' --methods student --threads 1"
     [ "${2:-}" = wrn ] && second="$second; '$BIN/inhernet' compare '$WRN' --threads 1 --progress log"
+    [ "${2:-}" = wrn ] && rows="$rows; $third"
     setsid nohup bash -c "$second; $rows" >"$LOG_DIR/resnet56-b.log" 2>&1 </dev/null &
-    echo "started resnet56-b (pid $!): the students of both pairs, ${2:+the wrn rows, }then the same resnet rows -> $LOG_DIR/resnet56-b.log"
+    echo "started resnet56-b (pid $!): the students of both pairs, ${2:+the wrn rows, }then the same resnet rows${2:+ and the 1/3-epoch rows} -> $LOG_DIR/resnet56-b.log"
     fi
     ;;
   status)
     "$BIN/inhernet" compare "$R56" --status
     "$BIN/inhernet" compare "$WRN" --status
+    "$BIN/inhernet" compare "$THIRD_R56" --status
+    "$BIN/inhernet" compare "$THIRD_WRN" --status
     ;;
   save)
     # finished runs' records and the teachers' metrics/config are tracked as usual (the ignore rules

@@ -654,7 +654,7 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     assert default[1] == "**not met** (provisional: a row has fewer seeds)"
     assert rows["default config's heads reported (head cosine, gate gradient ratio)"][1] == "n/a (H = 1)"
     assert rows["Large ≥ teacher − 0.3 at ≤ 50 % of its params"][1] == "met"  # 92.8 vs 93.0, 40 %
-    convergence = next(v for t, (f, v) in rows.items() if t.startswith("every InherNet"))
+    convergence = next(v for t, (f, v) in rows.items() if t.startswith("every InherNet reaches"))
     assert convergence.startswith("**not met**")  # c needs 4 of 9 epochs (> 3)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
@@ -674,6 +674,57 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     kd = rows["InherNet at ≤ student params ≥ best KD student + 1"][0]
     assert kd.startswith("a 93.00 ± 0.10 vs dkd 90.00 ± 0.10: +3.00 (Welch p = ")
     assert 0 < float(kd.split("Welch p = ")[1].rstrip(")")) < 1e-3  # 3 seeds each, 3 points apart, spread 0.1
+
+
+def test_issue11_third_of_the_epochs_is_judged_on_its_own_comparison(tmp_path):
+    """issue11_targets.py --third: a comparison that trained the InherNet rows with a third of the
+    epochs is paired with the full one of the same teacher, student and data, and each of its rows'
+    final accuracy is judged against the full run's best KD student; a pairing that does not fit is
+    refused with the reason."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("issue11_targets", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "issue11_targets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(name, kind, acc, seeds=(0, 1, 2), **inherit):
+        e = {"name": name, "kind": kind, "test_acc_mean": acc, "test_acc_std": 0.001, "seeds": list(seeds),
+             "test_acc": [acc - 0.001, acc, acc + 0.001][:len(seeds)], "params": 100, "epochs": 9,
+             "epochs_to_best_kd_student": 7}
+        if kind == "inhernet":
+            e["inherit"] = {"budget": 100, "gate": "softmax", "init": "svd", "head_init": "copies", **inherit}
+        return e
+
+    def config(epochs, names):
+        return {"seeds": [0, 1, 2], "teacher": {"arch": "resnet56"}, "student": {"arch": "resnet20"},
+                "data": {"subset": 10}, "schedule": {"epochs": epochs}, "methods": [{"name": n} for n in names]}
+
+    full = {"name": "full", "config": config(9, ["dkd", "a"]), "student_params": 100, "reference_kd_student": "dkd",
+            "teacher": {"name": "teacher", "kind": "teacher", "test_acc_mean": 0.93, "params": 1000},
+            "methods": [row("dkd", "student_dkd", 0.90), row("a", "inhernet", 0.92, heads=1)]}
+    third = {"name": "third", "config": config(3, ["a", "b"]), "student_params": 100,
+             "methods": [row("a", "inhernet", 0.905, heads=1), row("b", "inhernet", 0.0, seeds=())]}
+    paths = {}
+    for name, r in (("full", full), ("third", third)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(r))
+    target = "every InherNet trained with ⅓ of the epochs (3 of 9, the recipe scaled) reaches the best KD student's final accuracy"
+    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(full, 3, third)}
+    assert rows[target][0] == "a 90.50 ± 0.10 vs dkd 90.00 ± 0.10 (9 epochs); not trained yet: b"
+    assert rows[target][1] == "met (rows missing)"
+    third["methods"][0].update(test_acc_mean=0.899)
+    assert {t: v for t, _, _, v in mod.verdicts(full, 3, third)}[target] == "**not met**"
+    assert target in mod.render([paths["full"]], [paths["third"]])
+    assert target not in mod.render([paths["full"]])  # the mid-run row alone without --third
+    third["config"]["schedule"]["epochs"] = 4  # more than 9 / 3
+    paths["third"].write_text(json.dumps(third))
+    with pytest.raises(SystemExit, match="more than a third"):
+        mod.render([paths["full"]], [paths["third"]])
+    third["config"]["student"] = {"arch": "wrn_40_1"}
+    paths["third"].write_text(json.dumps(third))
+    with pytest.raises(SystemExit, match="no comparison given has its teacher, student and data"):
+        mod.render([paths["full"]], [paths["third"]])
 
 
 @pytest.mark.parametrize("path, kept", [
