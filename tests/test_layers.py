@@ -205,3 +205,26 @@ def test_head_init_needs_a_gate_to_do_anything():
         InheritConfig(head_init="noisy")
     with pytest.raises(ConfigError, match="head_init_scale"):
         InheritConfig(head_init_scale=-1.0)
+
+
+def test_batched_product_leaves_the_bias_to_the_compiler():
+    """inhernet.layers.batched_product: ``a @ b + bias`` — one baddbmm eager; traced for the compiler
+    (torch.export, what compile="aot" uses) a bmm and a separate addition, so the compiler can fuse
+    the addition into the next elementwise kernel instead of first copying the broadcast bias into
+    the whole output (what its baddbmm does)."""
+    from inhernet.layers import batched_product
+
+    g = torch.Generator().manual_seed(0)
+    a, b, bias = torch.randn(2, 3, 4, generator=g), torch.randn(2, 4, 5, generator=g), torch.randn(2, 1, 5, generator=g)
+    expected = torch.baddbmm(bias, a, b)
+    torch.testing.assert_close(batched_product(a, b, bias), expected)
+    torch.testing.assert_close(batched_product(a, b), torch.bmm(a, b))
+
+    class Product(nn.Module):
+        def forward(self, a, b, bias):
+            return batched_product(a, b, bias)
+
+    exported = torch.export.export(Product(), (a, b, bias))
+    ops = {n.target for n in exported.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.bmm.default in ops and torch.ops.aten.baddbmm.default not in ops, ops
+    torch.testing.assert_close(exported.module()(a, b, bias), expected)

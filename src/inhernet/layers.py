@@ -56,6 +56,7 @@ __all__ = [
     "InherConvNd",
     "InherLayer",
     "InherLinear",
+    "batched_product",
     "profile_scope",
     "profile_scopes",
 ]
@@ -75,6 +76,22 @@ def profile_scope(name: str) -> contextlib.AbstractContextManager:
     their steps — ``inhernet.down``, ``inhernet.gate``, ``inhernet.mix``, ``inhernet.heads``,
     ``inhernet.bias`` — for ``benchmarks/bench_profile.py``."""
     return torch.profiler.record_function(name) if _PROFILE_SCOPES else _NO_SCOPE
+
+
+def batched_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ b + bias`` for batched matrices (``torch.bmm`` shapes; ``bias`` broadcast to the product).
+
+    Eager it is one ``torch.baddbmm``. Under ``torch.compile`` / ``torch.export`` it is ``bmm`` then
+    an addition: the compiler fuses that addition into the next elementwise kernel (the ReLU or the
+    residual sum after a conv), whereas its ``baddbmm`` first copies the broadcast bias into the
+    whole output — a full pass over it that took 13 % of the gated resnet56's ahead-of-time
+    forward at batch 64 (profiled; docs/benchmarks/README.md, issue 13). Eager the two cost the
+    same (measured), so eager keeps the one call."""
+    if bias is None:
+        return torch.bmm(a, b)
+    if torch.compiler.is_compiling():
+        return torch.bmm(a, b) + bias
+    return torch.baddbmm(bias, a, b)
 
 
 @contextlib.contextmanager
@@ -393,7 +410,7 @@ class InherConvNd(InherLayer):
             with profile_scope("inhernet.mix"):
                 mixed = (g @ self.up.flatten(1)).view(n, *self.up.shape[1:])
             with profile_scope("inhernet.heads"):
-                y = torch.bmm(mixed, flat) if bias is None else torch.baddbmm(bias[:, :, None], mixed, flat)
+                y = batched_product(mixed, flat, None if bias is None else bias[:, :, None])
         else:
             with profile_scope("inhernet.mix"):
                 mixed = self._mix_input(flat, g, feature_dim=1)

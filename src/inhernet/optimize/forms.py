@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConfigError
-from ..layers import InherLinear, profile_scope
+from ..layers import InherLinear, batched_product, profile_scope
 
 __all__ = ["FactorisedConv2d", "GatedConv2d", "GatedLinear", "HeadMixer", "InOutLinear", "LAYOUTS",
            "SharedInputProduct", "SharedInputProjection", "wide"]
@@ -55,7 +55,7 @@ class FactorisedConv2d(nn.Module):
             if self.up.bias is None:
                 y = torch.matmul(w, flat)
             else:
-                y = torch.baddbmm(self.up.bias[None, :, None], w.expand(n, -1, -1), flat)
+                y = batched_product(w.expand(n, -1, -1), flat, self.up.bias[None, :, None])
             return y.view(n, -1, h, wd)
 
     def extra_repr(self) -> str:
@@ -114,11 +114,10 @@ class GatedConv2d(nn.Module):
             with profile_scope("inhernet.heads"):
                 if nhwc:
                     flat = z.permute(0, 2, 3, 1).reshape(n, h * w, self.rank)
-                    y = (torch.bmm(flat, mixed.transpose(1, 2)) if bias is None
-                         else torch.baddbmm(bias[:, None, :], flat, mixed.transpose(1, 2)))
+                    y = batched_product(flat, mixed.transpose(1, 2), None if bias is None else bias[:, None, :])
                     return y.view(n, h, w, -1).permute(0, 3, 1, 2)
                 flat = z.flatten(2)
-                y = torch.bmm(mixed, flat) if bias is None else torch.baddbmm(bias[:, :, None], mixed, flat)
+                y = batched_product(mixed, flat, None if bias is None else bias[:, :, None])
                 return y.view(n, -1, h, w)
         if nhwc:
             with profile_scope("inhernet.mix"):
@@ -139,8 +138,8 @@ class GatedConv2d(nn.Module):
                 scaled = z * g.repeat_interleave(self.rank, dim=1)[:, :, None, None]
         with profile_scope("inhernet.heads"):
             flat = scaled.flatten(2)
-            y = torch.matmul(self.weight, flat) if bias is None else torch.baddbmm(
-                bias[:, :, None], self.weight.expand(n, -1, -1), flat)
+            y = torch.matmul(self.weight, flat) if bias is None else batched_product(
+                self.weight.expand(n, -1, -1), flat, bias[:, :, None])
             return y.view(n, -1, h, w)
 
     def extra_repr(self) -> str:
