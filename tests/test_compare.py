@@ -614,16 +614,21 @@ def test_long_runs_script_reports_the_strong_teacher_plan():
     assert bad.returncode == 2 and "usage" in bad.stderr
 
 
-def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
-    """benchmarks/issue11_targets.py judges each target on the rows' roles (read from their inherit
-    summary, not their names) and marks verdicts that read rows with fewer seeds than asked."""
+@pytest.fixture(scope="module")
+def targets_script():
+    """benchmarks/issue11_targets.py, loaded as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("issue11_targets", Path(__file__).resolve().parents[1] / "benchmarks"
                                                   / "issue11_targets.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
 
+
+def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path, targets_script):
+    """benchmarks/issue11_targets.py judges each target on the rows' roles (read from their inherit
+    summary, not their names) and marks verdicts that read rows with fewer seeds than asked."""
     def row(name, kind, acc, seeds=(0, 1, 2), params=100, hit=2, **inherit):
         spread = [acc - 0.001, acc, acc + 0.001][:len(seeds)] if len(seeds) > 1 else [acc]
         e = {"name": name, "kind": kind, "test_acc_mean": acc, "test_acc_std": 0.001, "seeds": list(seeds),
@@ -642,7 +647,7 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
                            row("c", "inhernet", 0.93, heads=3, seeds=(0,), head_init="perturbed", hit=4),
                            row("d", "inhernet", 0.918, heads=3, gate="none"),
                            row("big", "inhernet", 0.928, params=400, heads=3, rank=16)]}
-    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    rows = {t: (fig, v) for t, fig, _, v in targets_script.verdicts(results, 3)}
     gated_h1 = rows["best gated ≥ H = 1 (plain low rank) + 0.5"]
     assert gated_h1[0].startswith("c 93.00 (n = 1) vs a 91.50") and gated_h1[1] == "met (provisional: n < 3)"
     assert gated_h1[0].endswith("+1.50 (Welch p = –)")  # c has one seed: no test
@@ -658,36 +663,29 @@ def test_issue11_targets_are_computed_from_the_rows_roles(tmp_path):
     assert convergence.startswith("**not met**")  # c needs 4 of 9 epochs (> 3)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
-    assert "## toy" in mod.render([path])
+    assert "## toy" in targets_script.render([path])
     results["methods"] = [m for m in results["methods"] if m["name"] != "c"]
-    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    rows = {t: (fig, v) for t, fig, _, v in targets_script.verdicts(results, 3)}
     # b (3 seeds, 1 point above a, spread 0.1) is the best now: the default's a is clearly below it
     assert rows["the library's default is the best measured InherNet at the student's size"][1] == "**not met**"
     a = next(m for m in results["methods"] if m["name"] == "a")
     a.update(test_acc_mean=0.9248, test_acc=[0.9238, 0.9248, 0.9258])  # 0.02 below b: inside the seeds' spread
-    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    rows = {t: (fig, v) for t, fig, _, v in targets_script.verdicts(results, 3)}
     assert rows["the library's default is the best measured InherNet at the student's size"][1].startswith(
         "**not met** (within noise: p = ")
     a.update(test_acc_mean=0.93, test_acc=[0.929, 0.93, 0.931])  # now the best
-    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(results, 3)}
+    rows = {t: (fig, v) for t, fig, _, v in targets_script.verdicts(results, 3)}
     assert rows["the library's default is the best measured InherNet at the student's size"][1] == "met"
     kd = rows["InherNet at ≤ student params ≥ best KD student + 1"][0]
     assert kd.startswith("a 93.00 ± 0.10 vs dkd 90.00 ± 0.10: +3.00 (Welch p = ")
     assert 0 < float(kd.split("Welch p = ")[1].rstrip(")")) < 1e-3  # 3 seeds each, 3 points apart, spread 0.1
 
 
-def test_issue11_third_of_the_epochs_is_judged_on_its_own_comparison(tmp_path):
+def test_issue11_third_of_the_epochs_is_judged_on_its_own_comparison(tmp_path, targets_script):
     """issue11_targets.py --third: a comparison that trained the InherNet rows with a third of the
     epochs is paired with the full one of the same teacher, student and data, and each of its rows'
     final accuracy is judged against the full run's best KD student; a pairing that does not fit is
     refused with the reason."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("issue11_targets", Path(__file__).resolve().parents[1] / "benchmarks"
-                                                  / "issue11_targets.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-
     def row(name, kind, acc, seeds=(0, 1, 2), **inherit):
         e = {"name": name, "kind": kind, "test_acc_mean": acc, "test_acc_std": 0.001, "seeds": list(seeds),
              "test_acc": [acc - 0.001, acc, acc + 0.001][:len(seeds)], "params": 100, "epochs": 9,
@@ -710,21 +708,21 @@ def test_issue11_third_of_the_epochs_is_judged_on_its_own_comparison(tmp_path):
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(r))
     target = "every InherNet trained with ⅓ of the epochs (3 of 9, the recipe scaled) reaches the best KD student's final accuracy"
-    rows = {t: (fig, v) for t, fig, _, v in mod.verdicts(full, 3, third)}
+    rows = {t: (fig, v) for t, fig, _, v in targets_script.verdicts(full, 3, third)}
     assert rows[target][0] == "a 90.50 ± 0.10 vs dkd 90.00 ± 0.10 (9 epochs); not trained yet: b"
     assert rows[target][1] == "met (rows missing)"
     third["methods"][0].update(test_acc_mean=0.899)
-    assert {t: v for t, _, _, v in mod.verdicts(full, 3, third)}[target] == "**not met**"
-    assert target in mod.render([paths["full"]], [paths["third"]])
-    assert target not in mod.render([paths["full"]])  # the mid-run row alone without --third
+    assert {t: v for t, _, _, v in targets_script.verdicts(full, 3, third)}[target] == "**not met**"
+    assert target in targets_script.render([paths["full"]], [paths["third"]])
+    assert target not in targets_script.render([paths["full"]])  # the mid-run row alone without --third
     third["config"]["schedule"]["epochs"] = 4  # more than 9 / 3
     paths["third"].write_text(json.dumps(third))
     with pytest.raises(SystemExit, match="more than a third"):
-        mod.render([paths["full"]], [paths["third"]])
+        targets_script.render([paths["full"]], [paths["third"]])
     third["config"]["student"] = {"arch": "wrn_40_1"}
     paths["third"].write_text(json.dumps(third))
     with pytest.raises(SystemExit, match="no comparison given has its teacher, student and data"):
-        mod.render([paths["full"]], [paths["third"]])
+        targets_script.render([paths["full"]], [paths["third"]])
 
 
 @pytest.mark.parametrize("path, kept", [
