@@ -596,8 +596,9 @@ def test_methods_option_trains_those_rows_first_and_reports_all(finished, tmp_pa
 
 
 def test_long_runs_script_reports_the_strong_teacher_plan():
-    """benchmarks/long_runs.sh status reads both strong-teacher configs and their committed state
-    (benchmarks/store/): the teacher's progress and how many planned runs are done; a bad verb is refused."""
+    """benchmarks/long_runs.sh status reads both strong-teacher configs and their ⅓-of-the-epochs
+    companions with their committed state (benchmarks/store/): the teacher's progress and how many
+    planned runs are done; a bad verb is refused."""
     import subprocess
     import sys
 
@@ -607,8 +608,8 @@ def test_long_runs_script_reports_the_strong_teacher_plan():
                          env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     for name, teacher in (("fmnist60k_resnet56_resnet20", "resnet56"), ("fmnist60k_wrn_40_2_wrn_40_1", "wrn_40_2")):
-        assert name in res.stdout and f"teacher {teacher}: " in res.stdout
-    assert res.stdout.count("runs done") == 2
+        assert name in res.stdout and f"{name}_third" in res.stdout and f"teacher {teacher}: " in res.stdout
+    assert res.stdout.count("runs done") == 4
     bad = subprocess.run(["bash", "benchmarks/long_runs.sh", "bogus"], cwd=root, capture_output=True, text=True,
                          env=env, timeout=60)
     assert bad.returncode == 2 and "usage" in bad.stderr
