@@ -84,9 +84,9 @@ def batched_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     Eager it is one ``torch.baddbmm``. Under ``torch.compile`` / ``torch.export`` it is ``bmm`` then
     an addition: the compiler fuses that addition into the next elementwise kernel (the ReLU or the
     residual sum after a conv), whereas its ``baddbmm`` first copies the broadcast bias into the
-    whole output — a full pass over it that took 13 % of the gated resnet56's ahead-of-time
-    forward at batch 64 (profiled; docs/benchmarks/README.md, issue 13). Eager the two cost the
-    same (measured), so eager keeps the one call."""
+    whole output — a full pass over it (13 % of the gated resnet56's ahead-of-time forward at
+    batch 64, profiled); this form takes 0.94–0.95× the time (docs/benchmarks/bias_fusion.md).
+    Eager the two cost the same (measured), so eager keeps the one call."""
     if bias is None:
         return torch.bmm(a, b)
     if torch.compiler.is_compiling():
