@@ -334,6 +334,27 @@ def test_compiled_result_is_exact():
     _assert_same(opt, model, torch.randn(4, 32))
 
 
+def test_a_compiled_result_that_differs_is_refused_and_its_difference_reported(monkeypatch):
+    """The compiled model is checked against the original on the example like every transform, on
+    every compile path (here torch.compile of a one-layout model: no layouts compared), and its
+    difference is the report's max_abs_diff."""
+    class Shifted(nn.Module):  # a "compiled" model whose outputs are off by `by`
+        def __init__(self, module, by):
+            super().__init__()
+            self.module, self.by = module, by
+
+        def forward(self, x):
+            return self.module(x) + self.by
+
+    model, x = _mlp(heads=1), torch.randn(4, 32)
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Shifted(module, 1.0))
+    with pytest.raises(RuntimeError, match="the compiled model differs from the original"):
+        optimize_for_inference(model, x, compile=True, rounds=1)
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Shifted(module, 1e-7))  # inside rounding
+    report = optimize_for_inference(model, x, compile=True, rounds=1).inhernet_optimized
+    assert report.max_abs_diff >= 1e-7 * 0.5
+
+
 @pytest.mark.parametrize("bad", ["fast", 1, {1: True}])
 def test_a_compile_setting_that_is_neither_a_switch_nor_inductor_options_is_refused(bad):
     with pytest.raises(ConfigError, match=r"compile=.*True / False, 'aot'.*or a dict of TorchInductor options"):

@@ -665,12 +665,12 @@ def optimize_for_inference(model: nn.Module, example_input: Any, *, tolerance: f
             else:
                 result = compiled_form(work, package_path)
             diff_c, _ = max_diff(call_model(result, example_input), reference)
-    if staging is not None:
-        staging.cleanup()
         diff = max(diff, diff_c)
         if not frozen and diff_c > exact_limit(scale):
             raise RuntimeError(f"optimize_for_inference: the compiled model differs from the original by "
                                f"{diff_c:.3g} (outputs up to {scale:.3g}) on the example input")
+    if staging is not None:
+        staging.cleanup()
     first = nested_tensors(example_input)[0]
     report = OptimizationReport(
         layers=decisions, example_shape=tuple(first.shape) if isinstance(example_input, Tensor) else None,
