@@ -195,6 +195,30 @@ def test_report_says_whether_its_latencies_are_earlier_ones_or_none(finished):
     assert "earlier measurement" not in table and "none was measured before" in table
 
 
+def test_report_gives_the_summed_training_time_not_just_the_last_invocations(finished):
+    """A resumed comparison's table is written by whichever process finishes last, often one that only
+    read finished records: its own wall time (seconds) is not the comparison's cost. The table sums
+    every finished run's training time and says when the invocation only read records."""
+    import copy
+
+    from inhernet.compare.report import format_table, time_note
+
+    results = copy.deepcopy(finished[2])
+    runs = [(m["train_time_s_mean"], len(m["seeds"])) for m in results["methods"] if m.get("train_time_s_mean")]
+    total = sum(t * n for t, n in runs)
+    assert runs and total > 0
+    results["wall_time_s"] = 0.0
+    note = time_note(results)
+    assert note.startswith(f"Training time: {total / 60:.1f} min summed over the {sum(n for _, n in runs)} finished")
+    assert "0.0 min (it read finished runs from their records)" in note and note in format_table(results)
+    results["wall_time_s"] = total
+    assert "read finished runs" not in time_note(results)
+    results["wall_time_s"] = None
+    for m in results["methods"]:
+        m.pop("train_time_s_mean", None)
+    assert time_note(results) is None and "Training time" not in format_table(results)
+
+
 def test_a_report_rebuilt_with_latency_disabled_drops_earlier_latencies(finished, tmp_path):
     """``latency: {enabled: false}`` in a comparison's config: a rebuilt table has no latency figures,
     not even an earlier measurement's (timed under other conditions, they would be compared with none)."""

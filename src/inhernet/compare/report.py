@@ -16,7 +16,7 @@ from torch import nn
 from inhernet.utils import atomic_write, cpu_name, stable_hash
 
 __all__ = ["build_results", "curve_stats", "format_table", "has_head_curves", "mean_std", "plot_heads", "plot_results",
-           "size_family", "size_families", "write_report"]
+           "size_family", "size_families", "time_note", "write_report"]
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -234,9 +234,31 @@ def format_table(results: dict) -> str:
                      "kept with its run records only, e.g. committed without weights).")
     for f in results.get("failed_runs", []):
         notes.append(f"FAILED: {f['method']} seed {f['seed']} — {f['reason']}; not counted in its mean.")
-    if results.get("wall_time_s"):
-        notes.append(f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min.")
+    note = time_note(results)
+    if note:
+        notes.append(note)
     return "\n".join(lines + notes)
+
+
+def time_note(results: dict) -> Optional[str]:
+    """The table's line on time: the training time of every finished run, summed (resumed parts
+    included), and the wall time of the invocation that wrote the table. A comparison resumed many
+    times — or reported by a process that only read finished records — would otherwise print just
+    its last invocation's wall time (0.0 min for a report that trained nothing)."""
+    runs = [(e.get("train_time_s_mean"), len(e.get("seeds") or [])) for e in results.get("methods", [])]
+    total = sum(t * n for t, n in runs if t is not None)
+    count = sum(n for t, n in runs if t is not None)
+    wall = results.get("wall_time_s")
+    parts = []
+    if count:
+        parts.append(f"Training time: {total / 60:.1f} min summed over the {count} finished run(s)")
+    if wall is not None:
+        parts.append(f"wall time of the invocation that wrote this table: {wall / 60:.1f} min"
+                     + (" (it read finished runs from their records)" if count and wall < 0.05 * total else ""))
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
 
 
 def _save(fig, path: Path) -> Path:

@@ -18,7 +18,7 @@ import torch
 
 from inhernet.utils import atomic_write, cpu_name
 
-from .report import curve_stats, mean_std
+from .report import curve_stats, mean_std, time_note
 
 __all__ = ["build_text_results", "describe_data", "format_text_table", "plot_text_results", "write_text_report"]
 
@@ -159,8 +159,9 @@ def format_text_table(results: dict) -> str:
                         else "rounds, one sentence at a time."))
     for f in results.get("failed_runs", []):
         notes.append(f"FAILED: {f['method']} seed {f['seed']} — {f['reason']}; not counted in its mean.")
-    if results.get("wall_time_s"):
-        notes.append(f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min.")
+    note = time_note(results)
+    if note:
+        notes.append(note)
     return "\n".join(lines + notes)
 
 
