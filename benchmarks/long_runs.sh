@@ -11,7 +11,7 @@
 #
 # What `start` runs: two processes (the methods' runs at one thread each, the teacher at the config's
 # teacher.threads = 2) on the resnet pair: its deciding rows (DECIDE), then the budget sweep (SWEEP,
-# seed 0), then the remaining rows (REST); the first process trains the teacher if needed; the second
+# 3 seeds since session 16), then the remaining rows (REST); the first process trains the teacher if needed; the second
 # meanwhile trains the plain-student rows of both pairs (they never see a teacher), then both share the
 # resnet runs. `start wrn`: the second process trains the wrn pair's rows before it joins, and the first
 # joins the wrn rows once the resnet ones are done. The wrn teacher
@@ -105,7 +105,7 @@ EOF
       echo "started resnet56-b (pid $!): waits for the teacher, then $FRESH, then the deciding rows -> $LOG_DIR/resnet56-b.log"
     else
     rows="'$BIN/inhernet' compare '$R56' --methods $DECIDE --threads 1; \
-      '$BIN/inhernet' compare '$R56' --methods $SWEEP --seeds 0 --threads 1; \
+      '$BIN/inhernet' compare '$R56' --methods $SWEEP --threads 1; \
       '$BIN/inhernet' compare '$R56' --methods $REST --threads 1"
     # `start wrn`: when the resnet rows are done, the first process joins the wrn rows (the runs' lock
     # files share them out), so no core idles while the second one still trains them
