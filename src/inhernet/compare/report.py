@@ -244,7 +244,8 @@ def time_note(results: dict) -> Optional[str]:
     """The table's line on time: the training time of every finished run, summed (resumed parts
     included), and the wall time of the invocation that wrote the table. A comparison resumed many
     times — or reported by a process that only read finished records — would otherwise print just
-    its last invocation's wall time (0.0 min for a report that trained nothing)."""
+    its last invocation's wall time (0.0 min for a report that trained nothing); side by side, the
+    two figures say how much of the table that invocation trained."""
     runs = [(e.get("train_time_s_mean"), len(e.get("seeds") or [])) for e in results.get("methods", [])]
     total = sum(t * n for t, n in runs if t is not None)
     count = sum(n for t, n in runs if t is not None)
@@ -253,8 +254,7 @@ def time_note(results: dict) -> Optional[str]:
     if count:
         parts.append(f"Training time: {total / 60:.1f} min summed over the {count} finished run(s)")
     if wall is not None:
-        parts.append(f"wall time of the invocation that wrote this table: {wall / 60:.1f} min"
-                     + (" (it read finished runs from their records)" if count and wall < 0.05 * total else ""))
+        parts.append(f"wall time of the invocation that wrote this table: {wall / 60:.1f} min")
     if not parts:
         return None
     text = "; ".join(parts)
